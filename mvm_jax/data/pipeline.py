@@ -1,0 +1,331 @@
+"""The Grain input pipeline: source -> decoded, augmented, batched host batches.
+
+::
+
+  MapDataset.range(num_records)          record indices of the whole split
+    [shard_index::shard_count]           this host's records (disjoint)
+    .seed(s).shuffle().repeat()          train: reshuffled every epoch, endless
+    .random_map(_SampleRecord)           decode once -> k clips   (workers)
+    .to_iter_dataset()
+    .mp_prefetch(num_workers)            worker processes, round-robin
+    FlatMap(_Unstack)                    k clips -> k samples     (main process)
+    .batch(b)                            b = global_batch_size // shard_count
+    ThreadPrefetch(prefetch)             overlap with the training step
+
+Per-element randomness comes from ``random_map``'s generator, seeded by the
+seed and the element's position in the stream, and workers interleave
+round-robin, so the batches depend on ``seed`` (and the shard) only, not on
+``num_workers``. The flat map and the batching run after ``mp_prefetch``, so
+a worker never decides batch composition.
+
+A record whose file cannot be decoded yields zero samples (a
+:class:`~mvm_jax.data.decode.VideoDecodeError` is caught in the worker); the
+main process logs its path and counts it in ``info.skipped``.
+
+Batches (host-local numpy)::
+
+  {'video': float32 [b, T, S, S, 3]  normalized with data.mean / data.std,
+   'label': int32 [b],
+   'index': int32 [b]}               record index in the split's source
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+from absl import flags
+from absl import logging
+import grain
+import grain.experimental
+import ml_collections
+import numpy as np
+
+from mvm_jax.data import decode
+from mvm_jax.data import sources
+from mvm_jax.data.sampling import ClipSampler
+
+SOURCES = ('builtin',)
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """The ``config.data`` section with its defaults (MAE-ST Kinetics recipe)."""
+  return ml_collections.ConfigDict(dict(
+      source='builtin',          # one of SOURCES
+      num_frames=16,             # T
+      sampling_rate=4,           # stride between sampled frames
+      crop_size=224,             # S
+      scale=(0.5, 1.0),          # random resized crop: area fraction range
+      aspect_ratio=(0.75, 1.3333),  # random resized crop: w/h range (log-uniform)
+      hflip=True,                # random horizontal flip (training)
+      repeated_sampling=4,       # k clips per decoded video (training; eval uses 1)
+      num_workers=2,             # data worker processes per host; 0 = in-process
+      prefetch=2,                # elements buffered per worker and batches ahead
+      mean=(0.485, 0.456, 0.406),
+      std=(0.229, 0.224, 0.225),
+      # Frames whose short side exceeds this are downscaled by FFmpeg before
+      # cropping (cheap, and the crop is shrunk anyway). -1: auto, 2 x crop_size;
+      # 0: decode at native resolution.
+      decode_short_side=-1,
+  ))
+
+
+def _fail(key: str, message: str):
+  raise ValueError(f'config.data.{key}: {message}')
+
+
+def validate_data_config(dc) -> None:
+  """Raises ValueError naming the ``config.data`` key of an invalid value."""
+  if dc.source not in SOURCES:
+    _fail('source', f'unknown source {dc.source!r}; known: {list(SOURCES)}')
+  for key in ('num_frames', 'sampling_rate', 'crop_size', 'repeated_sampling'):
+    if not isinstance(dc[key], int) or dc[key] < 1:
+      _fail(key, f'must be a positive integer, got {dc[key]!r}')
+  for key in ('num_workers', 'prefetch'):
+    if not isinstance(dc[key], int) or dc[key] < 0:
+      _fail(key, f'must be a non-negative integer, got {dc[key]!r}')
+  lo, hi = dc.scale
+  if not 0 < lo <= hi <= 1:
+    _fail('scale', f'need 0 < lo <= hi <= 1, got {tuple(dc.scale)}')
+  lo, hi = dc.aspect_ratio
+  if not 0 < lo <= hi:
+    _fail('aspect_ratio', f'need 0 < lo <= hi, got {tuple(dc.aspect_ratio)}')
+  for key in ('mean', 'std'):
+    if len(dc[key]) != 3:
+      _fail(key, f'needs 3 values (RGB), got {tuple(dc[key])}')
+  if min(dc.std) <= 0:
+    _fail('std', f'must be positive, got {tuple(dc.std)}')
+  if dc.decode_short_side < -1:
+    _fail('decode_short_side', f'must be -1 (auto), 0 (native) or positive, '
+          f'got {dc.decode_short_side}')
+
+
+def build_source(data_config, split: str) -> sources.VideoSource:
+  """The source named by ``data_config.source`` for ``split``."""
+  if data_config.source == 'builtin':
+    return sources.builtin_source(split)
+  _fail('source', f'unknown source {data_config.source!r}; known: {list(SOURCES)}')
+
+
+def make_sampler(data_config, *, train: bool) -> ClipSampler:
+  """The per-record sampler for ``data_config`` (k = 1 when not training)."""
+  short_side = data_config.decode_short_side
+  if short_side == -1:
+    short_side = 2 * data_config.crop_size
+  return ClipSampler(
+      num_frames=data_config.num_frames,
+      sampling_rate=data_config.sampling_rate,
+      crop_size=data_config.crop_size,
+      scale=tuple(data_config.scale),
+      aspect_ratio=tuple(data_config.aspect_ratio),
+      flip=bool(data_config.hflip),
+      mean=tuple(data_config.mean),
+      std=tuple(data_config.std),
+      num_samples=data_config.repeated_sampling if train else 1,
+      train=train,
+      decode_short_side=short_side or None,
+  )
+
+
+class SkipLog:
+  """Counts records skipped because their file could not be decoded.
+
+  Lives in the main process (the flat map runs there), so ``count`` covers
+  every worker. Not part of the iterator state: a restored run counts anew.
+  """
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self.count = 0
+    self.paths: dict[str, int] = {}
+
+  def add(self, path: str, message: str) -> None:
+    with self._lock:
+      self.count += 1
+      self.paths[path] = self.paths.get(path, 0) + 1
+    logging.warning('Skipping unreadable video (%d skipped so far): %s',
+                    self.count, message)
+
+  def __repr__(self) -> str:
+    return f'SkipLog(count={self.count}, paths={sorted(self.paths)})'
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderInfo:
+  """What a caller needs to know about a loader.
+
+  Attributes:
+    num_records: records in the split (all shards).
+    shard_records: records this shard reads per epoch.
+    num_classes / class_names: label space of the source.
+    repeated_sampling: k, samples per decoded record (1 for eval).
+    samples_per_epoch: num_records * repeated_sampling (all shards).
+    batch_size: host-local batch size b.
+    global_batch_size: b * shard_count.
+    skipped: records skipped for unreadable files, filled while iterating.
+  """
+  num_records: int
+  shard_records: int
+  num_classes: int
+  class_names: tuple[str, ...]
+  repeated_sampling: int
+  samples_per_epoch: int
+  batch_size: int
+  global_batch_size: int
+  skipped: SkipLog
+
+
+class _SampleRecord:
+  """Worker side: record index -> k samples (or zero samples on a bad file)."""
+
+  def __init__(self, source: sources.VideoSource, sampler: ClipSampler):
+    self._source = source
+    self._sampler = sampler
+
+  def __call__(self, index, rng: np.random.Generator) -> dict[str, Any]:
+    index = int(index)
+    record = self._source[index]
+    try:
+      video = self._sampler(record, rng)
+    except decode.VideoDecodeError as e:
+      s = self._sampler
+      return {
+          'video': np.zeros((0, s.num_frames, s.crop_size, s.crop_size, 3),
+                            np.float32),
+          'label': np.zeros((0,), np.int32),
+          'index': np.zeros((0,), np.int32),
+          'error': (e.path, str(e)),
+      }
+    k = video.shape[0]
+    return {'video': video,
+            'label': np.full((k,), record.label, np.int32),
+            'index': np.full((k,), index, np.int32)}
+
+
+class _Unstack(grain.experimental.FlatMapTransform):
+  """Main-process side: {'video': [k, ...], ...} -> k per-sample dicts."""
+
+  def __init__(self, max_fan_out: int, skipped: SkipLog, num_records: int):
+    self.max_fan_out = max_fan_out
+    self._skipped = skipped
+    self._num_records = num_records
+    self._consecutive_failures = 0
+
+  def flat_map(self, element):
+    if 'error' in element:
+      self._skipped.add(*element['error'])
+      self._consecutive_failures += 1
+      if self._consecutive_failures > self._num_records:
+        # An endless stream of bad files would otherwise hang silently.
+        raise RuntimeError(
+            f'{self._consecutive_failures} videos in a row failed to decode '
+            f'(the shard has {self._num_records} records); last: '
+            f'{element["error"][1]}')
+      return []
+    self._consecutive_failures = 0
+    return [{'video': element['video'][i], 'label': element['label'][i],
+             'index': element['index'][i]}
+            for i in range(element['video'].shape[0])]
+
+
+def make_loader(data_config, *, split: str, global_batch_size: int, seed: int,
+                shard_index: int = 0, shard_count: int = 1, train: bool = True,
+                source: sources.VideoSource | None = None,
+                ) -> tuple[grain.IterDataset, LoaderInfo]:
+  """Builds the host-local input pipeline.
+
+  Args:
+    data_config: the ``config.data`` ConfigDict (see default_data_config).
+    split: split of the source ('train' / 'test' for builtin).
+    global_batch_size: samples per step over all hosts; this host yields
+      ``global_batch_size // shard_count``.
+    seed: data seed in [0, 2**32); same seed -> same batches, whatever
+      ``num_workers``.
+    shard_index / shard_count: this host's shard (e.g. jax.process_index() /
+      jax.process_count()); shards read disjoint records.
+    train: True: shuffled, reshuffled each epoch, endless, random crops,
+      ``repeated_sampling`` samples per video, last partial batch dropped.
+      False: one pass in record order, centre clip and crop, 1 sample per
+      video, last batch may be smaller.
+    source: read this source instead of the one ``data_config.source`` names.
+
+  Returns:
+    (dataset, info). ``iter(dataset)`` is a ``grain.DatasetIterator`` yielding
+    ``{'video': f32 [b, T, S, S, 3], 'label': i32 [b], 'index': i32 [b]}``;
+    its ``get_state()`` / ``set_state()`` (JSON-serializable dicts; orbax:
+    ``grain.checkpoint.CheckpointSave/CheckpointRestore``) checkpoint and
+    resume it exactly, for an iterator built with the same arguments and
+    data config (the state's layout depends on ``num_workers``). Close
+    iterators with ``it.close()`` to stop worker processes promptly. With
+    ``num_workers > 0`` the main module must be import-safe (``if __name__ ==
+    '__main__':``) because workers are spawned.
+  """
+  validate_data_config(data_config)
+  shard = grain.sharding.ShardOptions(shard_index=shard_index,
+                                      shard_count=shard_count,
+                                      drop_remainder=train)
+  if global_batch_size < 1 or global_batch_size % shard_count:
+    raise ValueError(
+        f'batch_size={global_batch_size} must be a positive multiple of the '
+        f'number of data shards (shard_count={shard_count})')
+  if not 0 <= seed < 2**32:
+    raise ValueError(f'seed must be in [0, 2**32), got {seed}')
+  batch_size = global_batch_size // shard_count
+  if source is None:
+    source = build_source(data_config, split)
+  sampler = make_sampler(data_config, train=train)
+  k = sampler.num_samples
+
+  num_records = len(source)
+  ds = grain.MapDataset.range(num_records)
+  if shard.shard_count > 1:
+    if shard.drop_remainder:  # equal shards, so every host has the same epoch.
+      ds = ds[:num_records - num_records % shard.shard_count]
+    ds = ds[shard.shard_index::shard.shard_count]
+  if len(ds) == 0:
+    raise ValueError(f'{source!r} has {num_records} records: too few for '
+                     f'{shard_count} shards')
+  shard_records = len(ds)
+  # Fold the shard into the seed so hosts do not draw identical crops.
+  shard_seed = int(np.random.SeedSequence([seed, shard_index])
+                   .generate_state(1)[0])
+  ds = ds.seed(shard_seed)
+  if train:
+    ds = ds.shuffle().repeat()  # repeat after shuffle: new order each epoch.
+  ds = ds.random_map(_SampleRecord(source, sampler))
+  prefetch = data_config.prefetch
+  # ReadOptions defaults (16 threads, 500 elements) would hold GBs of video.
+  ds = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch))
+  if data_config.num_workers > 0:
+    # Workers pass arrays through shared memory; keep labels/indices (tiny)
+    # out of it: one shm segment per array costs more than copying them.
+    ds = grain.experimental.WithOptionsIterDataset(
+        ds, grain.experimental.DatasetOptions(min_shm_size=1 << 16))
+    # grain 0.2.18's mp_prefetch reads absl flags when an iterator starts;
+    # outside an absl app (pytest, notebooks) they are unparsed: use defaults.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=data_config.num_workers,
+        per_worker_buffer_size=max(1, prefetch)))
+  skipped = SkipLog()
+  ds = grain.experimental.FlatMapIterDataset(ds, _Unstack(k, skipped, shard_records))
+  ds = ds.batch(batch_size, drop_remainder=train)
+  if prefetch:
+    ds = grain.experimental.ThreadPrefetchIterDataset(
+        ds, prefetch_buffer_size=prefetch)
+
+  info = LoaderInfo(
+      num_records=num_records,
+      shard_records=shard_records,
+      num_classes=source.num_classes,
+      class_names=tuple(source.class_names),
+      repeated_sampling=k,
+      samples_per_epoch=num_records * k,
+      batch_size=batch_size,
+      global_batch_size=global_batch_size,
+      skipped=skipped,
+  )
+  return ds, info
