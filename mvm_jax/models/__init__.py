@@ -1,0 +1,1 @@
+"""Flax linen models: pure modules, parameters in, arrays out."""

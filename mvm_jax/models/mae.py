@@ -1,0 +1,160 @@
+"""Spacetime masked autoencoder (MAE-ST) and the encoder-only classifier view.
+
+Both hold the same `encoder` sub-module, so a pre-training checkpoint's
+`params['encoder']` loads into the classifier without renaming.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mvm_jax.masking import Mask
+from mvm_jax.models import vit
+
+
+def target_frame_indices(num_frames: int, pred_t_dim: int) -> np.ndarray:
+  """Frames the decoder predicts: floor(linspace(0, T-1, pred_t_dim)) as in mae_st."""
+  return np.floor(np.linspace(0, num_frames - 1, pred_t_dim)).astype(np.int32)
+
+
+class DecoderStack(nn.Module):
+  """Blocks → LayerNorm → linear prediction: [B, L, Dd] → [B, L, out_dim]."""
+  depth: int
+  num_heads: int
+  out_dim: int
+  mlp_ratio: float = 4.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):
+    for i in range(self.depth):
+      x = vit.Block(self.num_heads, self.mlp_ratio, 0.0, self.dtype, name=f'block{i}')(x, deterministic)
+    x = vit.layer_norm('norm', self.dtype)(x)
+    return vit.dense(self.out_dim, ('embed', None), 'pred', self.dtype, bias_name=None)(x)
+
+
+class MaskedAutoencoder(nn.Module):
+  """MAE-ST: encode visible tokens, decode all, predict `pred_t_dim` frames' pixels.
+
+  __call__(video [B, T, H, W, C], mask: Mask) returns a dict:
+    pred    [B, N, P]   predicted patches, P = (pred_t_dim/T')·p·p·C, order (u, p, q, c)
+    target  [B, N, P]   raw pixel patches of the predicted frames (objectives normalise)
+    mask    [B, N]      1 = hidden
+    latent  [B, 1+n, D] encoder output ([CLS] first; n = visible count, or N if dense)
+  """
+  encoder: vit.Encoder
+  decoder_width: int
+  decoder_depth: int
+  decoder_heads: int
+  pred_t_dim: int
+  num_frames: int
+  decoder_mlp_ratio: float = 4.0
+  dense_encoder: bool = False
+  pos_embed: str = 'learned'
+  dtype: Any = jnp.float32
+  channels: int = 3
+
+  @property
+  def target_patch(self) -> tuple[int, int, int]:
+    gt = self.encoder.grid[0]
+    return (self.pred_t_dim // gt, self.encoder.patch[1], self.encoder.patch[2])
+
+  def setup(self):
+    self.decoder_embed = vit.dense(self.decoder_width, ('embed', None), 'decoder_embed', self.dtype, bias_name=None)
+    self.mask_token = self.param('mask_token', vit.partitioned(vit.embed_init, (None, None, None)),
+                                 (1, 1, self.decoder_width))
+    self.decoder_pos = vit.SeparablePosEmbed(self.encoder.grid, self.decoder_width, self.pos_embed,
+                                             prefix='decoder_pos_embed')
+    out_dim = int(np.prod(self.target_patch)) * self.channels
+    self.decoder = DecoderStack(self.decoder_depth, self.decoder_heads, out_dim,
+                                self.decoder_mlp_ratio, self.dtype)
+
+  def encode(self, video, mask: Mask, deterministic: bool = True):
+    """→ latent [B, 1+n, D] (sparse) or [B, 1+N, D] (dense)."""
+    if self.dense_encoder:
+      return self.encoder(video, mask=mask.mask, deterministic=deterministic)
+    return self.encoder(video, ids_keep=mask.ids_keep, deterministic=deterministic)
+
+  def decoder_tokens(self, latent, mask: Mask):
+    """Latent → decoder input [B, 1+N, Dd]: embed, fill hidden slots with the
+    mask token, restore (t, h, w) order, add decoder position embeddings."""
+    x = self.decoder_embed(latent)
+    cls, tokens = x[:, :1], x[:, 1:]
+    if not self.dense_encoder:
+      b, n_vis, d = tokens.shape
+      n_hidden = mask.ids_restore.shape[-1] - n_vis
+      fill = jnp.broadcast_to(self.mask_token.astype(x.dtype), (b, n_hidden, d))
+      tokens = jnp.concatenate([tokens, fill], axis=1)
+      tokens = jnp.take_along_axis(tokens, mask.ids_restore[..., None], axis=1)
+    pos, pos_cls = self.decoder_pos()
+    tokens = tokens + pos[None].astype(x.dtype)
+    cls = cls + pos_cls[None].astype(x.dtype)
+    return jnp.concatenate([cls, tokens], axis=1)
+
+  def targets(self, video):
+    """[B, T, H, W, C] → [B, N, P] pixel patches of the `pred_t_dim` predicted frames."""
+    frames = video[:, target_frame_indices(self.num_frames, self.pred_t_dim)]
+    return vit.patchify(frames, self.target_patch)
+
+  def __call__(self, video, mask: Mask, deterministic: bool = True):
+    latent = self.encode(video, mask, deterministic)
+    pred = self.decoder(self.decoder_tokens(latent, mask), deterministic)[:, 1:]
+    return {
+        'pred': pred.astype(jnp.float32),
+        'target': self.targets(video).astype(jnp.float32),
+        'mask': mask.mask,
+        'latent': latent,
+    }
+
+
+class VideoClassifier(nn.Module):
+  """Encoder-only view for fine-tuning: mean of patch tokens → LayerNorm → linear head.
+
+  video [B, T, H, W, C] → logits [B, num_classes]. Shares `params['encoder']`
+  with `MaskedAutoencoder`.
+  """
+  encoder: vit.Encoder
+  num_classes: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, video, deterministic: bool = True):
+    tokens = self.encoder(video, deterministic=deterministic)
+    pooled = vit.layer_norm('fc_norm', self.dtype)(tokens[:, 1:].mean(axis=1))
+    return vit.dense(self.num_classes, ('embed', None), 'head', self.dtype, bias_name=None,
+                     kernel_init=nn.initializers.zeros)(pooled).astype(jnp.float32)
+
+
+def video_shape(config) -> tuple[int, int, int]:
+  """(T, H, W) of the training clip from `config.data`."""
+  return (config.data.num_frames, config.data.crop_size, config.data.crop_size)
+
+
+def mae_from_config(config) -> MaskedAutoencoder:
+  m = config.model
+  return MaskedAutoencoder(
+      encoder=vit.encoder_from_config(m, video_shape(config)),
+      decoder_width=m.decoder.width,
+      decoder_depth=m.decoder.depth,
+      decoder_heads=m.decoder.num_heads,
+      decoder_mlp_ratio=m.decoder.mlp_ratio,
+      pred_t_dim=m.pred_t_dim,
+      num_frames=config.data.num_frames,
+      dense_encoder=m.dense_encoder,
+      pos_embed=m.pos_embed,
+      dtype=jnp.dtype(m.dtype),
+  )
+
+
+def classifier_from_config(config, num_classes: int, drop_path_rate: float | None = None) -> VideoClassifier:
+  m = config.model
+  return VideoClassifier(
+      encoder=vit.encoder_from_config(m, video_shape(config), drop_path_rate),
+      num_classes=num_classes,
+      dtype=jnp.dtype(m.dtype),
+  )

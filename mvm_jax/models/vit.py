@@ -1,0 +1,244 @@
+"""Spacetime ViT pieces: patch embedding, positional embeddings, pre-LN blocks, encoder.
+
+Shapes use B = batch, T×H×W×C = clip (channels last), t×p×p = patch size,
+G = (T/t, H/p, W/p) = token grid, N = prod(G) tokens ordered (t, h, w), D = width.
+
+Parameters carry logical axis names ('embed', 'mlp', 'heads', ...) so that
+`mvm_jax.train.partitioning` can shard them over a mesh by rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LN_EPS = 1e-6  # mae_st's LayerNorm epsilon.
+Dtype = Any
+
+dense_init = nn.initializers.xavier_uniform()
+embed_init = nn.initializers.truncated_normal(stddev=0.02)
+
+
+def partitioned(init, names: Sequence[Optional[str]]):
+  return nn.with_logical_partitioning(init, tuple(names))
+
+
+def layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=LN_EPS,
+      dtype=dtype,
+      scale_init=partitioned(nn.initializers.ones, ('embed',)),
+      bias_init=partitioned(nn.initializers.zeros, ('embed',)),
+      name=name,
+  )
+
+
+def dense(features: int, names: Sequence[Optional[str]], name: str, dtype: Dtype,
+          bias_name: Optional[str] = None, kernel_init=dense_init) -> nn.Dense:
+  return nn.Dense(
+      features,
+      dtype=dtype,
+      kernel_init=partitioned(kernel_init, names),
+      bias_init=partitioned(nn.initializers.zeros, (bias_name or names[-1],)),
+      name=name,
+  )
+
+
+def token_grid(video_shape: Sequence[int], patch: Sequence[int]) -> tuple[int, int, int]:
+  """(T, H, W) clip size and (t, p, p) patch → (T/t, H/p, W/p) token grid."""
+  return tuple(int(s) // int(q) for s, q in zip(video_shape, patch))
+
+
+def patchify(video: jax.Array, patch: Sequence[int]) -> jax.Array:
+  """[B, T, H, W, C] → [B, N, t·p·p·C], vectors ordered (u, p, q, c) like mae_st."""
+  t, p, q = patch
+  return einops.rearrange(
+      video, 'b (T u) (H p) (W q) c -> b (T H W) (u p q c)', u=t, p=p, q=q)
+
+
+def unpatchify(patches: jax.Array, grid: Sequence[int], patch: Sequence[int],
+               channels: int = 3) -> jax.Array:
+  """Inverse of `patchify`: [B, N, t·p·p·C] → [B, T, H, W, C]."""
+  (gt, gh, gw), (t, p, q) = grid, patch
+  return einops.rearrange(
+      patches, 'b (T H W) (u p q c) -> b (T u) (H p) (W q) c',
+      T=gt, H=gh, W=gw, u=t, p=p, q=q, c=channels)
+
+
+def sincos_1d(positions: np.ndarray, dim: int) -> np.ndarray:
+  """Fixed sin-cos embedding of integer positions: [L] → [L, dim]."""
+  omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+  angles = np.outer(positions, omega)
+  return np.concatenate([np.sin(angles), np.cos(angles)], axis=1).astype(np.float32)
+
+
+def sincos_spatial(h: int, w: int, dim: int) -> np.ndarray:
+  """2-D sin-cos (half the channels for rows, half for columns): → [h·w, dim]."""
+  rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing='ij')
+  return np.concatenate([sincos_1d(rows.reshape(-1), dim // 2),
+                         sincos_1d(cols.reshape(-1), dim // 2)], axis=1)
+
+
+class SeparablePosEmbed(nn.Module):
+  """Spatial (H'W') + temporal (T') + class position embeddings, as in mae_st.
+
+  kind='learned' (trunc-normal 0.02) or 'sincos' (fixed, not trained).
+  Returns (tokens [N, D] in (t, h, w) order, class [1, D]).
+  """
+  grid: tuple[int, int, int]
+  dim: int
+  kind: str = 'learned'
+  prefix: str = 'pos_embed'
+
+  @nn.compact
+  def __call__(self):
+    gt, gh, gw = self.grid
+    names = (None, None, 'embed')
+    if self.kind == 'learned':
+      spatial = self.param(f'{self.prefix}_spatial', partitioned(embed_init, names), (1, gh * gw, self.dim))
+      temporal = self.param(f'{self.prefix}_temporal', partitioned(embed_init, names), (1, gt, self.dim))
+      cls = self.param(f'{self.prefix}_class', partitioned(embed_init, names), (1, 1, self.dim))
+    elif self.kind == 'sincos':
+      spatial = jnp.asarray(sincos_spatial(gh, gw, self.dim))[None]
+      temporal = jnp.asarray(sincos_1d(np.arange(gt), self.dim))[None]
+      cls = jnp.zeros((1, 1, self.dim), jnp.float32)
+    else:
+      raise ValueError(f'model.pos_embed must be "learned" or "sincos", got {self.kind!r}')
+    tokens = (spatial[:, None, :, :] + temporal[:, :, None, :]).reshape(gt * gh * gw, self.dim)
+    return tokens, cls[0]
+
+
+class PatchEmbed(nn.Module):
+  """t×p×p non-overlapping 3-D convolution: [B, T, H, W, C] → [B, N, D]."""
+  patch: tuple[int, int, int]
+  dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, video):
+    x = nn.Conv(
+        self.dim, kernel_size=self.patch, strides=self.patch, padding='VALID',
+        dtype=self.dtype,
+        kernel_init=partitioned(dense_init, (None, None, None, None, 'embed')),
+        bias_init=partitioned(nn.initializers.zeros, ('embed',)),
+        name='proj')(video)
+    return einops.rearrange(x, 'b t h w d -> b (t h w) d')
+
+
+class DropPath(nn.Module):
+  """Stochastic depth per sample; identity when deterministic or rate 0."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    if deterministic or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    draw = jax.random.bernoulli(self.make_rng('dropout'), keep, shape)
+    return jnp.where(draw, x / keep, 0.0).astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with separate q, k, v projections (with bias)."""
+  num_heads: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    head_dim = d // self.num_heads
+    split = lambda y: einops.rearrange(y, 'b l (h k) -> b l h k', h=self.num_heads)
+    q, k, v = (split(dense(d, ('embed', 'heads'), n, self.dtype)(x)) for n in ('q', 'k', 'v'))
+    out = jax.nn.dot_product_attention(q, k, v, scale=head_dim ** -0.5)
+    out = einops.rearrange(out, 'b l h k -> b l (h k)')
+    return dense(d, ('heads', 'embed'), 'proj', self.dtype, bias_name='embed')(out)
+
+
+class Mlp(nn.Module):
+  hidden: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    x = dense(self.hidden, ('embed', 'mlp'), 'fc1', self.dtype)(x)
+    x = nn.gelu(x, approximate=False)
+    return dense(d, ('mlp', 'embed'), 'fc2', self.dtype, bias_name='embed')(x)
+
+
+class Block(nn.Module):
+  """Pre-LN transformer block: x + DropPath(Attn(LN x)); x + DropPath(MLP(LN x))."""
+  num_heads: int
+  mlp_ratio: float = 4.0
+  drop_path: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    drop = DropPath(self.drop_path)
+    x = x + drop(Attention(self.num_heads, self.dtype, name='attn')(layer_norm('norm1', self.dtype)(x)), deterministic)
+    hidden = int(x.shape[-1] * self.mlp_ratio)
+    x = x + drop(Mlp(hidden, self.dtype, name='mlp')(layer_norm('norm2', self.dtype)(x)), deterministic)
+    return x
+
+
+class Encoder(nn.Module):
+  """ViT encoder over spacetime patches with a [CLS] token.
+
+  Sparse use (MAE): `ids_keep` [B, n] selects visible tokens, only those are
+  encoded. Dense use ("w/ [M]" in MAE-ST Table 1): `mask` [B, N] (1 = hidden)
+  replaces hidden tokens by a learned mask token and all N are encoded.
+  Neither: every token is encoded (fine-tuning, feature extraction).
+  Returns [B, 1 + n, D] with [CLS] first, after the final LayerNorm.
+  """
+  patch: tuple[int, int, int]
+  grid: tuple[int, int, int]
+  width: int
+  depth: int
+  num_heads: int
+  mlp_ratio: float = 4.0
+  drop_path_rate: float = 0.0
+  pos_embed: str = 'learned'
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, video, *, ids_keep=None, mask=None, deterministic: bool = True):
+    x = PatchEmbed(self.patch, self.width, self.dtype, name='patch_embed')(video.astype(self.dtype))
+    pos, pos_cls = SeparablePosEmbed(self.grid, self.width, self.pos_embed, name='pos')()
+    x = x + pos[None].astype(x.dtype)
+    if mask is not None:
+      mask_token = self.param('mask_token', partitioned(embed_init, (None, None, 'embed')), (1, 1, self.width))
+      x = jnp.where(mask[..., None] > 0, mask_token.astype(x.dtype), x)
+    if ids_keep is not None:
+      x = jnp.take_along_axis(x, ids_keep[..., None], axis=1)
+    cls = self.param('cls_token', partitioned(embed_init, (None, None, 'embed')), (1, 1, self.width))
+    cls = jnp.broadcast_to((cls + pos_cls).astype(x.dtype), (x.shape[0], 1, self.width))
+    x = jnp.concatenate([cls, x], axis=1)
+    rates = np.linspace(0.0, self.drop_path_rate, self.depth)
+    for i in range(self.depth):
+      x = Block(self.num_heads, self.mlp_ratio, float(rates[i]), self.dtype, name=f'block{i}')(x, deterministic)
+    return layer_norm('norm', self.dtype)(x)
+
+
+def encoder_from_config(model_cfg, video_shape, drop_path_rate: float | None = None) -> Encoder:
+  """Build the encoder from `config.model` and the clip shape (T, H, W)."""
+  patch = (model_cfg.t_patch_size, model_cfg.patch_size, model_cfg.patch_size)
+  return Encoder(
+      patch=patch,
+      grid=token_grid(video_shape, patch),
+      width=model_cfg.encoder.width,
+      depth=model_cfg.encoder.depth,
+      num_heads=model_cfg.encoder.num_heads,
+      mlp_ratio=model_cfg.encoder.mlp_ratio,
+      drop_path_rate=model_cfg.drop_path_rate if drop_path_rate is None else drop_path_rate,
+      pos_embed=model_cfg.pos_embed,
+      dtype=jnp.dtype(model_cfg.dtype),
+      name='encoder',
+  )

@@ -1,0 +1,40 @@
+"""`pixel_mse`: MAE pixel reconstruction loss, mean over hidden patches only."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from mvm_jax import objectives
+
+NORM_PIX_EPS = 1e-6
+
+
+def normalize_patches(target):
+  """Per-patch standardisation (mae_st norm-pix: unbiased variance + 1e-6). [..., P] → [..., P]."""
+  mean = target.mean(axis=-1, keepdims=True)
+  var = target.var(axis=-1, ddof=1, keepdims=True)
+  return (target - mean) / jnp.sqrt(var + NORM_PIX_EPS)
+
+
+def per_patch_mse(pred, target, norm_pix: bool):
+  """[B, N, P] × [B, N, P] → [B, N] mean squared error per patch."""
+  if norm_pix:
+    target = normalize_patches(target)
+  return jnp.mean(jnp.square(pred - target), axis=-1)
+
+
+def masked_mean(values, mask):
+  """Mean of `values` [B, N] where `mask` [B, N] is 1."""
+  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+@objectives.register('pixel_mse')
+def make_pixel_mse(config):
+  norm_pix = bool(config.model.norm_pix_loss)
+
+  def pixel_mse(outputs, batch):
+    del batch
+    loss = masked_mean(per_patch_mse(outputs['pred'], outputs['target'], norm_pix), outputs['mask'])
+    return loss, {}
+
+  return pixel_mse
