@@ -1,0 +1,123 @@
+"""The config schema shared by every method, and validation with clear errors.
+
+`base_config()` holds every key with its default; a method's config file
+(`configs/<method>.py`) starts from it and sets a preset. The result is
+locked, so a misspelt `--config.x.y=` override fails at the command line,
+and `validate(config)` rejects inconsistent values before anything compiles.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from mvm_jax import masking
+from mvm_jax import objectives
+from mvm_jax.data import default_data_config
+
+
+class ConfigError(ValueError):
+  """A config value is invalid; the message names the key."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict(dict(
+      name='mae',
+      patch_size=16,           # spatial p of the t×p×p patch
+      t_patch_size=2,          # temporal t
+      encoder=dict(width=768, depth=12, num_heads=12, mlp_ratio=4.0),
+      decoder=dict(width=512, depth=4, num_heads=16, mlp_ratio=4.0),
+      pred_t_dim=8,            # frames the decoder predicts (one time slice per token when = T/t)
+      pos_embed='learned',     # 'learned' separable (mae_st) or fixed 'sincos'
+      norm_pix_loss=True,
+      dense_encoder=False,     # True: encoder sees mask tokens (MAE-ST Table 1 "w/ [M]")
+      drop_path_rate=0.0,
+      dtype='float32',         # compute dtype; 'bfloat16' on accelerators
+  ))
+  c.masking = ml_collections.ConfigDict(dict(kind='random', ratio=0.9))
+  c.objectives = ml_collections.ConfigDict({'pixel_mse': 1.0})
+  c.data = default_data_config()
+
+  c.batch_size = 512           # global, across all hosts and devices
+  c.num_epochs = 800           # in effective samples (videos × repeated_sampling)
+  c.warmup_epochs = 120
+  c.total_steps = -1           # > 0 overrides num_epochs
+  c.warmup_steps = -1          # > 0 overrides warmup_epochs
+
+  c.optim = ml_collections.ConfigDict(dict(
+      base_lr=8e-4,            # lr = base_lr × batch_size / 256 (1.6e-3 at batch 512)
+      min_lr=0.0,
+      b1=0.9,
+      b2=0.95,
+      eps=1e-8,
+      weight_decay=0.05,
+      decay_pos_embed=True,    # mae_st decays everything but 1-D params; False also exempts pos embeds and special tokens
+      clip_grad_norm=0.02,     # <= 0 disables
+      grad_accum_steps=1,      # micro-batches per optimizer step (same effective batch)
+  ))
+
+  c.mesh = ml_collections.ConfigDict(dict(
+      axes=('data', 'fsdp', 'tensor'),
+      shape=(-1, 1, 1),        # -1 = all remaining devices
+  ))
+
+  c.log_every_steps = 20
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.async_checkpointing = True
+  c.image_every_steps = 5000   # reconstruction PNGs (also written at the end)
+  c.num_image_samples = 2
+  c.peak_tflops_per_device = -1.0  # for MFU; <= 0: known accelerators by name, measured matmul peak on CPU
+  return c
+
+
+def _fail(key: str, message: str):
+  raise ConfigError(f'config.{key}: {message}')
+
+
+def validate(config) -> None:
+  """Raise ConfigError naming the key for any inconsistent value."""
+  m, d = config.model, config.data
+  if m.name != 'mae':
+    _fail('model.name', f'unknown model {m.name!r}; known: [\'mae\']')
+  if d.crop_size % m.patch_size:
+    _fail('model.patch_size', f'{m.patch_size} does not divide data.crop_size={d.crop_size}')
+  if d.num_frames % m.t_patch_size:
+    _fail('model.t_patch_size', f'{m.t_patch_size} does not divide data.num_frames={d.num_frames}')
+  grid_t = d.num_frames // m.t_patch_size
+  if m.pred_t_dim % grid_t or not grid_t <= m.pred_t_dim <= d.num_frames:
+    _fail('model.pred_t_dim', f'{m.pred_t_dim} must be a multiple of the temporal token count '
+          f'{grid_t} and at most data.num_frames={d.num_frames}')
+  for part in ('encoder', 'decoder'):
+    if m[part].width % m[part].num_heads:
+      _fail(f'model.{part}.num_heads', f'{m[part].num_heads} does not divide width {m[part].width}')
+  if m.pos_embed not in ('learned', 'sincos'):
+    _fail('model.pos_embed', f'{m.pos_embed!r} is not "learned" or "sincos"')
+  if m.dtype not in ('float32', 'bfloat16', 'float16'):
+    _fail('model.dtype', f'{m.dtype!r} is not float32, bfloat16 or float16')
+  if not 0.0 < config.masking.ratio < 1.0:
+    _fail('masking.ratio', f'{config.masking.ratio} is outside (0, 1)')
+  if config.masking.kind not in masking.MASKERS:
+    _fail('masking.kind', f'unknown masker {config.masking.kind!r}; known: {sorted(masking.MASKERS)}')
+  if not config.objectives:
+    _fail('objectives', 'at least one objective is needed')
+  for name, weight in config.objectives.items():
+    if name not in objectives.OBJECTIVES:
+      _fail(f'objectives.{name}', f'unknown objective; known: {sorted(objectives.OBJECTIVES)}')
+    if not isinstance(weight, (int, float)):
+      _fail(f'objectives.{name}', f'weight must be a number, got {weight!r}')
+  if config.batch_size <= 0:
+    _fail('batch_size', 'must be positive')
+  if config.batch_size % config.optim.grad_accum_steps:
+    _fail('optim.grad_accum_steps', f'{config.optim.grad_accum_steps} does not divide batch_size={config.batch_size}')
+  if len(config.mesh.axes) != len(config.mesh.shape):
+    _fail('mesh.shape', f'{tuple(config.mesh.shape)} does not match mesh.axes={tuple(config.mesh.axes)}')
+  if list(config.mesh.shape).count(-1) > 1:
+    _fail('mesh.shape', 'at most one axis may be -1')
+  if 'data' not in config.mesh.axes:
+    _fail('mesh.axes', "must contain 'data'")
+  for key in ('log_every_steps', 'checkpoint_every_steps', 'image_every_steps', 'keep_checkpoints'):
+    if config[key] <= 0:
+      _fail(key, 'must be positive')

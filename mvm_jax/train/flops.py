@@ -1,0 +1,50 @@
+"""FLOPs from XLA's cost analysis, accelerator peaks, and model FLOPs utilisation."""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Dense bf16 peak TFLOP/s per device, by substring of `device.device_kind`.
+KNOWN_PEAK_TFLOPS = (
+    ('H200', 989.0), ('H100', 989.0), ('A100', 312.0), ('L4', 121.0), ('A10', 125.0),
+    ('TPU v6', 918.0), ('TPU v5p', 459.0), ('TPU v5', 197.0), ('TPU v4', 275.0), ('TPU v3', 123.0),
+)
+
+
+def compiled_flops(compiled) -> float:
+  """FLOPs of a compiled XLA computation (per device under SPMD; 2 per multiply-add)."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get('flops', 0.0))
+
+
+def measure_matmul_peak(n: int = 1024, dtype=jnp.float32, repeats: int = 7) -> float:
+  """Achieved FLOP/s of an n×n matmul on the default device (median of repeats)."""
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    f(a).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return 2.0 * n ** 3 / float(np.median(times))
+
+
+def peak_flops_per_device(configured_tflops: float = -1.0) -> Optional[float]:
+  """Configured peak, else a known accelerator's, else the measured CPU matmul peak."""
+  if configured_tflops > 0:
+    return configured_tflops * 1e12
+  device = jax.devices()[0]
+  for name, tflops in KNOWN_PEAK_TFLOPS:
+    if name in device.device_kind:
+      return tflops * 1e12
+  if device.platform == 'cpu':
+    return measure_matmul_peak()
+  return None

@@ -1,0 +1,259 @@
+"""The pre-training loop: build everything from the config, train, log, checkpoint.
+
+`train_and_evaluate(config, workdir)` is what `python -m mvm_jax.main` runs.
+Re-running it with the same workdir resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from mvm_jax import config as config_lib
+from mvm_jax import masking, objectives, visualize
+from mvm_jax.data import pipeline
+from mvm_jax.models import mae as mae_lib
+from mvm_jax.models import vit
+from mvm_jax.train import checkpointing, flops, optimizer, partitioning
+from mvm_jax.train import state as state_lib
+from mvm_jax.train.step import make_train_step
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything built from the config that the loop, tools and tests share."""
+  config: Any
+  mesh: Any
+  model: Any
+  masker: Any
+  grid: tuple[int, int, int]
+  tx: Any
+  schedule: Any
+  total_steps: int
+  warmup_steps: int
+  train_step: Any          # jitted (state, batch) -> (state, metrics)
+  state: Any
+  state_shardings: Any
+  batch_sharding: Any
+  data_info: Any = None
+
+
+def schedule_lengths(config, samples_per_epoch: int) -> tuple[int, int]:
+  """(total_steps, warmup_steps) from steps if set, else from epochs of effective samples."""
+  steps_per_epoch = max(1, samples_per_epoch // config.batch_size)
+  total = config.total_steps if config.total_steps > 0 else int(config.num_epochs * steps_per_epoch)
+  warmup = config.warmup_steps if config.warmup_steps > 0 else int(config.warmup_epochs * steps_per_epoch)
+  return total, min(warmup, total)
+
+
+def build_experiment(config, *, samples_per_epoch: int, devices=None) -> Experiment:
+  """Validate the config, make the mesh, model, masker, optimizer, sharded state and jitted step."""
+  config_lib.validate(config)
+  mesh = partitioning.make_mesh(config.mesh, devices)
+  dp = partitioning.data_parallel_size(mesh)
+  if config.batch_size % dp:
+    raise config_lib.ConfigError(f'config.batch_size={config.batch_size} is not divisible by the '
+                                 f'{dp} data-parallel devices of config.mesh.shape={tuple(config.mesh.shape)}')
+  model = mae_lib.mae_from_config(config)
+  grid = model.encoder.grid
+  masker = masking.make_masker(config.masking.kind, grid, config.masking.ratio)
+  total_steps, warmup_steps = schedule_lengths(config, samples_per_epoch)
+  schedule = optimizer.make_schedule(config, total_steps, warmup_steps)
+  tx = optimizer.make_optimizer(config, schedule)
+
+  shape = (2,) + mae_lib.video_shape(config) + (3,)
+
+  def init_params(rng):
+    video = jnp.zeros(shape, jnp.float32)
+    return model.init({'params': rng, 'dropout': rng}, video, masker(rng, shape[0]))['params']
+
+  rng = jax.random.PRNGKey(config.seed)
+  state, shardings = state_lib.create_sharded_state(init_params, tx, mesh, rng)
+  batch_sharding = partitioning.batch_sharding(mesh)
+  step_fn = make_train_step(model, masker, objectives.make_objective_fn(config), tx, schedule,
+                            config.optim.grad_accum_steps)
+  with partitioning.sharding_context(mesh):
+    jitted = jax.jit(step_fn, in_shardings=(shardings, batch_sharding),
+                     out_shardings=(shardings, partitioning.replicated(mesh)), donate_argnums=0)
+  return Experiment(config, mesh, model, masker, grid, tx, schedule, total_steps, warmup_steps,
+                    jitted, state, shardings, batch_sharding)
+
+
+def global_batch(host_batch: dict, sharding) -> dict:
+  """Host-local numpy batch → global jax.Arrays split over the data axes."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in host_batch.items()}
+
+
+def compile_step(exp: Experiment, example_batch: dict):
+  """Lower and compile the step once; returns (compiled, XLA flops per step per device)."""
+  with partitioning.sharding_context(exp.mesh):
+    compiled = exp.train_step.lower(exp.state, example_batch).compile()
+  return compiled, flops.compiled_flops(compiled)
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM received: saving a checkpoint, then exiting.')
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _write_images(exp: Experiment, workdir: str, step: int, batch: dict):
+  """Reconstructions of the first samples of `batch` with a fixed mask."""
+  c = exp.config
+  n = min(c.num_image_samples, batch['video'].shape[0])
+  video = jax.device_get(batch['video'])[:n]
+  mask = exp.masker(jax.random.PRNGKey(c.seed + 1), n)
+  with partitioning.sharding_context(exp.mesh):
+    outputs = jax.jit(lambda p, v, m: exp.model.apply({'params': p}, v, m))(exp.state.params, video, mask)
+  outputs = jax.device_get(outputs)
+  model = exp.model
+  return visualize.write_reconstructions(
+      os.path.join(workdir, 'images'), step, outputs, model.encoder.grid, model.target_patch,
+      c.model.norm_pix_loss, c.data.mean, c.data.std, n)
+
+
+def _mean_metrics(history: list[dict]) -> dict:
+  return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+
+
+def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] = None) -> dict:
+  """Pre-train per `config`, writing checkpoints, events and PNGs under `workdir`.
+
+  `stop_after_steps` ends this invocation early (as a preemption would),
+  after saving; the next call continues. Returns the final step's metrics and
+  a per-step loss history of this invocation.
+  """
+  config_lib.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  loader, data_info = pipeline.make_loader(
+      config.data, split='train', global_batch_size=config.batch_size, seed=config.seed,
+      shard_index=jax.process_index(), shard_count=jax.process_count(), train=True)
+  exp = build_experiment(config, samples_per_epoch=data_info.samples_per_epoch)
+  exp.data_info = data_info
+  is_chief = jax.process_index() == 0
+  if is_chief:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief, asynchronous=True)
+  logging.info('Config:\n%s', config)
+  logging.info('Mesh %s; %d parameters; %d steps (%d warm-up); %d samples per epoch.',
+               dict(exp.mesh.shape), state_lib.param_count(exp.state.params), exp.total_steps,
+               exp.warmup_steps, data_info.samples_per_epoch)
+
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
+                                    every_steps=config.checkpoint_every_steps,
+                                    asynchronous=config.async_checkpointing)
+  data_iter = iter(loader)
+  state = exp.state
+  latest = ckpt.latest_step()
+  if latest is not None:
+    abstract = state_lib.abstract_with_shardings(state, exp.state_shardings)
+    state, data_state = ckpt.restore(latest, abstract)
+    data_iter.set_state(data_state)
+    logging.info('Resumed from checkpoint at step %d.', latest)
+  start_step = int(jax.device_get(state.step))
+
+  host_batch = next(data_iter)
+  batch = global_batch(host_batch, exp.batch_sharding)
+  compiled, step_flops = compile_step(exp, batch)
+  peak = flops.peak_flops_per_device(config.peak_tflops_per_device)
+  logging.info('Train step: %.3f GFLOP per device (XLA cost analysis); peak %s TFLOP/s per device.',
+               step_flops / 1e9, 'unknown' if peak is None else f'{peak / 1e12:.3f}')
+  writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()})
+
+  report = periodic_actions.ReportProgress(num_train_steps=exp.total_steps, writer=writer,
+                                           every_steps=config.log_every_steps)
+  history, window, losses = [], [], []
+  last_log_time, last_log_step = time.perf_counter(), start_step
+  step = start_step
+  metrics = {}
+  exp.state = state
+  with _Preemption() as preemption:
+    while step < exp.total_steps:
+      state, step_metrics = compiled(state, batch)
+      step += 1
+      data_state = data_iter.get_state()  # position after the batch just used
+      host_batch = next(data_iter) if step < exp.total_steps else None
+      step_metrics = jax.device_get(step_metrics)
+      loss = float(step_metrics['loss'])
+      if not math.isfinite(loss):
+        ckpt.close()
+        raise NonFiniteLossError(
+            f'Loss became {loss} at step {step}; stopping. The last good checkpoint '
+            f'(step {ckpt.latest_step()}) in {workdir}/checkpoints is kept; lower optim.base_lr '
+            f'or raise optim.clip_grad_norm strength and rerun to resume from it.')
+      losses.append(loss)
+      window.append(step_metrics)
+      report(step)
+      if step % config.log_every_steps == 0 or step == exp.total_steps:
+        now = time.perf_counter()
+        seconds_per_step = (now - last_log_time) / max(1, step - last_log_step)
+        scalars = _mean_metrics(window)
+        scalars.update({
+            'perf/step_time_s': seconds_per_step,
+            'perf/clips_per_s': config.batch_size / seconds_per_step,
+            'perf/tflops_per_s_per_device': step_flops / seconds_per_step / 1e12,
+        })
+        if peak:
+          scalars['perf/mfu'] = step_flops / seconds_per_step / peak
+        writer.write_scalars(step, scalars)
+        history.append({'step': step, **scalars})
+        window, last_log_time, last_log_step = [], now, step
+      exp.state = state
+      stop = preemption.requested or (stop_after_steps is not None and step - start_step >= stop_after_steps)
+      ckpt.save(step, state, data_state, force=stop or step == exp.total_steps)
+      if is_chief and (step % config.image_every_steps == 0 or step == exp.total_steps):
+        _write_images(exp, workdir, step, batch)
+      if stop:
+        logging.info('Stopping at step %d (checkpoint saved).', step)
+        break
+      if host_batch is not None:
+        batch = global_batch(host_batch, exp.batch_sharding)
+  ckpt.close()
+  writer.flush()
+  writer.close()
+  metrics = history[-1] if history else {}
+  return {'step': step, 'metrics': metrics, 'losses': losses, 'history': history}
+
+
+def _flat(tree: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v if isinstance(v, (int, float, str, bool)) else str(v)
+  return out

@@ -1,0 +1,69 @@
+"""Train state and its sharded initialisation."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from mvm_jax.train import partitioning
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step reads and writes; saved whole in checkpoints.
+
+  `rng` is the run's base key; step t uses fold_in(rng, t), so resuming at
+  step t draws exactly the masks and dropout an uninterrupted run would.
+  """
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def create_sharded_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
+                         mesh, rng: jax.Array) -> tuple[TrainState, TrainState]:
+  """Initialise parameters and optimizer state directly in their shardings.
+
+  `init_params(rng)` returns Flax params whose leaves may be LogicallyPartitioned
+  (they name their axes); those names pick each leaf's sharding. Optimizer
+  moments follow their parameter; scalars (step, Adam's count) are replicated.
+  Returns (state, state_shardings).
+  """
+  with partitioning.sharding_context(mesh):
+    boxed = jax.eval_shape(init_params, rng)
+    param_shardings = partitioning.logical_to_sharding(boxed, mesh)
+    abstract_params = _strip_boxes(boxed)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    replicated = partitioning.replicated(mesh)
+    opt_shardings = optax.tree_map_params(
+        tx, lambda _, sharding: sharding, abstract_opt, param_shardings,
+        transform_non_params=lambda _: replicated)
+    shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated)
+
+    def init_state(rng):
+      params = nn.unbox(init_params(rng))
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng)
+
+    state = jax.jit(init_state, out_shardings=shardings)(rng)
+  return state, shardings
+
+
+def _strip_boxes(tree):
+  """Remove logical-axis boxes without applying sharding constraints (for abstract trees)."""
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+  return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree, is_leaf=is_box)
+
+
+def abstract_with_shardings(state: TrainState, shardings: TrainState):
+  """ShapeDtypeStructs carrying target shardings (for sharded checkpoint restore)."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+
+
+def param_count(params) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(params)))
