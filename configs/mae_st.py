@@ -12,9 +12,9 @@ Presets (`--config configs/mae_st.py:<preset>`):
 from mvm_jax.config import base_config
 
 ENCODERS = {
-    'vit_b': dict(width=768, depth=12, num_heads=12),
-    'vit_l': dict(width=1024, depth=24, num_heads=16),
-    'vit_h': dict(width=1280, depth=32, num_heads=16),
+  'vit_b': dict(width=768, depth=12, num_heads=12),
+  'vit_l': dict(width=1024, depth=24, num_heads=16),
+  'vit_h': dict(width=1280, depth=32, num_heads=16),
 }
 
 
@@ -32,10 +32,10 @@ def get_config(preset: str = 'tiny'):
     c.batch_size = 8
     c.total_steps, c.warmup_steps = 100, 10
   elif preset == 'tiny':
-    c.data.update(num_frames=8, sampling_rate=4, crop_size=64, num_workers=2)
+    c.data.update(num_frames=8, sampling_rate=4, crop_size=64, num_workers=2, cache_decoded_videos=8)
     c.model.update(patch_size=8, pred_t_dim=4)
     c.model.encoder.update(width=128, depth=4, num_heads=4)
-    c.model.decoder.update(width=96, depth=2, num_heads=4)
+    c.model.decoder.update(width=64, depth=2, num_heads=4)
     c.batch_size = 16
     c.total_steps, c.warmup_steps = 300, 30
     c.optim.base_lr = 1e-3 * 256 / 16  # lr 1e-3 at batch 16
@@ -43,6 +43,7 @@ def get_config(preset: str = 'tiny'):
     c.checkpoint_every_steps = 100
     c.image_every_steps = 150
   else:
-    raise ValueError(f'configs/mae_st.py: unknown preset {preset!r}; '
-                     f'known: tiny, bench_small, {", ".join(ENCODERS)}')
+    raise ValueError(
+      f'configs/mae_st.py: unknown preset {preset!r}; known: tiny, bench_small, {", ".join(ENCODERS)}'
+    )
   return c

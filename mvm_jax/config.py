@@ -23,51 +23,57 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
 
-  c.model = ml_collections.ConfigDict(dict(
+  c.model = ml_collections.ConfigDict(
+    dict(
       name='mae',
-      patch_size=16,           # spatial p of the t×p×p patch
-      t_patch_size=2,          # temporal t
+      patch_size=16,  # spatial p of the t×p×p patch
+      t_patch_size=2,  # temporal t
       encoder=dict(width=768, depth=12, num_heads=12, mlp_ratio=4.0),
       decoder=dict(width=512, depth=4, num_heads=16, mlp_ratio=4.0),
-      pred_t_dim=8,            # frames the decoder predicts (one time slice per token when = T/t)
-      pos_embed='learned',     # 'learned' separable (mae_st) or fixed 'sincos'
+      pred_t_dim=8,  # frames the decoder predicts (one time slice per token when = T/t)
+      pos_embed='learned',  # 'learned' separable (mae_st) or fixed 'sincos'
       norm_pix_loss=True,
-      dense_encoder=False,     # True: encoder sees mask tokens (MAE-ST Table 1 "w/ [M]")
+      dense_encoder=False,  # True: encoder sees mask tokens (MAE-ST Table 1 "w/ [M]")
       drop_path_rate=0.0,
-      dtype='float32',         # compute dtype; 'bfloat16' on accelerators
-  ))
+      dtype='float32',  # compute dtype; 'bfloat16' on accelerators
+    )
+  )
   c.masking = ml_collections.ConfigDict(dict(kind='random', ratio=0.9))
   c.objectives = ml_collections.ConfigDict({'pixel_mse': 1.0})
   c.data = default_data_config()
 
-  c.batch_size = 512           # global, across all hosts and devices
-  c.num_epochs = 800           # in effective samples (videos × repeated_sampling)
+  c.batch_size = 512  # global, across all hosts and devices
+  c.num_epochs = 800  # in effective samples (videos × repeated_sampling)
   c.warmup_epochs = 120
-  c.total_steps = -1           # > 0 overrides num_epochs
-  c.warmup_steps = -1          # > 0 overrides warmup_epochs
+  c.total_steps = -1  # > 0 overrides num_epochs
+  c.warmup_steps = -1  # > 0 overrides warmup_epochs
 
-  c.optim = ml_collections.ConfigDict(dict(
-      base_lr=8e-4,            # lr = base_lr × batch_size / 256 (1.6e-3 at batch 512)
+  c.optim = ml_collections.ConfigDict(
+    dict(
+      base_lr=8e-4,  # lr = base_lr × batch_size / 256 (1.6e-3 at batch 512)
       min_lr=0.0,
       b1=0.9,
       b2=0.95,
       eps=1e-8,
       weight_decay=0.05,
-      decay_pos_embed=True,    # mae_st decays everything but 1-D params; False also exempts pos embeds and special tokens
-      clip_grad_norm=0.02,     # <= 0 disables
-      grad_accum_steps=1,      # micro-batches per optimizer step (same effective batch)
-  ))
+      decay_pos_embed=True,  # mae_st decays everything but 1-D params; False also exempts pos embeds and special tokens
+      clip_grad_norm=0.02,  # <= 0 disables
+      grad_accum_steps=1,  # micro-batches per optimizer step (same effective batch)
+    )
+  )
 
-  c.mesh = ml_collections.ConfigDict(dict(
+  c.mesh = ml_collections.ConfigDict(
+    dict(
       axes=('data', 'fsdp', 'tensor'),
-      shape=(-1, 1, 1),        # -1 = all remaining devices
-  ))
+      shape=(-1, 1, 1),  # -1 = all remaining devices
+    )
+  )
 
   c.log_every_steps = 20
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.async_checkpointing = True
-  c.image_every_steps = 5000   # reconstruction PNGs (also written at the end)
+  c.image_every_steps = 5000  # reconstruction PNGs (also written at the end)
   c.num_image_samples = 2
   c.peak_tflops_per_device = -1.0  # for MFU; <= 0: known accelerators by name, measured matmul peak on CPU
   return c
@@ -81,15 +87,18 @@ def validate(config) -> None:
   """Raise ConfigError naming the key for any inconsistent value."""
   m, d = config.model, config.data
   if m.name != 'mae':
-    _fail('model.name', f'unknown model {m.name!r}; known: [\'mae\']')
+    _fail('model.name', f"unknown model {m.name!r}; known: ['mae']")
   if d.crop_size % m.patch_size:
     _fail('model.patch_size', f'{m.patch_size} does not divide data.crop_size={d.crop_size}')
   if d.num_frames % m.t_patch_size:
     _fail('model.t_patch_size', f'{m.t_patch_size} does not divide data.num_frames={d.num_frames}')
   grid_t = d.num_frames // m.t_patch_size
   if m.pred_t_dim % grid_t or not grid_t <= m.pred_t_dim <= d.num_frames:
-    _fail('model.pred_t_dim', f'{m.pred_t_dim} must be a multiple of the temporal token count '
-          f'{grid_t} and at most data.num_frames={d.num_frames}')
+    _fail(
+      'model.pred_t_dim',
+      f'{m.pred_t_dim} must be a multiple of the temporal token count '
+      f'{grid_t} and at most data.num_frames={d.num_frames}',
+    )
   for part in ('encoder', 'decoder'):
     if m[part].width % m[part].num_heads:
       _fail(f'model.{part}.num_heads', f'{m[part].num_heads} does not divide width {m[part].width}')
@@ -101,6 +110,11 @@ def validate(config) -> None:
     _fail('masking.ratio', f'{config.masking.ratio} is outside (0, 1)')
   if config.masking.kind not in masking.MASKERS:
     _fail('masking.kind', f'unknown masker {config.masking.kind!r}; known: {sorted(masking.MASKERS)}')
+  grid = (d.num_frames // m.t_patch_size, d.crop_size // m.patch_size, d.crop_size // m.patch_size)
+  try:
+    masking.num_visible(config.masking.kind, grid, config.masking.ratio)
+  except ValueError as e:
+    _fail('masking.ratio', str(e))
   if not config.objectives:
     _fail('objectives', 'at least one objective is needed')
   for name, weight in config.objectives.items():
@@ -111,7 +125,10 @@ def validate(config) -> None:
   if config.batch_size <= 0:
     _fail('batch_size', 'must be positive')
   if config.batch_size % config.optim.grad_accum_steps:
-    _fail('optim.grad_accum_steps', f'{config.optim.grad_accum_steps} does not divide batch_size={config.batch_size}')
+    _fail(
+      'optim.grad_accum_steps',
+      f'{config.optim.grad_accum_steps} does not divide batch_size={config.batch_size}',
+    )
   if len(config.mesh.axes) != len(config.mesh.shape):
     _fail('mesh.shape', f'{tuple(config.mesh.shape)} does not match mesh.axes={tuple(config.mesh.axes)}')
   if list(config.mesh.shape).count(-1) > 1:

@@ -13,16 +13,21 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-config_flags.DEFINE_config_file('config', None, 'Config file and preset, e.g. configs/mae_st.py:tiny.',
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+  'config', None, 'Config file and preset, e.g. configs/mae_st.py:tiny.', lock_config=True
+)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, TensorBoard events and pictures go.')
-flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (multi-host; '
-                  'coordinator from the environment, see launch/).')
+flags.DEFINE_bool(
+  'distributed',
+  False,
+  'Call jax.distributed.initialize() (multi-host; coordinator from the environment, see launch/).',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 class _QuietLibraries:
   """Drop INFO chatter of checkpointing internals; warnings and errors still show."""
+
   NOISY = ('/orbax/', '/etils/', '/grain/')
 
   def filter(self, record) -> bool:
@@ -34,11 +39,24 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # after flag parsing, as Grain and jax.distributed expect
+
   if flags.FLAGS.distributed:
     jax.distributed.initialize()
+  from mvm_jax import config as config_lib
   from mvm_jax.train import loop
-  logging.info('JAX %s on %d %s device(s), process %d of %d.', jax.__version__, jax.device_count(),
-               jax.devices()[0].platform, jax.process_index(), jax.process_count())
+
+  try:
+    config_lib.validate(flags.FLAGS.config)
+  except config_lib.ConfigError as e:
+    raise app.UsageError(str(e)) from None
+  logging.info(
+    'JAX %s on %d %s device(s), process %d of %d.',
+    jax.__version__,
+    jax.device_count(),
+    jax.devices()[0].platform,
+    jax.process_index(),
+    jax.process_count(),
+  )
   result = loop.train_and_evaluate(flags.FLAGS.config, os.path.expanduser(flags.FLAGS.workdir))
   logging.info('Done at step %d. Outputs in %s', result['step'], flags.FLAGS.workdir)
 

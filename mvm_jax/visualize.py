@@ -46,20 +46,22 @@ def tile_rows(rows: Sequence[np.ndarray], scale: int = 1) -> np.ndarray:
   canvas = np.full((len(rows) * (h + GAP) - GAP, t * (w + GAP) - GAP, c), 255, np.uint8)
   for r, frames in enumerate(rows):
     for i in range(t):
-      canvas[r * (h + GAP):r * (h + GAP) + h, i * (w + GAP):i * (w + GAP) + w] = frames[i]
+      canvas[r * (h + GAP) : r * (h + GAP) + h, i * (w + GAP) : i * (w + GAP) + w] = frames[i]
   if scale > 1:
     canvas = canvas.repeat(scale, 0).repeat(scale, 1)
   return canvas
 
 
-def write_reconstructions(directory: str, step: int, outputs: dict, grid, target_patch,
-                          norm_pix: bool, mean, std, num_samples: int) -> list[str]:
+def write_reconstructions(
+  directory: str, step: int, outputs: dict, grid, target_patch, norm_pix: bool, mean, std, num_samples: int
+) -> list[str]:
   """Write one PNG per sample: original frames / masked input (gray) / reconstruction."""
   os.makedirs(directory, exist_ok=True)
   paths = []
   for i in range(min(num_samples, outputs['pred'].shape[0])):
     original, masked, recon = reconstruction_rows(
-        outputs['pred'][i], outputs['target'][i], outputs['mask'][i], grid, target_patch, norm_pix)
+      outputs['pred'][i], outputs['target'][i], outputs['mask'][i], grid, target_patch, norm_pix
+    )
     masked_u8 = denormalize(np.nan_to_num(masked, nan=0.0), mean, std)
     masked_u8[np.isnan(masked).any(-1)] = 128
     rows = [denormalize(original, mean, std), masked_u8, denormalize(recon, mean, std)]

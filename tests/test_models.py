@@ -14,6 +14,7 @@ from mvm_jax.models import vit
 @pytest.fixture(scope='module')
 def setup():
   from conftest import micro_config
+
   config = micro_config()
   model = mae_lib.mae_from_config(config)
   grid = model.encoder.grid
@@ -67,16 +68,15 @@ def test_hidden_pixels_do_not_reach_the_sparse_encoder(setup):
 
 def test_prediction_invariant_to_order_of_visible_tokens(setup):
   config, model, grid, masker, video, mask, params, apply = setup
-  reordered = masking.Mask(
-      ids_keep=mask.ids_keep[:, ::-1],
-      ids_restore=None, mask=mask.mask)
+  reordered = masking.Mask(ids_keep=mask.ids_keep[:, ::-1], ids_restore=None, mask=mask.mask)
   # rebuild ids_restore for the reversed visible order
   n_keep = mask.ids_keep.shape[1]
   hidden = jnp.argsort(mask.mask, axis=1, stable=True)[:, n_keep:]
   shuffle = jnp.concatenate([reordered.ids_keep, hidden], axis=1)
   reordered = reordered._replace(ids_restore=jnp.argsort(shuffle, axis=1).astype(jnp.int32))
-  np.testing.assert_allclose(apply(params, video, reordered)['pred'], apply(params, video, mask)['pred'],
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    apply(params, video, reordered)['pred'], apply(params, video, mask)['pred'], atol=1e-5
+  )
 
 
 def test_dense_encoder_ignores_hidden_pixels(setup):

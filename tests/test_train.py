@@ -16,8 +16,10 @@ from mvm_jax.train import checkpointing
 def _batches(config, n, seed=0):
   rng = np.random.default_rng(seed)
   shape = (config.batch_size, config.data.num_frames, config.data.crop_size, config.data.crop_size, 3)
-  return [{'video': rng.standard_normal(shape).astype(np.float32),
-           'label': np.zeros(config.batch_size, np.int32)} for _ in range(n)]
+  return [
+    {'video': rng.standard_normal(shape).astype(np.float32), 'label': np.zeros(config.batch_size, np.int32)}
+    for _ in range(n)
+  ]
 
 
 def _losses(config, batches, devices):
@@ -58,9 +60,14 @@ def test_gradient_accumulation_matches_full_batch(config):
 
 
 def test_weight_decay_mask():
-  params = {'encoder': {'pos': {'pos_embed_spatial': jnp.zeros((1, 4, 8))}, 'cls_token': jnp.zeros((1, 1, 8)),
-                        'norm': {'scale': jnp.zeros(8), 'bias': jnp.zeros(8)},
-                        'fc': {'kernel': jnp.zeros((8, 8)), 'bias': jnp.zeros(8)}}}
+  params = {
+    'encoder': {
+      'pos': {'pos_embed_spatial': jnp.zeros((1, 4, 8))},
+      'cls_token': jnp.zeros((1, 1, 8)),
+      'norm': {'scale': jnp.zeros(8), 'bias': jnp.zeros(8)},
+      'fc': {'kernel': jnp.zeros((8, 8)), 'bias': jnp.zeros(8)},
+    }
+  }
   default = optimizer.weight_decay_mask(params)
   assert default['encoder']['fc']['kernel'] and default['encoder']['pos']['pos_embed_spatial']
   assert not default['encoder']['fc']['bias'] and not default['encoder']['norm']['scale']
@@ -92,6 +99,7 @@ def _run(config, workdir, **kw):
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory):
   from conftest import micro_config
+
   workdir = tmp_path_factory.mktemp('uninterrupted')
   return workdir, _run(micro_config(), workdir)
 

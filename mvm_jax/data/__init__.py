@@ -4,21 +4,38 @@ Entry points: ``default_data_config()`` (the ``config.data`` section) and
 ``make_loader(...)`` -> (grain dataset of host batches, LoaderInfo).
 """
 
-from mvm_jax.data.decode import VideoDecodeError, decode_frames, decode_video, probe_video
+from mvm_jax.data.decode import (
+  VideoCache,
+  VideoDecodeError,
+  decode_frames,
+  decode_video,
+  probe_video,
+)
 from mvm_jax.data.pipeline import (
-    LoaderInfo,
-    build_source,
-    default_data_config,
-    make_loader,
-    make_sampler,
-    validate_data_config,
+  LoaderInfo,
+  build_source,
+  default_data_config,
+  make_loader,
+  make_sampler,
+  validate_data_config,
 )
 from mvm_jax.data.sampling import ClipSampler
 from mvm_jax.data.sources import VideoRecord, VideoSource, builtin_source
 
 __all__ = [
-    'ClipSampler', 'LoaderInfo', 'VideoDecodeError', 'VideoRecord',
-    'VideoSource', 'build_source', 'builtin_source', 'decode_frames',
-    'decode_video', 'default_data_config', 'make_loader', 'make_sampler',
-    'probe_video', 'validate_data_config',
+  'ClipSampler',
+  'LoaderInfo',
+  'VideoCache',
+  'VideoDecodeError',
+  'VideoRecord',
+  'VideoSource',
+  'build_source',
+  'builtin_source',
+  'decode_frames',
+  'decode_video',
+  'default_data_config',
+  'make_loader',
+  'make_sampler',
+  'probe_video',
+  'validate_data_config',
 ]

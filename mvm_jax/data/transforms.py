@@ -26,9 +26,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def temporal_indices(frame_start: int, frame_stop: int, num_frames: int,
-                     sampling_rate: int,
-                     rng: np.random.Generator | None = None) -> np.ndarray:
+def temporal_indices(
+  frame_start: int,
+  frame_stop: int,
+  num_frames: int,
+  sampling_rate: int,
+  rng: np.random.Generator | None = None,
+) -> np.ndarray:
   """Frame indices of one clip inside ``[frame_start, frame_stop)``.
 
   Args:
@@ -43,17 +47,20 @@ def temporal_indices(frame_start: int, frame_stop: int, num_frames: int,
   steps = sampling_rate * np.arange(num_frames, dtype=np.int64)
   span = (num_frames - 1) * sampling_rate + 1
   if span <= length:
-    offset = (rng.integers(0, length - span + 1) if rng is not None
-              else (length - span) // 2)
+    offset = rng.integers(0, length - span + 1) if rng is not None else (length - span) // 2
     return frame_start + offset + steps
   offset = rng.integers(0, length) if rng is not None else 0
   return frame_start + (offset + steps) % length
 
 
-def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
-                            scale: Sequence[float] = (0.5, 1.0),
-                            aspect_ratio: Sequence[float] = (3 / 4, 4 / 3),
-                            max_attempts: int = 10) -> tuple[int, int, int, int]:
+def random_resized_crop_box(
+  height: int,
+  width: int,
+  rng: np.random.Generator,
+  scale: Sequence[float] = (0.5, 1.0),
+  aspect_ratio: Sequence[float] = (3 / 4, 4 / 3),
+  max_attempts: int = 10,
+) -> tuple[int, int, int, int]:
   """A random crop (torchvision RandomResizedCrop rule).
 
   Area fraction uniform in ``scale``, aspect ratio (w/h) log-uniform in
@@ -94,8 +101,7 @@ def center_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
   return (height - side) // 2, (width - side) // 2, side, side
 
 
-def crop_and_resize(frames: np.ndarray, box: tuple[int, int, int, int],
-                    size: int) -> np.ndarray:
+def crop_and_resize(frames: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
   """Crops ``box`` from every frame and resizes it to ``size x size``.
 
   Bilinear with PIL (antialiased when shrinking), one C call per frame.
@@ -126,8 +132,9 @@ def reverse_time(frames: np.ndarray) -> np.ndarray:
   return frames[::-1]
 
 
-def normalize(frames: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
-              std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+def normalize(
+  frames: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> np.ndarray:
   """uint8 [..., 3] -> float32 [..., 3]: ``(x / 255 - mean) / std``."""
   mean = np.asarray(mean, np.float32)
   std = np.asarray(std, np.float32)
@@ -135,15 +142,20 @@ def normalize(frames: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
   return frames.astype(np.float32) * scale - (mean / std).astype(np.float32)
 
 
-def train_view(frames: np.ndarray, rng: np.random.Generator, *, crop_size: int,
-               scale: Sequence[float], aspect_ratio: Sequence[float],
-               flip: bool) -> np.ndarray:
+def train_view(
+  frames: np.ndarray,
+  rng: np.random.Generator,
+  *,
+  crop_size: int,
+  scale: Sequence[float],
+  aspect_ratio: Sequence[float],
+  flip: bool,
+) -> np.ndarray:
   """Random resized crop + random horizontal flip (p=0.5 when ``flip``).
 
   uint8 [T, H, W, 3] -> uint8 [T, crop_size, crop_size, 3].
   """
-  box = random_resized_crop_box(frames.shape[1], frames.shape[2], rng, scale,
-                                aspect_ratio)
+  box = random_resized_crop_box(frames.shape[1], frames.shape[2], rng, scale, aspect_ratio)
   out = crop_and_resize(frames, box, crop_size)
   if flip and rng.random() < 0.5:
     out = hflip(out)

@@ -24,6 +24,7 @@ def target_frame_indices(num_frames: int, pred_t_dim: int) -> np.ndarray:
 
 class DecoderStack(nn.Module):
   """Blocks → LayerNorm → linear prediction: [B, L, Dd] → [B, L, out_dim]."""
+
   depth: int
   num_heads: int
   out_dim: int
@@ -47,6 +48,7 @@ class MaskedAutoencoder(nn.Module):
     mask    [B, N]      1 = hidden
     latent  [B, 1+n, D] encoder output ([CLS] first; n = visible count, or N if dense)
   """
+
   encoder: vit.Encoder
   decoder_width: int
   decoder_depth: int
@@ -65,14 +67,19 @@ class MaskedAutoencoder(nn.Module):
     return (self.pred_t_dim // gt, self.encoder.patch[1], self.encoder.patch[2])
 
   def setup(self):
-    self.decoder_embed = vit.dense(self.decoder_width, ('embed', None), 'decoder_embed', self.dtype, bias_name=None)
-    self.mask_token = self.param('mask_token', vit.partitioned(vit.embed_init, (None, None, None)),
-                                 (1, 1, self.decoder_width))
-    self.decoder_pos = vit.SeparablePosEmbed(self.encoder.grid, self.decoder_width, self.pos_embed,
-                                             prefix='decoder_pos_embed')
+    self.decoder_embed = vit.dense(
+      self.decoder_width, ('embed', None), 'decoder_embed', self.dtype, bias_name=None
+    )
+    self.mask_token = self.param(
+      'mask_token', vit.partitioned(vit.embed_init, (None, None, None)), (1, 1, self.decoder_width)
+    )
+    self.decoder_pos = vit.SeparablePosEmbed(
+      self.encoder.grid, self.decoder_width, self.pos_embed, prefix='decoder_pos_embed'
+    )
     out_dim = int(np.prod(self.target_patch)) * self.channels
-    self.decoder = DecoderStack(self.decoder_depth, self.decoder_heads, out_dim,
-                                self.decoder_mlp_ratio, self.dtype)
+    self.decoder = DecoderStack(
+      self.decoder_depth, self.decoder_heads, out_dim, self.decoder_mlp_ratio, self.dtype
+    )
 
   def encode(self, video, mask: Mask, deterministic: bool = True):
     """→ latent [B, 1+n, D] (sparse) or [B, 1+N, D] (dense)."""
@@ -105,10 +112,10 @@ class MaskedAutoencoder(nn.Module):
     latent = self.encode(video, mask, deterministic)
     pred = self.decoder(self.decoder_tokens(latent, mask), deterministic)[:, 1:]
     return {
-        'pred': pred.astype(jnp.float32),
-        'target': self.targets(video).astype(jnp.float32),
-        'mask': mask.mask,
-        'latent': latent,
+      'pred': pred.astype(jnp.float32),
+      'target': self.targets(video).astype(jnp.float32),
+      'mask': mask.mask,
+      'latent': latent,
     }
 
 
@@ -118,6 +125,7 @@ class VideoClassifier(nn.Module):
   video [B, T, H, W, C] → logits [B, num_classes]. Shares `params['encoder']`
   with `MaskedAutoencoder`.
   """
+
   encoder: vit.Encoder
   num_classes: int
   dtype: Any = jnp.float32
@@ -126,8 +134,9 @@ class VideoClassifier(nn.Module):
   def __call__(self, video, deterministic: bool = True):
     tokens = self.encoder(video, deterministic=deterministic)
     pooled = vit.layer_norm('fc_norm', self.dtype)(tokens[:, 1:].mean(axis=1))
-    return vit.dense(self.num_classes, ('embed', None), 'head', self.dtype, bias_name=None,
-                     kernel_init=nn.initializers.zeros)(pooled).astype(jnp.float32)
+    return vit.dense(
+      self.num_classes, ('embed', None), 'head', self.dtype, bias_name=None, kernel_init=nn.initializers.zeros
+    )(pooled).astype(jnp.float32)
 
 
 def video_shape(config) -> tuple[int, int, int]:
@@ -138,23 +147,23 @@ def video_shape(config) -> tuple[int, int, int]:
 def mae_from_config(config) -> MaskedAutoencoder:
   m = config.model
   return MaskedAutoencoder(
-      encoder=vit.encoder_from_config(m, video_shape(config)),
-      decoder_width=m.decoder.width,
-      decoder_depth=m.decoder.depth,
-      decoder_heads=m.decoder.num_heads,
-      decoder_mlp_ratio=m.decoder.mlp_ratio,
-      pred_t_dim=m.pred_t_dim,
-      num_frames=config.data.num_frames,
-      dense_encoder=m.dense_encoder,
-      pos_embed=m.pos_embed,
-      dtype=jnp.dtype(m.dtype),
+    encoder=vit.encoder_from_config(m, video_shape(config)),
+    decoder_width=m.decoder.width,
+    decoder_depth=m.decoder.depth,
+    decoder_heads=m.decoder.num_heads,
+    decoder_mlp_ratio=m.decoder.mlp_ratio,
+    pred_t_dim=m.pred_t_dim,
+    num_frames=config.data.num_frames,
+    dense_encoder=m.dense_encoder,
+    pos_embed=m.pos_embed,
+    dtype=jnp.dtype(m.dtype),
   )
 
 
 def classifier_from_config(config, num_classes: int, drop_path_rate: float | None = None) -> VideoClassifier:
   m = config.model
   return VideoClassifier(
-      encoder=vit.encoder_from_config(m, video_shape(config), drop_path_rate),
-      num_classes=num_classes,
-      dtype=jnp.dtype(m.dtype),
+    encoder=vit.encoder_from_config(m, video_shape(config), drop_path_rate),
+    num_classes=num_classes,
+    dtype=jnp.dtype(m.dtype),
   )

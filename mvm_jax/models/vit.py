@@ -30,22 +30,28 @@ def partitioned(init, names: Sequence[Optional[str]]):
 
 def layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
   return nn.LayerNorm(
-      epsilon=LN_EPS,
-      dtype=dtype,
-      scale_init=partitioned(nn.initializers.ones, ('embed',)),
-      bias_init=partitioned(nn.initializers.zeros, ('embed',)),
-      name=name,
+    epsilon=LN_EPS,
+    dtype=dtype,
+    scale_init=partitioned(nn.initializers.ones, ('embed',)),
+    bias_init=partitioned(nn.initializers.zeros, ('embed',)),
+    name=name,
   )
 
 
-def dense(features: int, names: Sequence[Optional[str]], name: str, dtype: Dtype,
-          bias_name: Optional[str] = None, kernel_init=dense_init) -> nn.Dense:
+def dense(
+  features: int,
+  names: Sequence[Optional[str]],
+  name: str,
+  dtype: Dtype,
+  bias_name: Optional[str] = None,
+  kernel_init=dense_init,
+) -> nn.Dense:
   return nn.Dense(
-      features,
-      dtype=dtype,
-      kernel_init=partitioned(kernel_init, names),
-      bias_init=partitioned(nn.initializers.zeros, (bias_name or names[-1],)),
-      name=name,
+    features,
+    dtype=dtype,
+    kernel_init=partitioned(kernel_init, names),
+    bias_init=partitioned(nn.initializers.zeros, (bias_name or names[-1],)),
+    name=name,
   )
 
 
@@ -57,17 +63,15 @@ def token_grid(video_shape: Sequence[int], patch: Sequence[int]) -> tuple[int, i
 def patchify(video: jax.Array, patch: Sequence[int]) -> jax.Array:
   """[B, T, H, W, C] → [B, N, t·p·p·C], vectors ordered (u, p, q, c) like mae_st."""
   t, p, q = patch
-  return einops.rearrange(
-      video, 'b (T u) (H p) (W q) c -> b (T H W) (u p q c)', u=t, p=p, q=q)
+  return einops.rearrange(video, 'b (T u) (H p) (W q) c -> b (T H W) (u p q c)', u=t, p=p, q=q)
 
 
-def unpatchify(patches: jax.Array, grid: Sequence[int], patch: Sequence[int],
-               channels: int = 3) -> jax.Array:
+def unpatchify(patches: jax.Array, grid: Sequence[int], patch: Sequence[int], channels: int = 3) -> jax.Array:
   """Inverse of `patchify`: [B, N, t·p·p·C] → [B, T, H, W, C]."""
   (gt, gh, gw), (t, p, q) = grid, patch
   return einops.rearrange(
-      patches, 'b (T H W) (u p q c) -> b (T u) (H p) (W q) c',
-      T=gt, H=gh, W=gw, u=t, p=p, q=q, c=channels)
+    patches, 'b (T H W) (u p q c) -> b (T u) (H p) (W q) c', T=gt, H=gh, W=gw, u=t, p=p, q=q, c=channels
+  )
 
 
 def sincos_1d(positions: np.ndarray, dim: int) -> np.ndarray:
@@ -80,8 +84,9 @@ def sincos_1d(positions: np.ndarray, dim: int) -> np.ndarray:
 def sincos_spatial(h: int, w: int, dim: int) -> np.ndarray:
   """2-D sin-cos (half the channels for rows, half for columns): → [h·w, dim]."""
   rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing='ij')
-  return np.concatenate([sincos_1d(rows.reshape(-1), dim // 2),
-                         sincos_1d(cols.reshape(-1), dim // 2)], axis=1)
+  return np.concatenate(
+    [sincos_1d(rows.reshape(-1), dim // 2), sincos_1d(cols.reshape(-1), dim // 2)], axis=1
+  )
 
 
 class SeparablePosEmbed(nn.Module):
@@ -90,6 +95,7 @@ class SeparablePosEmbed(nn.Module):
   kind='learned' (trunc-normal 0.02) or 'sincos' (fixed, not trained).
   Returns (tokens [N, D] in (t, h, w) order, class [1, D]).
   """
+
   grid: tuple[int, int, int]
   dim: int
   kind: str = 'learned'
@@ -115,6 +121,7 @@ class SeparablePosEmbed(nn.Module):
 
 class PatchEmbed(nn.Module):
   """t×p×p non-overlapping 3-D convolution: [B, T, H, W, C] → [B, N, D]."""
+
   patch: tuple[int, int, int]
   dim: int
   dtype: Dtype = jnp.float32
@@ -122,16 +129,21 @@ class PatchEmbed(nn.Module):
   @nn.compact
   def __call__(self, video):
     x = nn.Conv(
-        self.dim, kernel_size=self.patch, strides=self.patch, padding='VALID',
-        dtype=self.dtype,
-        kernel_init=partitioned(dense_init, (None, None, None, None, 'embed')),
-        bias_init=partitioned(nn.initializers.zeros, ('embed',)),
-        name='proj')(video)
+      self.dim,
+      kernel_size=self.patch,
+      strides=self.patch,
+      padding='VALID',
+      dtype=self.dtype,
+      kernel_init=partitioned(dense_init, (None, None, None, None, 'embed')),
+      bias_init=partitioned(nn.initializers.zeros, ('embed',)),
+      name='proj',
+    )(video)
     return einops.rearrange(x, 'b t h w d -> b (t h w) d')
 
 
 class DropPath(nn.Module):
   """Stochastic depth per sample; identity when deterministic or rate 0."""
+
   rate: float
 
   @nn.compact
@@ -146,6 +158,7 @@ class DropPath(nn.Module):
 
 class Attention(nn.Module):
   """Multi-head self-attention with separate q, k, v projections (with bias)."""
+
   num_heads: int
   dtype: Dtype = jnp.float32
 
@@ -155,7 +168,7 @@ class Attention(nn.Module):
     head_dim = d // self.num_heads
     split = lambda y: einops.rearrange(y, 'b l (h k) -> b l h k', h=self.num_heads)
     q, k, v = (split(dense(d, ('embed', 'heads'), n, self.dtype)(x)) for n in ('q', 'k', 'v'))
-    out = jax.nn.dot_product_attention(q, k, v, scale=head_dim ** -0.5)
+    out = jax.nn.dot_product_attention(q, k, v, scale=head_dim**-0.5)
     out = einops.rearrange(out, 'b l h k -> b l (h k)')
     return dense(d, ('heads', 'embed'), 'proj', self.dtype, bias_name='embed')(out)
 
@@ -174,6 +187,7 @@ class Mlp(nn.Module):
 
 class Block(nn.Module):
   """Pre-LN transformer block: x + DropPath(Attn(LN x)); x + DropPath(MLP(LN x))."""
+
   num_heads: int
   mlp_ratio: float = 4.0
   drop_path: float = 0.0
@@ -183,7 +197,9 @@ class Block(nn.Module):
   def __call__(self, x, deterministic: bool = True):
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
     drop = DropPath(self.drop_path)
-    x = x + drop(Attention(self.num_heads, self.dtype, name='attn')(layer_norm('norm1', self.dtype)(x)), deterministic)
+    x = x + drop(
+      Attention(self.num_heads, self.dtype, name='attn')(layer_norm('norm1', self.dtype)(x)), deterministic
+    )
     hidden = int(x.shape[-1] * self.mlp_ratio)
     x = x + drop(Mlp(hidden, self.dtype, name='mlp')(layer_norm('norm2', self.dtype)(x)), deterministic)
     return x
@@ -198,6 +214,7 @@ class Encoder(nn.Module):
   Neither: every token is encoded (fine-tuning, feature extraction).
   Returns [B, 1 + n, D] with [CLS] first, after the final LayerNorm.
   """
+
   patch: tuple[int, int, int]
   grid: tuple[int, int, int]
   width: int
@@ -214,7 +231,9 @@ class Encoder(nn.Module):
     pos, pos_cls = SeparablePosEmbed(self.grid, self.width, self.pos_embed, name='pos')()
     x = x + pos[None].astype(x.dtype)
     if mask is not None:
-      mask_token = self.param('mask_token', partitioned(embed_init, (None, None, 'embed')), (1, 1, self.width))
+      mask_token = self.param(
+        'mask_token', partitioned(embed_init, (None, None, 'embed')), (1, 1, self.width)
+      )
       x = jnp.where(mask[..., None] > 0, mask_token.astype(x.dtype), x)
     if ids_keep is not None:
       x = jnp.take_along_axis(x, ids_keep[..., None], axis=1)
@@ -223,7 +242,9 @@ class Encoder(nn.Module):
     x = jnp.concatenate([cls, x], axis=1)
     rates = np.linspace(0.0, self.drop_path_rate, self.depth)
     for i in range(self.depth):
-      x = Block(self.num_heads, self.mlp_ratio, float(rates[i]), self.dtype, name=f'block{i}')(x, deterministic)
+      x = Block(self.num_heads, self.mlp_ratio, float(rates[i]), self.dtype, name=f'block{i}')(
+        x, deterministic
+      )
     return layer_norm('norm', self.dtype)(x)
 
 
@@ -231,14 +252,14 @@ def encoder_from_config(model_cfg, video_shape, drop_path_rate: float | None = N
   """Build the encoder from `config.model` and the clip shape (T, H, W)."""
   patch = (model_cfg.t_patch_size, model_cfg.patch_size, model_cfg.patch_size)
   return Encoder(
-      patch=patch,
-      grid=token_grid(video_shape, patch),
-      width=model_cfg.encoder.width,
-      depth=model_cfg.encoder.depth,
-      num_heads=model_cfg.encoder.num_heads,
-      mlp_ratio=model_cfg.encoder.mlp_ratio,
-      drop_path_rate=model_cfg.drop_path_rate if drop_path_rate is None else drop_path_rate,
-      pos_embed=model_cfg.pos_embed,
-      dtype=jnp.dtype(model_cfg.dtype),
-      name='encoder',
+    patch=patch,
+    grid=token_grid(video_shape, patch),
+    width=model_cfg.encoder.width,
+    depth=model_cfg.encoder.depth,
+    num_heads=model_cfg.encoder.num_heads,
+    mlp_ratio=model_cfg.encoder.mlp_ratio,
+    drop_path_rate=model_cfg.drop_path_rate if drop_path_rate is None else drop_path_rate,
+    pos_embed=model_cfg.pos_embed,
+    dtype=jnp.dtype(model_cfg.dtype),
+    name='encoder',
   )

@@ -20,11 +20,13 @@ OBJECTIVES: dict[str, Callable[[Any], ObjectiveFn]] = {}
 
 def register(name: str):
   """Decorator: register `factory(config) -> ObjectiveFn` under `name`."""
+
   def wrap(factory):
     if name in OBJECTIVES:
       raise ValueError(f'objective {name!r} registered twice')
     OBJECTIVES[name] = factory
     return factory
+
   return wrap
 
 

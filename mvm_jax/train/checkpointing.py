@@ -18,11 +18,12 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, keep: int, every_steps: int, asynchronous: bool = True):
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=1,
-        enable_async_checkpointing=asynchronous, create=True)
+      max_to_keep=keep, save_interval_steps=1, enable_async_checkpointing=asynchronous, create=True
+    )
     self.every_steps = every_steps
-    self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                                         item_names=('state', 'data'))
+    self.manager = ocp.CheckpointManager(
+      os.path.abspath(directory), options=options, item_names=('state', 'data')
+    )
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -31,14 +32,17 @@ class Checkpointer:
     """Save if `step` is a multiple of `every_steps` (or `force`); returns whether it saved."""
     if not force and step % self.every_steps:
       return False
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              data=ocp.args.JsonSave(encode_data_state(data_state)))
+    args = ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(encode_data_state(data_state))
+    )
     return self.manager.save(step, args=args, force=force)
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, Any]:
     """→ (state placed by the shardings in `abstract_state`, data iterator state)."""
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    restored = self.manager.restore(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
+    )
     return restored['state'], decode_data_state(restored['data'])
 
   def wait(self):

@@ -11,8 +11,16 @@ import numpy as np
 
 # Dense bf16 peak TFLOP/s per device, by substring of `device.device_kind`.
 KNOWN_PEAK_TFLOPS = (
-    ('H200', 989.0), ('H100', 989.0), ('A100', 312.0), ('L4', 121.0), ('A10', 125.0),
-    ('TPU v6', 918.0), ('TPU v5p', 459.0), ('TPU v5', 197.0), ('TPU v4', 275.0), ('TPU v3', 123.0),
+  ('H200', 989.0),
+  ('H100', 989.0),
+  ('A100', 312.0),
+  ('L4', 121.0),
+  ('A10', 125.0),
+  ('TPU v6', 918.0),
+  ('TPU v5p', 459.0),
+  ('TPU v5', 197.0),
+  ('TPU v4', 275.0),
+  ('TPU v3', 123.0),
 )
 
 
@@ -34,7 +42,7 @@ def measure_matmul_peak(n: int = 1024, dtype=jnp.float32, repeats: int = 7) -> f
     start = time.perf_counter()
     f(a).block_until_ready()
     times.append(time.perf_counter() - start)
-  return 2.0 * n ** 3 / float(np.median(times))
+  return 2.0 * n**3 / float(np.median(times))
 
 
 def peak_flops_per_device(configured_tflops: float = -1.0) -> Optional[float]:

@@ -37,6 +37,7 @@ class NonFiniteLossError(RuntimeError):
 @dataclasses.dataclass
 class Experiment:
   """Everything built from the config that the loop, tools and tests share."""
+
   config: Any
   mesh: Any
   model: Any
@@ -46,7 +47,7 @@ class Experiment:
   schedule: Any
   total_steps: int
   warmup_steps: int
-  train_step: Any          # jitted (state, batch) -> (state, metrics)
+  train_step: Any  # jitted (state, batch) -> (state, metrics)
   state: Any
   state_shardings: Any
   batch_sharding: Any
@@ -67,8 +68,10 @@ def build_experiment(config, *, samples_per_epoch: int, devices=None) -> Experim
   mesh = partitioning.make_mesh(config.mesh, devices)
   dp = partitioning.data_parallel_size(mesh)
   if config.batch_size % dp:
-    raise config_lib.ConfigError(f'config.batch_size={config.batch_size} is not divisible by the '
-                                 f'{dp} data-parallel devices of config.mesh.shape={tuple(config.mesh.shape)}')
+    raise config_lib.ConfigError(
+      f'config.batch_size={config.batch_size} is not divisible by the '
+      f'{dp} data-parallel devices of config.mesh.shape={tuple(config.mesh.shape)}'
+    )
   model = mae_lib.mae_from_config(config)
   grid = model.encoder.grid
   masker = masking.make_masker(config.masking.kind, grid, config.masking.ratio)
@@ -85,13 +88,31 @@ def build_experiment(config, *, samples_per_epoch: int, devices=None) -> Experim
   rng = jax.random.PRNGKey(config.seed)
   state, shardings = state_lib.create_sharded_state(init_params, tx, mesh, rng)
   batch_sharding = partitioning.batch_sharding(mesh)
-  step_fn = make_train_step(model, masker, objectives.make_objective_fn(config), tx, schedule,
-                            config.optim.grad_accum_steps)
+  step_fn = make_train_step(
+    model, masker, objectives.make_objective_fn(config), tx, schedule, config.optim.grad_accum_steps
+  )
   with partitioning.sharding_context(mesh):
-    jitted = jax.jit(step_fn, in_shardings=(shardings, batch_sharding),
-                     out_shardings=(shardings, partitioning.replicated(mesh)), donate_argnums=0)
-  return Experiment(config, mesh, model, masker, grid, tx, schedule, total_steps, warmup_steps,
-                    jitted, state, shardings, batch_sharding)
+    jitted = jax.jit(
+      step_fn,
+      in_shardings=(shardings, batch_sharding),
+      out_shardings=(shardings, partitioning.replicated(mesh)),
+      donate_argnums=0,
+    )
+  return Experiment(
+    config,
+    mesh,
+    model,
+    masker,
+    grid,
+    tx,
+    schedule,
+    total_steps,
+    warmup_steps,
+    jitted,
+    state,
+    shardings,
+    batch_sharding,
+  )
 
 
 def global_batch(host_batch: dict, sharding) -> dict:
@@ -141,8 +162,16 @@ def _write_images(exp: Experiment, workdir: str, step: int, batch: dict):
   outputs = jax.device_get(outputs)
   model = exp.model
   return visualize.write_reconstructions(
-      os.path.join(workdir, 'images'), step, outputs, model.encoder.grid, model.target_patch,
-      c.model.norm_pix_loss, c.data.mean, c.data.std, n)
+    os.path.join(workdir, 'images'),
+    step,
+    outputs,
+    model.encoder.grid,
+    model.target_patch,
+    c.model.norm_pix_loss,
+    c.data.mean,
+    c.data.std,
+    n,
+  )
 
 
 def _mean_metrics(history: list[dict]) -> dict:
@@ -159,8 +188,14 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
   loader, data_info = pipeline.make_loader(
-      config.data, split='train', global_batch_size=config.batch_size, seed=config.seed,
-      shard_index=jax.process_index(), shard_count=jax.process_count(), train=True)
+    config.data,
+    split='train',
+    global_batch_size=config.batch_size,
+    seed=config.seed,
+    shard_index=jax.process_index(),
+    shard_count=jax.process_count(),
+    train=True,
+  )
   exp = build_experiment(config, samples_per_epoch=data_info.samples_per_epoch)
   exp.data_info = data_info
   is_chief = jax.process_index() == 0
@@ -169,13 +204,21 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
       f.write(config.to_json_best_effort(indent=2))
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief, asynchronous=True)
   logging.info('Config:\n%s', config)
-  logging.info('Mesh %s; %d parameters; %d steps (%d warm-up); %d samples per epoch.',
-               dict(exp.mesh.shape), state_lib.param_count(exp.state.params), exp.total_steps,
-               exp.warmup_steps, data_info.samples_per_epoch)
+  logging.info(
+    'Mesh %s; %d parameters; %d steps (%d warm-up); %d samples per epoch.',
+    dict(exp.mesh.shape),
+    state_lib.param_count(exp.state.params),
+    exp.total_steps,
+    exp.warmup_steps,
+    data_info.samples_per_epoch,
+  )
 
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
-                                    every_steps=config.checkpoint_every_steps,
-                                    asynchronous=config.async_checkpointing)
+  ckpt = checkpointing.Checkpointer(
+    os.path.join(workdir, 'checkpoints'),
+    keep=config.keep_checkpoints,
+    every_steps=config.checkpoint_every_steps,
+    asynchronous=config.async_checkpointing,
+  )
   data_iter = iter(loader)
   state = exp.state
   latest = ckpt.latest_step()
@@ -185,17 +228,26 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
     data_iter.set_state(data_state)
     logging.info('Resumed from checkpoint at step %d.', latest)
   start_step = int(jax.device_get(state.step))
+  if start_step >= exp.total_steps:
+    logging.info('Run already finished at step %d (total_steps=%d); nothing to do.', start_step, exp.total_steps)
+    ckpt.close()
+    writer.close()
+    return {'step': start_step, 'metrics': {}, 'losses': [], 'history': []}
 
   host_batch = next(data_iter)
   batch = global_batch(host_batch, exp.batch_sharding)
   compiled, step_flops = compile_step(exp, batch)
   peak = flops.peak_flops_per_device(config.peak_tflops_per_device)
-  logging.info('Train step: %.3f GFLOP per device (XLA cost analysis); peak %s TFLOP/s per device.',
-               step_flops / 1e9, 'unknown' if peak is None else f'{peak / 1e12:.3f}')
+  logging.info(
+    'Train step: %.3f GFLOP per device (XLA cost analysis); peak %s TFLOP/s per device.',
+    step_flops / 1e9,
+    'unknown' if peak is None else f'{peak / 1e12:.3f}',
+  )
   writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()})
 
-  report = periodic_actions.ReportProgress(num_train_steps=exp.total_steps, writer=writer,
-                                           every_steps=config.log_every_steps)
+  report = periodic_actions.ReportProgress(
+    num_train_steps=exp.total_steps, writer=writer, every_steps=config.log_every_steps
+  )
   history, window, losses = [], [], []
   last_log_time, last_log_step = time.perf_counter(), start_step
   step = start_step
@@ -212,9 +264,10 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
       if not math.isfinite(loss):
         ckpt.close()
         raise NonFiniteLossError(
-            f'Loss became {loss} at step {step}; stopping. The last good checkpoint '
-            f'(step {ckpt.latest_step()}) in {workdir}/checkpoints is kept; lower optim.base_lr '
-            f'or raise optim.clip_grad_norm strength and rerun to resume from it.')
+          f'Loss became {loss} at step {step}; stopping. The last good checkpoint '
+          f'(step {ckpt.latest_step()}) in {workdir}/checkpoints is kept; lower optim.base_lr '
+          f'or raise optim.clip_grad_norm strength and rerun to resume from it.'
+        )
       losses.append(loss)
       window.append(step_metrics)
       report(step)
@@ -222,11 +275,13 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
         now = time.perf_counter()
         seconds_per_step = (now - last_log_time) / max(1, step - last_log_step)
         scalars = _mean_metrics(window)
-        scalars.update({
+        scalars.update(
+          {
             'perf/step_time_s': seconds_per_step,
             'perf/clips_per_s': config.batch_size / seconds_per_step,
             'perf/tflops_per_s_per_device': step_flops / seconds_per_step / 1e12,
-        })
+          }
+        )
         if peak:
           scalars['perf/mfu'] = step_flops / seconds_per_step / peak
         writer.write_scalars(step, scalars)

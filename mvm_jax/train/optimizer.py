@@ -17,11 +17,11 @@ def peak_learning_rate(config) -> float:
 def make_schedule(config, total_steps: int, warmup_steps: int) -> optax.Schedule:
   """Linear warm-up from 0 to the peak, then cosine decay to `optim.min_lr`."""
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0,
-      peak_value=peak_learning_rate(config),
-      warmup_steps=warmup_steps,
-      decay_steps=max(total_steps, warmup_steps + 1),
-      end_value=config.optim.min_lr,
+    init_value=0.0,
+    peak_value=peak_learning_rate(config),
+    warmup_steps=warmup_steps,
+    decay_steps=max(total_steps, warmup_steps + 1),
+    end_value=config.optim.min_lr,
   )
 
 
@@ -32,10 +32,12 @@ def _path_name(path) -> str:
 def weight_decay_mask(params, decay_pos_embed: bool = True):
   """True where weight decay applies: every parameter with ndim > 1 (mae_st), and
   optionally not positional embeddings, [CLS] or [MASK] tokens."""
+
   def decays(path, leaf):
     if leaf.ndim <= 1:
       return False
     return decay_pos_embed or not any(t in _path_name(path) for t in NO_DECAY_TOKENS)
+
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
@@ -44,7 +46,14 @@ def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransforma
   parts = []
   if o.clip_grad_norm > 0:
     parts.append(optax.clip_by_global_norm(o.clip_grad_norm))
-  parts.append(optax.adamw(
-      schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-      mask=lambda params: weight_decay_mask(params, o.decay_pos_embed)))
+  parts.append(
+    optax.adamw(
+      schedule,
+      b1=o.b1,
+      b2=o.b2,
+      eps=o.eps,
+      weight_decay=o.weight_decay,
+      mask=lambda params: weight_decay_mask(params, o.decay_pos_embed),
+    )
+  )
   return optax.chain(*parts)

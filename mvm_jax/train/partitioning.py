@@ -18,11 +18,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 # Data parallel over ('data', 'fsdp'); parameters' model dimension over 'fsdp'
 # (ZeRO-3 style); MLP hidden and attention heads over 'tensor'.
 LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
-    ('batch', ('data', 'fsdp')),
-    ('embed', 'fsdp'),
-    ('mlp', 'tensor'),
-    ('heads', 'tensor'),
-    ('length', None),
+  ('batch', ('data', 'fsdp')),
+  ('embed', 'fsdp'),
+  ('mlp', 'tensor'),
+  ('heads', 'tensor'),
+  ('length', None),
 )
 BATCH_AXES = ('data', 'fsdp')
 
@@ -33,11 +33,14 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...
   known = int(np.prod([s for s in shape if s != -1]))
   if -1 in shape:
     if num_devices % known:
-      raise ValueError(f'config.mesh.shape={tuple(shape)}: {num_devices} devices are not divisible by {known}')
+      raise ValueError(
+        f'config.mesh.shape={tuple(shape)}: {num_devices} devices are not divisible by {known}'
+      )
     shape[shape.index(-1)] = num_devices // known
   if int(np.prod(shape)) != num_devices:
-    raise ValueError(f'config.mesh.shape={tuple(shape)} needs {int(np.prod(shape))} devices, '
-                     f'{num_devices} are available')
+    raise ValueError(
+      f'config.mesh.shape={tuple(shape)} needs {int(np.prod(shape))} devices, {num_devices} are available'
+    )
   return tuple(shape)
 
 
@@ -47,7 +50,7 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
   if devices is None:
     devices = jax.devices()
     if -1 not in mesh_config.shape:
-      devices = devices[:int(np.prod(mesh_config.shape))]
+      devices = devices[: int(np.prod(mesh_config.shape))]
   shape = resolve_mesh_shape(mesh_config.shape, len(devices))
   axes = tuple(mesh_config.axes)
   auto = (jax.sharding.AxisType.Auto,) * len(axes)
@@ -69,6 +72,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def rules_for(mesh: Mesh) -> tuple:
   """LOGICAL_RULES restricted to the axes this mesh has."""
+
   def keep(target):
     if target is None:
       return None
@@ -76,6 +80,7 @@ def rules_for(mesh: Mesh) -> tuple:
       return target if target in mesh.shape else None
     kept = tuple(t for t in target if t in mesh.shape)
     return kept or None
+
   return tuple((name, keep(target)) for name, target in LOGICAL_RULES)
 
 

@@ -20,14 +20,16 @@ class TrainState:
   `rng` is the run's base key; step t uses fold_in(rng, t), so resuming at
   step t draws exactly the masks and dropout an uninterrupted run would.
   """
+
   step: jax.Array
   params: Any
   opt_state: Any
   rng: jax.Array
 
 
-def create_sharded_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-                         mesh, rng: jax.Array) -> tuple[TrainState, TrainState]:
+def create_sharded_state(
+  init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation, mesh, rng: jax.Array
+) -> tuple[TrainState, TrainState]:
   """Initialise parameters and optimizer state directly in their shardings.
 
   `init_params(rng)` returns Flax params whose leaves may be LogicallyPartitioned
@@ -42,8 +44,12 @@ def create_sharded_state(init_params: Callable[[jax.Array], Any], tx: optax.Grad
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     replicated = partitioning.replicated(mesh)
     opt_shardings = optax.tree_map_params(
-        tx, lambda _, sharding: sharding, abstract_opt, param_shardings,
-        transform_non_params=lambda _: replicated)
+      tx,
+      lambda _, sharding: sharding,
+      abstract_opt,
+      param_shardings,
+      transform_non_params=lambda _: replicated,
+    )
     shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated)
 
     def init_state(rng):

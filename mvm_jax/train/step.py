@@ -18,8 +18,14 @@ def _micro_batches(tree, accum: int):
   return jax.tree.map(lambda x: einops.rearrange(x, '(m a) ... -> a m ...', a=accum), tree)
 
 
-def make_train_step(model, masker: Callable, objective_fn: Callable, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, grad_accum_steps: int = 1):
+def make_train_step(
+  model,
+  masker: Callable,
+  objective_fn: Callable,
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  grad_accum_steps: int = 1,
+):
   """Returns train_step(state, batch) -> (state, metrics); jit it with shardings.
 
   batch: {'video': [B, T, H, W, C] float, ...}. Masks come from
@@ -29,8 +35,9 @@ def make_train_step(model, masker: Callable, objective_fn: Callable, tx: optax.G
   """
 
   def loss_fn(params, batch, mask, dropout_rng):
-    outputs = model.apply({'params': params}, batch['video'], mask, deterministic=False,
-                          rngs={'dropout': dropout_rng})
+    outputs = model.apply(
+      {'params': params}, batch['video'], mask, deterministic=False, rngs={'dropout': dropout_rng}
+    )
     return objective_fn(outputs, batch)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -43,10 +50,12 @@ def make_train_step(model, masker: Callable, objective_fn: Callable, tx: optax.G
     if grad_accum_steps == 1:
       (_, metrics), grads = grad_fn(state.params, batch, mask, dropout_rng)
     else:
+
       def accumulate(carry, xs):
         j, micro_batch, micro_mask = xs
         (_, m), g = grad_fn(state.params, micro_batch, micro_mask, jax.random.fold_in(dropout_rng, j))
         return jax.tree.map(jnp.add, carry, (g, m)), None
+
       zeros = jax.tree.map(jnp.zeros_like, state.params)
       shapes = jax.eval_shape(lambda: grad_fn(state.params, batch, mask, dropout_rng)[0][1])
       zero_metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
@@ -56,7 +65,7 @@ def make_train_step(model, masker: Callable, objective_fn: Callable, tx: optax.G
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics
 

@@ -1,0 +1,68 @@
+"""Read back what a pre-training run left in its workdir (config, params, curves)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config the run wrote to `workdir/config.json`, over today's defaults
+  (so keys added since the run was made get their default values)."""
+  from mvm_jax.config import base_config
+
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: is {workdir!r} a mvm_jax workdir?')
+  with open(path) as f:
+    saved = json.load(f)
+  config = base_config()
+  _merge(config, saved)
+  return config
+
+
+def _merge(config: ml_collections.ConfigDict, saved: dict) -> None:
+  for key, value in saved.items():
+    if (
+      isinstance(value, dict)
+      and isinstance(config.get(key), ml_collections.ConfigDict)
+      and key != 'objectives'
+    ):
+      _merge(config[key], value)
+    else:
+      config[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+
+
+def latest_params(workdir: str) -> tuple[int, dict]:
+  """(step, params as numpy arrays) of the newest checkpoint in `workdir/checkpoints`."""
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  with ocp.CheckpointManager(directory, item_names=('state', 'data')) as manager:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint under {directory}')
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return step, jax.device_get(restored['state']['params'])
+
+
+def scalar_curves(workdir: str) -> dict[str, tuple[list[int], list[float]]]:
+  """TensorBoard scalars of the run: {tag: (steps, values)}."""
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.util import tensor_util
+
+  curves: dict[str, tuple[list[int], list[float]]] = {}
+  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
+    acc = event_accumulator.EventAccumulator(path, size_guidance={event_accumulator.TENSORS: 0})
+    acc.Reload()
+    for tag in acc.Tags().get('tensors', []):
+      for event in acc.Tensors(tag):
+        value = tensor_util.make_ndarray(event.tensor_proto)
+        if value.size == 1 and value.dtype.kind == 'f':
+          steps, values = curves.setdefault(tag, ([], []))
+          steps.append(event.step)
+          values.append(float(value))
+  return curves

@@ -1,0 +1,1 @@
+"""Command-line tools: model_stats (parameters, FLOPs), bench (step speed, MFU)."""

@@ -1,0 +1,114 @@
+"""Parameter counts and forward GFLOPs per clip, from XLA's cost analysis.
+
+  python -m mvm_jax.tools.model_stats --config configs/mae_st.py:vit_l [--json]
+
+Nothing runs: parameters come from `jax.eval_shape`, FLOPs from lowering and
+compiling forward passes on abstract inputs (batch 1). XLA counts 2 FLOPs per
+multiply-add; the papers (fvcore) count 1, shown alongside.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+from ml_collections import config_flags
+
+from mvm_jax import config as config_lib
+from mvm_jax import masking
+from mvm_jax.models import mae as mae_lib
+from mvm_jax.train import flops
+
+
+def _abstract_video(config):
+  return jax.ShapeDtypeStruct((1,) + mae_lib.video_shape(config) + (3,), jnp.float32)
+
+
+def _count(tree) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(tree)))
+
+
+def _mae_forward_flops(config, dense: bool) -> tuple[float, dict]:
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.dense_encoder = dense
+  model = mae_lib.mae_from_config(config)
+  masker = masking.make_masker(config.masking.kind, model.encoder.grid, config.masking.ratio)
+  video = _abstract_video(config)
+
+  def init(rng, v):
+    return model.init({'params': rng}, v, masker(rng, 1))['params']
+
+  params = jax.eval_shape(init, jax.random.PRNGKey(0), video)
+  forward = lambda p, v, rng: model.apply({'params': p}, v, masker(rng, 1))
+  compiled = jax.jit(forward).lower(params, video, jax.random.PRNGKey(0)).compile()
+  return flops.compiled_flops(compiled), params
+
+
+def _finetune_flops(config, num_classes: int) -> tuple[float, int]:
+  clf = mae_lib.classifier_from_config(config, num_classes)
+  video = _abstract_video(config)
+  params = jax.eval_shape(lambda rng, v: clf.init({'params': rng}, v)['params'], jax.random.PRNGKey(0), video)
+  compiled = jax.jit(lambda p, v: clf.apply({'params': p}, v)).lower(params, video).compile()
+  return flops.compiled_flops(compiled), _count(params)
+
+
+def model_stats(config, num_classes: int = 400) -> dict:
+  """{'params': {...}, 'gflops_per_clip': {...}} (XLA convention, 2 per multiply-add)."""
+  config_lib.validate(config)
+  sparse, params = _mae_forward_flops(config, dense=False)
+  dense, _ = _mae_forward_flops(config, dense=True)
+  finetune, finetune_params = _finetune_flops(config, num_classes)
+  encoder = _count(params['encoder'])
+  return {
+    'params': {'encoder': encoder, 'decoder': _count(params) - encoder, 'finetune_encoder': finetune_params},
+    'gflops_per_clip': {
+      'mae_sparse': sparse / 1e9,
+      'mae_dense': dense / 1e9,
+      'finetune_encoder': finetune / 1e9,
+    },
+  }
+
+
+def format_table(stats: dict, config) -> str:
+  p, g = stats['params'], stats['gflops_per_clip']
+  d = config.data
+  lines = [
+    f'clip {d.num_frames}×{d.crop_size}×{d.crop_size}, patch {config.model.t_patch_size}×'
+    f'{config.model.patch_size}×{config.model.patch_size}, mask {config.masking.kind} {config.masking.ratio}',
+    f'{"parameters":<28}{"count":>14}',
+    f'{"  encoder (pre-training)":<28}{p["encoder"] / 1e6:>13.1f}M',
+    f'{"  decoder":<28}{p["decoder"] / 1e6:>13.1f}M',
+    f'{"  fine-tune encoder + head":<28}{p["finetune_encoder"] / 1e6:>13.1f}M',
+    f'{"forward GFLOPs per clip":<28}{"XLA (2/MAC)":>14}{"paper (1/MAC)":>16}',
+  ]
+  for name, key in (
+    ('  MAE, sparse encoder', 'mae_sparse'),
+    ('  MAE, dense (w/ [M])', 'mae_dense'),
+    ('  fine-tune encoder', 'finetune_encoder'),
+  ):
+    lines.append(f'{name:<28}{g[key]:>14.1f}{g[key] / 2:>16.1f}')
+  lines.append(f'{"  dense / sparse":<28}{g["mae_dense"] / g["mae_sparse"]:>14.2f}×')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  config = flags.FLAGS.config
+  stats = model_stats(config, flags.FLAGS.num_classes)
+  print(json.dumps(stats) if flags.FLAGS.json else format_table(stats, config))
+
+
+def _define_flags():
+  """Flags live here so importing this module (e.g. in tests) defines none."""
+  config_flags.DEFINE_config_file('config', None, 'Config file and preset.', lock_config=True)
+  flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
+  flags.DEFINE_integer('num_classes', 400, 'Classes of the fine-tune head (Kinetics-400 by default).')
+
+
+if __name__ == '__main__':
+  _define_flags()
+  flags.mark_flags_as_required(['config'])
+  app.run(main)

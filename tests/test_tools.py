@@ -1,0 +1,60 @@
+"""model_stats and bench: numbers come from XLA and wall-clock, in the documented JSON shape."""
+
+import json
+
+import pytest
+
+from conftest import MICRO_FLAGS, micro_config, run_module
+from mvm_jax.tools import bench, model_stats
+
+
+def test_model_stats_counts_and_sparse_is_cheaper():
+  config = micro_config()
+  stats = model_stats.model_stats(config, num_classes=10)
+  p, g = stats['params'], stats['gflops_per_clip']
+  # encoder: patch embed + positions + tokens + 2 blocks + norm, counted by hand for width 32, patch 2x8x8
+  d, patch_in, n_spatial, n_temporal = 32, 2 * 8 * 8 * 3, 16, 2
+  block = 4 * (d * d + d) + 2 * d * 4 * d + 4 * d + d + 4 * d
+  expected_encoder = (patch_in * d + d) + (n_spatial + n_temporal + 1) * d + d + 2 * block + 2 * d
+  assert p['encoder'] == expected_encoder
+  assert p['finetune_encoder'] == expected_encoder + 2 * d + d * 10 + 10  # fc_norm + head
+  assert p['decoder'] > 0
+  assert 0 < g['mae_sparse'] < g['mae_dense']
+  assert g['finetune_encoder'] > 0
+
+
+@pytest.mark.slow
+def test_model_stats_cli_json():
+  result = run_module(
+    'mvm_jax.tools.model_stats', '--config', 'configs/mae_st.py:tiny', *MICRO_FLAGS, '--json'
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  stats = json.loads(result.stdout.strip().splitlines()[-1])
+  assert set(stats['params']) == {'encoder', 'decoder', 'finetune_encoder'}
+  assert set(stats['gflops_per_clip']) == {'mae_sparse', 'mae_dense', 'finetune_encoder'}
+
+
+@pytest.mark.slow
+def test_bench_cli_json():
+  result = run_module(
+    'mvm_jax.tools.bench',
+    '--config',
+    'configs/mae_st.py:tiny',
+    *MICRO_FLAGS,
+    '--json',
+    '--steps=2',
+    '--warmup=1',
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  out = json.loads(result.stdout.strip().splitlines()[-1])
+  assert set(out) >= {
+    'step_ms',
+    'clips_per_s',
+    'gflops_per_s',
+    'matmul_peak_gflops_per_s',
+    'mfu',
+    'sparse_vs_dense_speedup',
+  }
+  assert out['step_ms'] > 0 and out['clips_per_s'] == pytest.approx(8 / out['step_ms'] * 1e3)
+  assert out['mfu'] == pytest.approx(out['gflops_per_s'] / out['matmul_peak_gflops_per_s'])
+  assert out['sparse_vs_dense_speedup'] > 0
