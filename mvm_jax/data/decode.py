@@ -13,6 +13,13 @@ caller can skip the file and carry on.
 - :class:`VideoCache`: an in-memory LRU cache of decoded frame ranges that
   answers like :func:`decode_frames` (for data sets small enough to hold).
 
+A video is named by a file path or by a :class:`VideoBlob`: encoded video
+bytes held elsewhere (e.g. a record of an array_record file, read through
+tensorflow-datasets), named by a string such as ``'tfds://name/split/12'``.
+Every function and the cache accept either; a blob is opened from memory
+(``av.open(io.BytesIO(data))``) and its name serves in messages and as the
+cache key.
+
 Frame indices count presented frames from 0. When seeking, the index of a
 decoded frame is derived from its timestamp assuming a constant frame rate
 (``round((pts - start) * time_base * fps)``); when that is impossible (no
@@ -29,8 +36,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import fractions
+import io
 import threading
-from typing import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import av
 import numpy as np
@@ -63,7 +71,52 @@ class VideoInfo:
   width: int
 
 
+class VideoBlob(str):
+  """A video stored as encoded bytes (not a file), named by a string.
+
+  A ``str`` (its name, e.g. ``'tfds://my_videos/train/12'``), so it stands
+  wherever a path does: ``VideoRecord.path``, error messages, cache keys.
+  The bytes come from ``reader()``, a picklable zero-argument callable, read
+  at most once per blob (the result is kept) and only when the video is
+  opened, or from ``data`` when the caller already has them. Pickling keeps
+  the name and the reader and drops the bytes, so a blob stays small when
+  shipped to a worker process, which reads the bytes itself (a blob without
+  a reader pickles its bytes).
+  """
+
+  def __new__(cls, name: str, reader: Callable[[], bytes] | None, data: bytes | None = None):
+    blob = super().__new__(cls, name)
+    blob.reader = reader
+    blob._data = data
+    return blob
+
+  def read(self) -> bytes:
+    """The encoded video (container bytes, e.g. an mp4 file's content)."""
+    if self._data is None:
+      self._data = bytes(self.reader())
+    return self._data
+
+  def __reduce__(self):
+    if self.reader is None:
+      return (VideoBlob, (str(self), None, self._data))
+    return (VideoBlob, (str(self), self.reader))
+
+  def __repr__(self) -> str:
+    return f'VideoBlob({str(self)!r})'
+
+
 def _open(path) -> av.container.InputContainer:
+  if isinstance(path, VideoBlob):
+    try:
+      data = path.read()
+    except Exception as e:  # any storage error: the video is unreadable.
+      raise VideoDecodeError(path, f'cannot read the video bytes ({type(e).__name__}: {e})') from e
+    if not data:
+      raise VideoDecodeError(path, 'empty video (0 bytes)')
+    try:
+      return av.open(io.BytesIO(data), mode='r')
+    except (av.FFmpegError, OSError, ValueError) as e:
+      raise VideoDecodeError(path, f'cannot open container ({e})') from e
   try:
     return av.open(str(path), mode='r')
   except FileNotFoundError as e:
@@ -217,7 +270,7 @@ def decode_frames(
   """Decodes the frames at ``indices`` of ``path``.
 
   Args:
-    path: video file.
+    path: video file or :class:`VideoBlob`.
     indices: int [N] frame indices (any order, repeats allowed), >= 0.
     short_side: if set and the frame's short side is larger, frames are
       downscaled (area filter, aspect kept) so their short side is this.
@@ -335,7 +388,7 @@ class VideoCache:
     """``decode_frames(path, indices, short_side=short_side)``, cached.
 
     Args:
-      path: video file.
+      path: video file or :class:`VideoBlob` (its name is the cache key).
       indices: int [N] frame indices, expected inside ``[start, stop)`` (others
         are decoded directly, without the cache).
       start / stop: the frame range to decode and cache on a miss (the

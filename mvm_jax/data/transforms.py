@@ -1,21 +1,51 @@
-"""Per-clip augmentations in NumPy (run in the data workers, not on device).
+"""Per-clip index rules and augmentations in NumPy (run in the data workers).
 
 Shapes: a clip is ``uint8 [T, H, W, 3]`` until :func:`normalize` turns it
 into ``float32 [T, H, W, 3]``. Spatial ops use one crop box / one flip
 decision for every frame of a clip, so motion stays coherent.
 
-Temporal sampling policy (:func:`temporal_indices`): a clip is ``num_frames``
-frames ``sampling_rate`` apart, spanning ``(num_frames - 1) * sampling_rate + 1``
-frames of the allowed range ``[start, stop)``. Training picks the first frame
-uniformly among the positions where the clip fits; evaluation takes the
-centred clip. If the range is shorter than the span, the clip *loops* inside
-the range (index ``start + (offset + i * rate) mod (stop - start)``, with
-``offset`` uniform in the range when training and 0 when evaluating), so
-frames outside the range (e.g. another split's) are never used.
+Temporal rules pick frame indices inside an allowed range ``[start, stop)``
+of length ``L`` and never leave it (frames outside it may be another
+split's). Training draws from ``rng``; evaluation (``rng=None``) is
+deterministic, optionally as view ``view`` of ``num_views`` evenly spread
+views (multi-view testing).
+
+- :func:`temporal_indices` (clip): ``num_frames`` frames ``sampling_rate``
+  apart, spanning ``(num_frames - 1) * sampling_rate + 1`` frames. Training
+  picks the first frame uniformly among the positions where the clip fits;
+  evaluation takes the centred clip, or with ``num_views = K > 1`` the K
+  clips whose starts are evenly spaced from the first to the last fitting
+  position. If ``L`` is shorter than the span, the clip *loops* inside the
+  range (index ``start + (offset + i * rate) mod L``, with ``offset``
+  uniform in ``[0, L)`` when training and ``L * view // num_views`` when
+  evaluating).
+- :func:`segment_indices` (SSv2 style): the range is cut into ``n`` equal
+  integer segments ``[start + j * L // n, start + (j + 1) * L // n)``; one
+  frame per segment, uniform in training, the segment centre in evaluation
+  (view ``v`` of ``K``: offset ``(2v + 1) / 2K`` of the segment). If
+  ``L < n`` some segments are empty and take the frame at their boundary,
+  so frames repeat (indices stay non-decreasing).
+- :func:`clip_pair_indices` (VIMPAC): two clips, each following the clip
+  rule, their first frames uniform over all pairs at most ``max_distance``
+  apart (independent and uniform when unlimited). Evaluation: the two
+  clips as far apart as allowed, centred. The clips may overlap or
+  coincide; in a short range both loop.
+- :func:`distant_frame_pair` (ViC-MAE default): ``n`` segments as above,
+  one uniform frame from each of two different segments (earlier one
+  first); evaluation: centres of the first and last segments. If ``L < n``
+  the two frames may coincide.
+- :func:`continuous_frame_pair`: two frames exactly ``gap`` apart, the
+  first uniform where the pair fits (evaluation: centred). If ``L <= gap``
+  the gap shrinks to ``L - 1`` (first and last frame of the range).
+
+:class:`Timeline` resamples a range to a target frame rate: the rules run
+on the resampled positions, which then map back to source frame indices,
+so a stride or gap counts frames at the target rate.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Sequence
 
@@ -26,31 +56,229 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+# --- temporal rules ---------------------------------------------------------
+
+# Float slack when mapping between frame rates (e.g. 29.97 -> 15 fps).
+_EPS = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class Timeline:
+  """Positions ``0 .. length - 1`` on a range of source frames, at some frame rate.
+
+  Attributes:
+    start / stop: the source frame range ``[start, stop)``.
+    step: source frames per position (source fps / target fps; 1: native).
+    fps: positions per second (0: unknown).
+  """
+
+  start: int
+  stop: int
+  step: float = 1.0
+  fps: float = 0.0
+
+  @classmethod
+  def resampled(cls, start: int, stop: int, source_fps: float = 0.0, target_fps: float = 0.0) -> Timeline:
+    """The range at ``target_fps`` (<= 0, or an unknown ``source_fps`` <= 0: native)."""
+    if stop <= start:
+      raise ValueError(f'empty frame range [{start}, {stop})')
+    if target_fps > 0 and source_fps > 0:
+      return cls(start, stop, source_fps / target_fps, float(target_fps))
+    return cls(start, stop, 1.0, max(float(source_fps), 0.0))
+
+  @property
+  def length(self) -> int:
+    """Number of positions: ``ceil(L / step)``, those whose time lies in the range."""
+    n = self.stop - self.start
+    if self.step == 1.0:
+      return n
+    return max(1, math.ceil(n / self.step - _EPS))
+
+  def frames(self, positions) -> np.ndarray:
+    """Source frame indices of ``positions``: the nearest source frame in time.
+
+    ``start + round(p * step)`` (halves up), at most ``stop - 1``;
+    upsampling (step < 1) repeats source frames.
+    """
+    positions = np.asarray(positions, np.int64)
+    if self.step == 1.0:
+      return self.start + positions
+    offsets = np.floor(positions * self.step + 0.5 + _EPS).astype(np.int64)
+    return self.start + np.minimum(offsets, self.stop - self.start - 1)
+
+  def positions_in(self, seconds: float) -> int | None:
+    """Whole positions within ``seconds`` (None: unknown frame rate)."""
+    if self.fps <= 0:
+      return None
+    return int(math.floor(seconds * self.fps + _EPS))
+
+
+def _check_range(frame_start: int, frame_stop: int) -> int:
+  length = frame_stop - frame_start
+  if length <= 0:
+    raise ValueError(f'empty frame range [{frame_start}, {frame_stop})')
+  return length
+
+
+def _clip_span(num_frames: int, sampling_rate: int) -> int:
+  return (num_frames - 1) * sampling_rate + 1
+
+
+def _num_offsets(length: int, span: int) -> tuple[int, bool]:
+  """(number of possible first frames, whether the clip fits without looping)."""
+  if span <= length:
+    return length - span + 1, True
+  return length, False
+
+
+def _clip_at(frame_start: int, length: int, offset: int, num_frames: int, sampling_rate: int) -> np.ndarray:
+  """int64 [num_frames]: the clip starting ``offset`` frames into the range (loops)."""
+  steps = offset + sampling_rate * np.arange(num_frames, dtype=np.int64)
+  return frame_start + steps % length
+
+
 def temporal_indices(
   frame_start: int,
   frame_stop: int,
   num_frames: int,
   sampling_rate: int,
   rng: np.random.Generator | None = None,
+  *,
+  view: int = 0,
+  num_views: int = 1,
 ) -> np.ndarray:
   """Frame indices of one clip inside ``[frame_start, frame_stop)``.
 
   Args:
-    rng: random start when given (training); centred clip when None (eval).
+    rng: random start when given (training); else deterministic (eval).
+    view / num_views: (eval) clip ``view`` of ``num_views`` evenly spread
+      clips; ``num_views=1``: the centred clip.
 
   Returns:
     int64 [num_frames], increasing unless the clip loops (see module doc).
   """
-  length = frame_stop - frame_start
-  if length <= 0:
-    raise ValueError(f'empty frame range [{frame_start}, {frame_stop})')
-  steps = sampling_rate * np.arange(num_frames, dtype=np.int64)
-  span = (num_frames - 1) * sampling_rate + 1
-  if span <= length:
-    offset = rng.integers(0, length - span + 1) if rng is not None else (length - span) // 2
-    return frame_start + offset + steps
-  offset = rng.integers(0, length) if rng is not None else 0
-  return frame_start + (offset + steps) % length
+  length = _check_range(frame_start, frame_stop)
+  span = _clip_span(num_frames, sampling_rate)
+  count, fits = _num_offsets(length, span)
+  if rng is not None:
+    offset = rng.integers(0, count)
+  elif fits:
+    offset = (count - 1) // 2 if num_views == 1 else (count - 1) * view // (num_views - 1)
+  else:
+    offset = length * view // num_views
+  return _clip_at(frame_start, length, offset, num_frames, sampling_rate)
+
+
+def segment_bounds(frame_start: int, frame_stop: int, num_segments: int) -> np.ndarray:
+  """int64 [num_segments + 1]: segment j is ``[bounds[j], bounds[j + 1])``."""
+  length = _check_range(frame_start, frame_stop)
+  return frame_start + (np.arange(num_segments + 1, dtype=np.int64) * length) // num_segments
+
+
+def segment_indices(
+  frame_start: int,
+  frame_stop: int,
+  num_segments: int,
+  rng: np.random.Generator | None = None,
+  *,
+  view: int = 0,
+  num_views: int = 1,
+) -> np.ndarray:
+  """One frame from each of ``num_segments`` equal segments (see module doc).
+
+  Args:
+    rng: uniform frame per segment when given (training); else the frame at
+      offset ``(2 * view + 1) / (2 * num_views)`` of each segment (centre for
+      one view).
+
+  Returns:
+    int64 [num_segments], non-decreasing.
+  """
+  bounds = segment_bounds(frame_start, frame_stop, num_segments)
+  sizes = bounds[1:] - bounds[:-1]
+  if rng is not None:
+    offsets = np.floor(rng.random(num_segments) * sizes).astype(np.int64)
+  else:
+    offsets = ((2 * view + 1) * sizes) // (2 * num_views)
+  return bounds[:-1] + offsets
+
+
+def _offset_pair(count: int, max_distance: int | None, rng: np.random.Generator | None) -> tuple[int, int]:
+  """Two offsets in ``[0, count)`` at most ``max_distance`` apart (None: any).
+
+  Training: uniform over all allowed (ordered) pairs. Eval: as far apart as
+  allowed, centred.
+  """
+  limit = count - 1 if max_distance is None else min(max(max_distance, 0), count - 1)
+  if rng is None:
+    first = (count - 1 - limit) // 2
+    return first, first + limit
+  if limit == count - 1:
+    return int(rng.integers(0, count)), int(rng.integers(0, count))
+  firsts = np.arange(count)
+  weights = np.minimum(firsts + limit, count - 1) - np.maximum(firsts - limit, 0) + 1
+  first = int(rng.choice(count, p=weights / weights.sum()))
+  second = int(rng.integers(max(first - limit, 0), min(first + limit, count - 1) + 1))
+  return first, second
+
+
+def clip_pair_indices(
+  frame_start: int,
+  frame_stop: int,
+  num_frames: int,
+  sampling_rate: int,
+  rng: np.random.Generator | None = None,
+  *,
+  max_distance: int | None = None,
+) -> np.ndarray:
+  """Two clips of one range (VIMPAC), first frames <= ``max_distance`` apart.
+
+  Args:
+    max_distance: most frames between the two clips' first frames; None:
+      unlimited (independent uniform starts).
+    rng: random pair when given (training); else deterministic (eval).
+
+  Returns:
+    int64 [2, num_frames].
+  """
+  length = _check_range(frame_start, frame_stop)
+  count, _ = _num_offsets(length, _clip_span(num_frames, sampling_rate))
+  offsets = _offset_pair(count, max_distance, rng)
+  return np.stack([_clip_at(frame_start, length, o, num_frames, sampling_rate) for o in offsets])
+
+
+def distant_frame_pair(
+  frame_start: int, frame_stop: int, num_segments: int = 2, rng: np.random.Generator | None = None
+) -> np.ndarray:
+  """One frame from each of two different segments (ViC-MAE distant sampling).
+
+  Returns:
+    int64 [2], earlier segment first.
+  """
+  if num_segments < 2:
+    raise ValueError(f'distant frame pairs need >= 2 segments, got {num_segments}')
+  if rng is None:
+    frames = segment_indices(frame_start, frame_stop, num_segments)
+    return frames[[0, num_segments - 1]]
+  chosen = np.sort(rng.choice(num_segments, 2, replace=False))
+  return segment_indices(frame_start, frame_stop, num_segments, rng)[chosen]
+
+
+def continuous_frame_pair(
+  frame_start: int, frame_stop: int, gap: int, rng: np.random.Generator | None = None
+) -> np.ndarray:
+  """Two frames ``gap`` apart (ViC-MAE continuous sampling; see module doc).
+
+  Returns:
+    int64 [2]: ``[i, i + min(gap, L - 1)]``.
+  """
+  length = _check_range(frame_start, frame_stop)
+  gap = min(max(gap, 0), length - 1)
+  first = rng.integers(0, length - gap) if rng is not None else (length - 1 - gap) // 2
+  return frame_start + np.array([first, first + gap], np.int64)
+
+
+# --- spatial -----------------------------------------------------------------
 
 
 def random_resized_crop_box(
@@ -99,6 +327,27 @@ def center_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
   """
   side = min(height, width)
   return (height - side) // 2, (width - side) // 2, side, side
+
+
+def spatial_crop_boxes(height: int, width: int, num_crops: int) -> list[tuple[int, int, int, int]]:
+  """``num_crops`` squares of side min(H, W) evenly spread along the long side.
+
+  Resized to S, this is multi-view testing's "resize short side to S, take
+  S x S crops": for 3 crops left / centre / right (landscape) or top /
+  centre / bottom (portrait); one crop is :func:`center_crop_box`.
+
+  Returns:
+    [(top, left, side, side)] in order along the long side.
+  """
+  side = min(height, width)
+  room = max(height, width) - side
+  if num_crops == 1:
+    offsets = [room // 2]
+  else:
+    offsets = [room * i // (num_crops - 1) for i in range(num_crops)]
+  if height > width:
+    return [(o, 0, side, side) for o in offsets]
+  return [(0, o, side, side) for o in offsets]
 
 
 def crop_and_resize(frames: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
@@ -166,3 +415,12 @@ def eval_view(frames: np.ndarray, *, crop_size: int) -> np.ndarray:
   """Deterministic centre crop. uint8 [T, H, W, 3] -> uint8 [T, S, S, 3]."""
   box = center_crop_box(frames.shape[1], frames.shape[2])
   return crop_and_resize(frames, box, crop_size)
+
+
+def eval_views(frames: np.ndarray, *, crop_size: int, num_crops: int) -> np.ndarray:
+  """Multi-view spatial crops (:func:`spatial_crop_boxes`).
+
+  uint8 [T, H, W, 3] -> uint8 [num_crops, T, S, S, 3].
+  """
+  boxes = spatial_crop_boxes(frames.shape[1], frames.shape[2], num_crops)
+  return np.stack([crop_and_resize(frames, box, crop_size) for box in boxes])
