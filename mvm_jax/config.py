@@ -15,6 +15,19 @@ from mvm_jax import objectives
 from mvm_jax.data import default_data_config
 
 
+def sibling_config(config_file: str, name: str):
+  """Import `<dir of config_file>/<name>.py` (config files load each other this way,
+  so they work from any working directory)."""
+  import importlib.util
+  import os
+
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'mvm_jax_configs_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 class ConfigError(ValueError):
   """A config value is invalid; the message names the key."""
 
@@ -22,6 +35,8 @@ class ConfigError(ValueError):
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # Pre-training workdir (or imported PyTorch weights) to start from; '' = random init.
+  c.init_from = ''
 
   c.model = ml_collections.ConfigDict(
     dict(
@@ -34,6 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
       pos_embed='learned',  # 'learned' separable (mae_st) or fixed 'sincos'
       norm_pix_loss=True,
       dense_encoder=False,  # True: encoder sees mask tokens (MAE-ST Table 1 "w/ [M]")
+      decoder_cls='learned',  # decoder [CLS]: its own token (mae_st) or 'encoder' (embedded encoder [CLS], image MAE)
       drop_path_rate=0.0,
       dtype='float32',  # compute dtype; 'bfloat16' on accelerators
     )
@@ -102,6 +118,8 @@ def validate(config) -> None:
   for part in ('encoder', 'decoder'):
     if m[part].width % m[part].num_heads:
       _fail(f'model.{part}.num_heads', f'{m[part].num_heads} does not divide width {m[part].width}')
+  if m.decoder_cls not in ('learned', 'encoder'):
+    _fail('model.decoder_cls', f'{m.decoder_cls!r} is not "learned" or "encoder"')
   if m.pos_embed not in ('learned', 'sincos'):
     _fail('model.pos_embed', f'{m.pos_embed!r} is not "learned" or "sincos"')
   if m.dtype not in ('float32', 'bfloat16', 'float16'):

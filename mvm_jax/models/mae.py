@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -57,6 +56,7 @@ class MaskedAutoencoder(nn.Module):
   num_frames: int
   decoder_mlp_ratio: float = 4.0
   dense_encoder: bool = False
+  decoder_cls: str = 'learned'
   pos_embed: str = 'learned'
   dtype: Any = jnp.float32
   channels: int = 3
@@ -73,6 +73,10 @@ class MaskedAutoencoder(nn.Module):
     self.mask_token = self.param(
       'mask_token', vit.partitioned(vit.embed_init, (None, None, None)), (1, 1, self.decoder_width)
     )
+    if self.decoder_cls == 'learned':
+      self.decoder_cls_token = self.param(
+        'decoder_cls_token', vit.partitioned(vit.embed_init, (None, None, None)), (1, 1, self.decoder_width)
+      )
     self.decoder_pos = vit.SeparablePosEmbed(
       self.encoder.grid, self.decoder_width, self.pos_embed, prefix='decoder_pos_embed'
     )
@@ -89,9 +93,13 @@ class MaskedAutoencoder(nn.Module):
 
   def decoder_tokens(self, latent, mask: Mask):
     """Latent → decoder input [B, 1+N, Dd]: embed, fill hidden slots with the
-    mask token, restore (t, h, w) order, add decoder position embeddings."""
+    mask token, restore (t, h, w) order, add decoder position embeddings. The
+    decoder's [CLS] is its own learned token (`decoder_cls='learned'`, mae_st)
+    or the embedded encoder [CLS] output (`'encoder'`, image MAE)."""
     x = self.decoder_embed(latent)
     cls, tokens = x[:, :1], x[:, 1:]
+    if self.decoder_cls == 'learned':
+      cls = jnp.broadcast_to(self.decoder_cls_token.astype(x.dtype), cls.shape)
     if not self.dense_encoder:
       b, n_vis, d = tokens.shape
       n_hidden = mask.ids_restore.shape[-1] - n_vis
@@ -120,23 +128,27 @@ class MaskedAutoencoder(nn.Module):
 
 
 class VideoClassifier(nn.Module):
-  """Encoder-only view for fine-tuning: mean of patch tokens → LayerNorm → linear head.
+  """Encoder-only view for fine-tuning, as mae_st's VisionTransformer: mean of
+  patch tokens → the encoder's final LayerNorm → dropout → linear head (zero-init).
 
-  video [B, T, H, W, C] → logits [B, num_classes]. Shares `params['encoder']`
+  video [B, T, H, W, C] (optionally `token_keep` [B, N] bool to drop tokens
+  while fine-tuning) → logits [B, num_classes]. Shares `params['encoder']`
   with `MaskedAutoencoder`.
   """
 
   encoder: vit.Encoder
   num_classes: int
+  dropout: float = 0.0
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, video, deterministic: bool = True):
-    tokens = self.encoder(video, deterministic=deterministic)
-    pooled = vit.layer_norm('fc_norm', self.dtype)(tokens[:, 1:].mean(axis=1))
-    return vit.dense(
+  def __call__(self, video, deterministic: bool = True, token_keep=None):
+    pooled = self.encoder(video, token_keep=token_keep, pool='mean', deterministic=deterministic)
+    pooled = nn.Dropout(self.dropout)(pooled, deterministic=deterministic)
+    head = vit.dense(
       self.num_classes, ('embed', None), 'head', self.dtype, bias_name=None, kernel_init=nn.initializers.zeros
-    )(pooled).astype(jnp.float32)
+    )
+    return head(pooled).astype(jnp.float32)
 
 
 def video_shape(config) -> tuple[int, int, int]:
@@ -155,15 +167,19 @@ def mae_from_config(config) -> MaskedAutoencoder:
     pred_t_dim=m.pred_t_dim,
     num_frames=config.data.num_frames,
     dense_encoder=m.dense_encoder,
+    decoder_cls=m.decoder_cls,
     pos_embed=m.pos_embed,
     dtype=jnp.dtype(m.dtype),
   )
 
 
-def classifier_from_config(config, num_classes: int, drop_path_rate: float | None = None) -> VideoClassifier:
+def classifier_from_config(
+  config, num_classes: int, drop_path_rate: float | None = None, dropout: float = 0.0
+) -> VideoClassifier:
   m = config.model
   return VideoClassifier(
     encoder=vit.encoder_from_config(m, video_shape(config), drop_path_rate),
     num_classes=num_classes,
+    dropout=dropout,
     dtype=jnp.dtype(m.dtype),
   )

@@ -163,12 +163,14 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, key_mask=None):
+    """x: [B, L, D]; key_mask: optional [B, L] bool, False = token not attended to."""
     d = x.shape[-1]
     head_dim = d // self.num_heads
     split = lambda y: einops.rearrange(y, 'b l (h k) -> b l h k', h=self.num_heads)
     q, k, v = (split(dense(d, ('embed', 'heads'), n, self.dtype)(x)) for n in ('q', 'k', 'v'))
-    out = jax.nn.dot_product_attention(q, k, v, scale=head_dim**-0.5)
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=head_dim**-0.5)
     out = einops.rearrange(out, 'b l h k -> b l (h k)')
     return dense(d, ('heads', 'embed'), 'proj', self.dtype, bias_name='embed')(out)
 
@@ -194,12 +196,11 @@ class Block(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, deterministic: bool = True):
+  def __call__(self, x, deterministic: bool = True, key_mask=None):
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
     drop = DropPath(self.drop_path)
-    x = x + drop(
-      Attention(self.num_heads, self.dtype, name='attn')(layer_norm('norm1', self.dtype)(x)), deterministic
-    )
+    attn = Attention(self.num_heads, self.dtype, name='attn')
+    x = x + drop(attn(layer_norm('norm1', self.dtype)(x), key_mask), deterministic)
     hidden = int(x.shape[-1] * self.mlp_ratio)
     x = x + drop(Mlp(hidden, self.dtype, name='mlp')(layer_norm('norm2', self.dtype)(x)), deterministic)
     return x
@@ -212,7 +213,11 @@ class Encoder(nn.Module):
   encoded. Dense use ("w/ [M]" in MAE-ST Table 1): `mask` [B, N] (1 = hidden)
   replaces hidden tokens by a learned mask token and all N are encoded.
   Neither: every token is encoded (fine-tuning, feature extraction).
-  Returns [B, 1 + n, D] with [CLS] first, after the final LayerNorm.
+  `token_keep` [B, N] bool (with neither): tokens marked False are not
+  attended to (static-shape token dropping, for masking while fine-tuning).
+  Returns [B, 1 + n, D] with [CLS] first, after the final LayerNorm; with
+  `pool='mean'`, [B, D]: the mean of the (kept) patch tokens, then the final
+  LayerNorm, as mae_st's fine-tuning model does.
   """
 
   patch: tuple[int, int, int]
@@ -226,7 +231,9 @@ class Encoder(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, video, *, ids_keep=None, mask=None, deterministic: bool = True):
+  def __call__(
+    self, video, *, ids_keep=None, mask=None, token_keep=None, pool=None, deterministic: bool = True
+  ):
     x = PatchEmbed(self.patch, self.width, self.dtype, name='patch_embed')(video.astype(self.dtype))
     pos, pos_cls = SeparablePosEmbed(self.grid, self.width, self.pos_embed, name='pos')()
     x = x + pos[None].astype(x.dtype)
@@ -240,12 +247,23 @@ class Encoder(nn.Module):
     cls = self.param('cls_token', partitioned(embed_init, (None, None, 'embed')), (1, 1, self.width))
     cls = jnp.broadcast_to((cls + pos_cls).astype(x.dtype), (x.shape[0], 1, self.width))
     x = jnp.concatenate([cls, x], axis=1)
+    key_mask = None
+    if token_keep is not None:
+      key_mask = jnp.concatenate([jnp.ones_like(token_keep[:, :1], bool), token_keep.astype(bool)], axis=1)
     rates = np.linspace(0.0, self.drop_path_rate, self.depth)
     for i in range(self.depth):
-      x = Block(self.num_heads, self.mlp_ratio, float(rates[i]), self.dtype, name=f'block{i}')(
-        x, deterministic
-      )
-    return layer_norm('norm', self.dtype)(x)
+      block = Block(self.num_heads, self.mlp_ratio, float(rates[i]), self.dtype, name=f'block{i}')
+      x = block(x, deterministic, key_mask)
+    norm = layer_norm('norm', self.dtype)
+    if pool is None:
+      return norm(x)
+    if pool != 'mean':
+      raise ValueError(f'pool must be None or "mean", got {pool!r}')
+    weights = (
+      jnp.ones(x.shape[:2], x.dtype).at[:, 0].set(0) if key_mask is None else key_mask.at[:, 0].set(False)
+    )
+    weights = weights.astype(x.dtype)[..., None]
+    return norm((x * weights).sum(axis=1) / weights.sum(axis=1))
 
 
 def encoder_from_config(model_cfg, video_shape, drop_path_rate: float | None = None) -> Encoder:

@@ -1,0 +1,139 @@
+"""Heads on the encoder's output: token pooling and the projector MLP.
+
+HPM's loss predictor needs no module here: it is a second `mae.DecoderStack`
+with out_dim = prod(target_patch)·C whose outputs are averaged over the last
+axis, giving one scalar per patch ([B, L, P] → [B, L]).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mvm_jax.models import vit
+
+POOLINGS = ('mean', 'max', 'gem', 'cls')
+BN_MOMENTUM = 0.9  # torch BatchNorm1d momentum 0.1
+BN_EPS = 1e-5
+
+
+class Projector(nn.Module):
+  """[B, D] → [B, out]: (Linear → BatchNorm → ReLU) × (num_layers - 1) → Linear.
+
+  ViC-MAE: hidden 4096, out 128, 3 layers; VIMPAC: out 256 without last bias;
+  SimSiam's projector adds BatchNorm after the last Linear (`bn_last`), its
+  predictor is Projector(hidden=512, out=E, num_layers=2).
+
+  BatchNorm normalises over the batch axis of the array it is given: under
+  jit on a batch-sharded global array the statistics are global (as
+  SyncBatchNorm). Call with `train=True` and `mutable=['batch_stats']` to
+  use and update batch statistics; `train=False` uses the running averages.
+  """
+
+  hidden: int = 4096
+  out: int = 128
+  num_layers: int = 3
+  use_bias_last: bool = True
+  bn_last: bool = False
+  dtype: Any = jnp.float32
+
+  def _batch_norm(self, name: str, axis_name: str | None, train: bool):
+    return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=BN_MOMENTUM,
+      epsilon=BN_EPS,
+      dtype=self.dtype,
+      scale_init=vit.partitioned(nn.initializers.ones, (axis_name,)),
+      bias_init=vit.partitioned(nn.initializers.zeros, (axis_name,)),
+      name=name,
+    )
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    if self.num_layers < 1:
+      raise ValueError(f'Projector.num_layers={self.num_layers} must be >= 1')
+    for i in range(self.num_layers - 1):
+      x = vit.dense(self.hidden, ('embed' if i == 0 else None, 'mlp'), f'fc{i}', self.dtype)(x)
+      x = self._batch_norm(f'bn{i}', 'mlp', train)(x)
+      x = nn.relu(x)
+    last = self.num_layers - 1
+    x = nn.Dense(
+      self.out,
+      use_bias=self.use_bias_last,
+      dtype=self.dtype,
+      kernel_init=vit.partitioned(vit.dense_init, ('embed' if last == 0 else 'mlp', None)),
+      bias_init=vit.partitioned(nn.initializers.zeros, (None,)),
+      name=f'fc{last}',
+    )(x)
+    if self.bn_last:
+      x = self._batch_norm(f'bn{last}', None, train)(x)
+    return x.astype(jnp.float32)
+
+
+class Pooling(nn.Module):
+  """Global feature from the encoder output: latent [B, 1+n, D] → [B, D].
+
+  'mean' (ViC-MAE default), 'max' and 'gem' pool the patch tokens
+  latent[:, 1:] ([CLS] excluded); 'cls' returns latent[:, 0]. With a sparse
+  encoder every patch token is visible; with a dense one pass `token_mask`
+  [B, n] (1 = pool this token, e.g. 1 - mask) to pool the visible ones only.
+  GeM: (mean(max(x, eps)^p))^(1/p), p learnable (init `gem_p`) or fixed.
+  """
+
+  kind: str = 'mean'
+  gem_p: float = 3.0
+  gem_learnable: bool = True
+  gem_eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, latent, token_mask=None):
+    if self.kind not in POOLINGS:
+      raise ValueError(f'pooling {self.kind!r}; valid: {POOLINGS}')
+    if self.kind == 'cls':
+      return latent[:, 0]
+    tokens = latent[:, 1:].astype(jnp.float32)
+    if token_mask is None:
+      weights = jnp.ones(tokens.shape[:2], jnp.float32)
+    else:
+      weights = token_mask.astype(jnp.float32)
+    weights = weights[..., None]  # [B, n, 1]
+    count = jnp.maximum(jnp.sum(weights, axis=1), 1.0)  # [B, 1]
+    if self.kind == 'mean':
+      return jnp.sum(tokens * weights, axis=1) / count
+    if self.kind == 'max':
+      return jnp.max(jnp.where(weights > 0, tokens, -jnp.inf), axis=1)
+    if self.gem_learnable:
+      p = self.param('gem_p', nn.initializers.constant(self.gem_p), (1,), jnp.float32)
+    else:
+      p = jnp.full((1,), self.gem_p, jnp.float32)
+    powered = jnp.power(jnp.maximum(tokens, self.gem_eps), p)
+    return jnp.power(jnp.sum(powered * weights, axis=1) / count, 1.0 / p)
+
+
+def projector_from_config(contrastive_config, dtype=jnp.float32) -> Projector:
+  """Projector from `config.contrastive.projector`."""
+  p = contrastive_config.projector
+  return Projector(
+    hidden=p.hidden,
+    out=p.out,
+    num_layers=p.num_layers,
+    use_bias_last=p.use_bias_last,
+    bn_last=p.bn_last,
+    dtype=dtype,
+  )
+
+
+def predictor_from_config(contrastive_config, dtype=jnp.float32) -> Projector:
+  """SimSiam predictor from `config.contrastive.predictor` (out = projector.out)."""
+  p = contrastive_config.predictor
+  return Projector(
+    hidden=p.hidden, out=contrastive_config.projector.out, num_layers=p.num_layers, dtype=dtype
+  )
+
+
+def pooling_from_config(contrastive_config) -> Pooling:
+  """Pooling from `config.contrastive.{pooling, gem_p, gem_learnable}`."""
+  c = contrastive_config
+  return Pooling(kind=c.pooling, gem_p=c.gem_p, gem_learnable=c.gem_learnable)
