@@ -1,18 +1,18 @@
-"""The pre-training loop: build everything from the config, train, log, checkpoint.
+"""The training loop: build everything from the config, train, log, checkpoint.
 
-`train_and_evaluate(config, workdir)` is what `python -m mvm_jax.main` runs.
-Re-running it with the same workdir resumes from the latest checkpoint.
+`train_and_evaluate(config, workdir)` is what `python -m mvm_jax.main` runs
+(MAE pre-training); `fit` is the loop itself, shared with fine-tuning.
+Re-running with the same workdir resumes from the latest checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import signal
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +24,6 @@ from mvm_jax import config as config_lib
 from mvm_jax import masking, objectives, visualize
 from mvm_jax.data import pipeline
 from mvm_jax.models import mae as mae_lib
-from mvm_jax.models import vit
 from mvm_jax.train import checkpointing, flops, optimizer, partitioning
 from mvm_jax.train import state as state_lib
 from mvm_jax.train.step import make_train_step
@@ -186,7 +185,6 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   a per-step loss history of this invocation.
   """
   config_lib.validate(config)
-  os.makedirs(workdir, exist_ok=True)
   loader, data_info = pipeline.make_loader(
     config.data,
     split='train',
@@ -198,6 +196,33 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   )
   exp = build_experiment(config, samples_per_epoch=data_info.samples_per_epoch)
   exp.data_info = data_info
+
+  def images(step, batch):
+    if step % config.image_every_steps == 0 or step == exp.total_steps:
+      _write_images(exp, workdir, step, batch)
+
+  return fit(exp, loader, workdir, after_step=[images], stop_after_steps=stop_after_steps)
+
+
+def fit(
+  exp: Experiment,
+  loader,
+  workdir: str,
+  *,
+  after_step: Sequence[Callable[[int, dict], None]] = (),
+  stop_after_steps: Optional[int] = None,
+) -> dict:
+  """The training loop shared by pre-training and fine-tuning.
+
+  Resumes from the latest checkpoint in `workdir/checkpoints` (state and data
+  iterator position), runs `exp.train_step` to `exp.total_steps`, logs
+  metrics with progress/ETA/MFU, saves checkpoints (and on SIGTERM), stops on
+  a non-finite loss keeping the last good checkpoint. `after_step` callbacks
+  get (step, global batch) on the chief process after each step (pictures,
+  evaluation); they read `exp.state`.
+  """
+  config, data_info = exp.config, exp.data_info
+  os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
   if is_chief:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -227,9 +252,12 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
     state, data_state = ckpt.restore(latest, abstract)
     data_iter.set_state(data_state)
     logging.info('Resumed from checkpoint at step %d.', latest)
+  exp.state = state
   start_step = int(jax.device_get(state.step))
   if start_step >= exp.total_steps:
-    logging.info('Run already finished at step %d (total_steps=%d); nothing to do.', start_step, exp.total_steps)
+    logging.info(
+      'Run already finished at step %d (total_steps=%d); nothing to do.', start_step, exp.total_steps
+    )
     ckpt.close()
     writer.close()
     return {'step': start_step, 'metrics': {}, 'losses': [], 'history': []}
@@ -243,7 +271,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
     step_flops / 1e9,
     'unknown' if peak is None else f'{peak / 1e12:.3f}',
   )
-  writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()})
+  writer.write_hparams(_flat(config.to_dict()))
 
   report = periodic_actions.ReportProgress(
     num_train_steps=exp.total_steps, writer=writer, every_steps=config.log_every_steps
@@ -251,8 +279,6 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   history, window, losses = [], [], []
   last_log_time, last_log_step = time.perf_counter(), start_step
   step = start_step
-  metrics = {}
-  exp.state = state
   with _Preemption() as preemption:
     while step < exp.total_steps:
       state, step_metrics = compiled(state, batch)
@@ -266,7 +292,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
         raise NonFiniteLossError(
           f'Loss became {loss} at step {step}; stopping. The last good checkpoint '
           f'(step {ckpt.latest_step()}) in {workdir}/checkpoints is kept; lower optim.base_lr '
-          f'or raise optim.clip_grad_norm strength and rerun to resume from it.'
+          f'or tighten optim.clip_grad_norm and rerun to resume from it.'
         )
       losses.append(loss)
       window.append(step_metrics)
@@ -280,6 +306,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
             'perf/step_time_s': seconds_per_step,
             'perf/clips_per_s': config.batch_size / seconds_per_step,
             'perf/tflops_per_s_per_device': step_flops / seconds_per_step / 1e12,
+            'data/skipped_videos': float(data_info.skipped.count),
           }
         )
         if peak:
@@ -290,8 +317,9 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
       exp.state = state
       stop = preemption.requested or (stop_after_steps is not None and step - start_step >= stop_after_steps)
       ckpt.save(step, state, data_state, force=stop or step == exp.total_steps)
-      if is_chief and (step % config.image_every_steps == 0 or step == exp.total_steps):
-        _write_images(exp, workdir, step, batch)
+      if is_chief:
+        for callback in after_step:
+          callback(step, batch)
       if stop:
         logging.info('Stopping at step %d (checkpoint saved).', step)
         break
@@ -300,8 +328,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   ckpt.close()
   writer.flush()
   writer.close()
-  metrics = history[-1] if history else {}
-  return {'step': step, 'metrics': metrics, 'losses': losses, 'history': history}
+  return {'step': step, 'metrics': history[-1] if history else {}, 'losses': losses, 'history': history}
 
 
 def _flat(tree: dict, prefix: str = '') -> dict:

@@ -57,3 +57,40 @@ def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransforma
     )
   )
   return optax.chain(*parts)
+
+
+def encoder_layer_id(path_name: str, depth: int) -> int:
+  """Layer index for layer-wise lr decay: embeddings 0, block i → i + 1, the rest
+  (final norm, head) depth + 1. `path_name` is 'a/b/c' of the parameter."""
+  parts = path_name.split('/')
+  if 'encoder' not in parts:
+    return depth + 1
+  below = parts[parts.index('encoder') + 1 :]
+  if below and below[0].startswith('block'):
+    return int(below[0][len('block') :]) + 1
+  if below and below[0] in ('patch_embed', 'pos', 'cls_token', 'mask_token'):
+    return 0
+  return depth + 1
+
+
+def layer_decay_scales(params, depth: int, decay: float):
+  """lr multiplier per parameter: decay ** (depth + 1 - layer_id) (BEiT/MAE fine-tuning)."""
+  return jax.tree_util.tree_map_with_path(
+    lambda path, _: decay ** (depth + 1 - encoder_layer_id(_path_name(path), depth)), params
+  )
+
+
+def make_finetune_optimizer(
+  config, schedule: optax.Schedule, params, depth: int
+) -> optax.GradientTransformation:
+  """AdamW with layer-wise lr decay (`finetune.layer_decay`); weight decay as in pre-training."""
+  o = config.optim
+  scales = layer_decay_scales(params, depth, config.finetune.layer_decay)
+  parts = [optax.clip_by_global_norm(o.clip_grad_norm)] if o.clip_grad_norm > 0 else []
+  parts += [
+    optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps),
+    optax.add_decayed_weights(o.weight_decay, mask=lambda p: weight_decay_mask(p, o.decay_pos_embed)),
+    optax.stateless(lambda updates, _: jax.tree.map(lambda u, s: u * s, updates, scales)),
+    optax.scale_by_learning_rate(schedule),
+  ]
+  return optax.chain(*parts)
