@@ -53,3 +53,5 @@ def make_objective_fn(config) -> ObjectiveFn:
 
 # Register the built-in objectives.
 from mvm_jax.objectives import pixel_mse  # noqa: E402,F401
+from mvm_jax.objectives import loss_prediction  # noqa: E402,F401
+from mvm_jax.objectives import contrastive  # noqa: E402,F401

@@ -1,0 +1,230 @@
+"""HPM building blocks: loss-prediction objective, easy-to-hard masks, EMA teacher."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from mvm_jax import hard_patch_masking as hpm
+from mvm_jax import objectives
+from mvm_jax.models import ema
+from mvm_jax.objectives import loss_prediction
+
+# --- loss_prediction objective ---------------------------------------------
+
+
+def _config(target='relative_bce', norm_pix=True):
+  hpm_config = loss_prediction.default_hpm_config()
+  hpm_config.loss_predictor_target = target
+  return ml_collections.ConfigDict({'model': {'norm_pix_loss': norm_pix}, 'hpm': hpm_config})
+
+
+def _np_true_loss(pred, target):
+  mean = target.mean(-1, keepdims=True)
+  var = target.var(-1, ddof=1, keepdims=True)
+  return np.mean((pred - (target - mean) / np.sqrt(var + 1e-6)) ** 2, axis=-1)
+
+
+def _np_relative_bce(p, loss, mask):
+  """Plain double loop: value, d value / d p, pair count."""
+  total, count, grad = 0.0, 0, np.zeros_like(p)
+  for b in range(p.shape[0]):
+    for i in range(p.shape[1]):
+      for j in range(p.shape[1]):
+        if mask[b, i] and mask[b, j] and loss[b, i] > loss[b, j]:
+          s = 1.0 / (1.0 + np.exp(-(p[b, i] - p[b, j])))
+          total += -np.log(s + 1e-6)
+          g = -s * (1.0 - s) / (s + 1e-6)
+          grad[b, i] += g
+          grad[b, j] -= g
+          count += 1
+  return total / count, grad / count, count
+
+
+@pytest.fixture(scope='module')
+def hpm_case():
+  rng = np.random.default_rng(0)
+  b, n, p = 2, 7, 6
+  pred = rng.normal(size=(b, n, p)).astype(np.float32)
+  target = rng.normal(size=(b, n, p)).astype(np.float32)
+  pred[0, 3], target[0, 3] = pred[0, 1], target[0, 1]  # equal true losses: not a pair
+  mask = np.array([[1, 1, 0, 1, 1, 0, 1], [0, 1, 1, 0, 1, 0, 0]], np.float32)
+  pred_loss = rng.normal(size=(b, n)).astype(np.float32)
+  return {'pred': pred, 'target': target, 'mask': mask, 'pred_loss': pred_loss}
+
+
+def test_relative_bce_value_and_gradient_match_double_loop(hpm_case):
+  fn = objectives.OBJECTIVES['loss_prediction'](_config())
+
+  def loss_of(pred_loss, pred):
+    return fn(dict(hpm_case, pred_loss=pred_loss, pred=pred), {})
+
+  (loss, metrics), (grad_p, grad_pred) = jax.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(
+    hpm_case['pred_loss'], hpm_case['pred']
+  )
+  true = _np_true_loss(hpm_case['pred'], hpm_case['target'])
+  assert true[0, 3] == true[0, 1]
+  want, want_grad, count = _np_relative_bce(hpm_case['pred_loss'], true, hpm_case['mask'])
+  assert count == 9 + 3  # 5 masked with one tie: 10 - 1 pairs; 3 masked: 3 pairs
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  np.testing.assert_allclose(grad_p, want_grad, rtol=1e-4, atol=1e-7)
+  assert float(metrics['hpm/valid_pairs']) == count
+  np.testing.assert_array_equal(grad_pred, 0.0)  # true losses are stop-gradient
+
+
+def test_absolute_mse_matches_numpy(hpm_case):
+  fn = objectives.OBJECTIVES['loss_prediction'](_config('absolute_mse', norm_pix=False))
+  loss, _ = fn(hpm_case, {})
+  true = np.mean((hpm_case['pred'] - hpm_case['target']) ** 2, axis=-1)
+  sq, m = [], hpm_case['mask'] > 0
+  for b in range(true.shape[0]):
+    t = true[b][m[b]]
+    standardized = (t - t.mean()) / np.sqrt(t.var(ddof=1) + 1e-6)
+    sq.extend((hpm_case['pred_loss'][b][m[b]] - standardized) ** 2)
+  np.testing.assert_allclose(loss, np.mean(sq), rtol=1e-5)
+
+
+def test_rank_correlation_metric(hpm_case):
+  fn = objectives.OBJECTIVES['loss_prediction'](_config())
+  mask = hpm_case['mask']
+  # Monotone in the true loss on masked patches (anything elsewhere): perfect
+  # rank agreement. (Ties rank by index, so this case has none.)
+  no_tie = dict(hpm_case, pred=hpm_case['pred'] + np.float32(0.1) * np.eye(7, 6, dtype=np.float32))
+  true = _np_true_loss(no_tie['pred'], no_tie['target'])
+  for sign in (1.0, -1.0):
+    pred_loss = np.where(mask > 0, sign * np.exp(true), 100.0 * sign)
+    _, metrics = fn(dict(no_tie, pred_loss=pred_loss), {})
+    np.testing.assert_allclose(metrics['hpm/loss_rank_corr'], sign, rtol=1e-6)
+  # Against scipy on a generic case, averaged over the two samples.
+  from scipy import stats
+
+  _, metrics = fn(no_tie, {})
+  m, p = mask > 0, no_tie['pred_loss']
+  want = np.mean([stats.spearmanr(p[b][m[b]], true[b][m[b]])[0] for b in range(2)])
+  np.testing.assert_allclose(metrics['hpm/loss_rank_corr'], want, rtol=1e-5)
+
+
+def test_unknown_loss_predictor_target_fails():
+  with pytest.raises(ValueError, match='loss_predictor_target'):
+    objectives.OBJECTIVES['loss_prediction'](_config('ranking'))
+
+
+# --- easy-to-hard masks ------------------------------------------------------
+
+GRID = (2, 3, 4)  # N = 24, 12 patches per frame
+NUM_KEEP = 6  # 18 masked
+# Less LLVM optimization: a third of the CPU compile time, same results.
+FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+
+
+def test_alpha_schedule():
+  sched = functools.partial(hpm.alpha_schedule, total_steps=100, alpha_0=0.0, alpha_T=0.5)
+  np.testing.assert_allclose([sched(s) for s in (0, 40, 100, 150)], [0.0, 0.2, 0.5, 0.5], atol=1e-7)
+  reverse = [sched(s, manner='hard_to_easy') for s in (0, 40, 100)]
+  np.testing.assert_allclose(reverse, [0.5, 0.3, 0.0], atol=1e-7)
+  np.testing.assert_allclose([sched(s, manner='fixed') for s in (0, 100)], [0.5, 0.5])
+  with pytest.raises(ValueError, match='alpha_manner'):
+    sched(0, manner='linear')
+
+
+@functools.cache
+def _masks():
+  """All masking cases, compiled once."""
+  loss = jax.random.normal(jax.random.key(1), (4, 24))
+  same_loss = jnp.broadcast_to(loss[:1], (4000, 24))
+
+  def cases(rng, step, loss, same_loss):  # arrays as arguments: XLA would constant-fold the sorts
+    mask = functools.partial(hpm.hard_patch_mask, rng, num_keep=NUM_KEEP)
+    return {
+      'hard': mask(loss, alpha=0.5),
+      'easy': mask(loss, alpha=0.5, selection='easy'),
+      'none': mask(loss, alpha=0.0),
+      'all': mask(loss, alpha=1.0),
+      'frame': mask(loss, alpha=2 / 3, per_frame=True, grid=GRID),
+      'traced': mask(loss, alpha=hpm.alpha_schedule(step, 100)),  # 0.2 at step 40
+      'many': mask(same_loss, alpha=0.5),
+    }
+
+  return np.asarray(loss), jax.jit(cases, compiler_options=FAST_COMPILE)(
+    jax.random.key(0), 40, loss, same_loss
+  )
+
+
+def _check_mask(m, hard, want_hard):
+  mask = np.asarray(m.mask)
+  np.testing.assert_array_equal(mask.sum(-1), 24 - NUM_KEEP)  # exact masked count
+  assert np.all(np.take_along_axis(mask, np.asarray(m.ids_keep), -1) == 0)
+  hard = np.asarray(hard)
+  assert np.all(mask[hard] == 1)  # hard ⊂ masked
+  np.testing.assert_array_equal(hard, want_hard)
+
+
+def _top(values, k):
+  """[B, L] bool: the k highest of each row."""
+  out = np.zeros(values.shape, bool)
+  np.put_along_axis(out, np.argsort(-values, -1)[:, :k], True, -1)
+  return out
+
+
+def test_hard_set_is_the_highest_predicted_loss():
+  loss, got = _masks()
+  _check_mask(*got['hard'], _top(loss, 9))  # round(0.5 · 18)
+  _check_mask(*got['none'], np.zeros_like(loss, bool))
+  _check_mask(*got['all'], _top(loss, 18))
+  _check_mask(*got['traced'], _top(loss, 4))  # round(0.2 · 18) = 4
+  np.testing.assert_array_equal(np.asarray(got['all'][0].mask) > 0, _top(loss, 18))
+
+
+def test_easy_selection_picks_the_lowest():
+  loss, got = _masks()
+  _check_mask(*got['easy'], _top(-loss, 9))
+
+
+def test_per_frame_same_hard_count_in_every_frame():
+  loss, got = _masks()
+  per_frame = loss.reshape(4, 2, 12)
+  want = np.stack([_top(per_frame[:, t], 6) for t in range(2)], axis=1).reshape(4, 24)
+  _check_mask(*got['frame'], want)  # round(2/3 · 18 / 2) = 6 per frame
+
+
+def test_rest_of_masked_set_is_uniform():
+  loss, got = _masks()
+  m, hard = got['many']
+  hard = np.asarray(hard)
+  np.testing.assert_array_equal(hard, np.broadcast_to(_top(loss[:1], 9), hard.shape))
+  rest = ~hard[0]  # 15 patches share the 9 random masked slots: p = 0.6 each
+  freq = np.asarray(m.mask)[:, rest].mean(0)
+  np.testing.assert_allclose(freq, 0.6, atol=0.04)
+  metrics = hpm.hard_mask_metrics(0.5, got['hard'][1], got['hard'][0].mask)
+  np.testing.assert_allclose(metrics['hpm/hard_fraction'], 0.5)
+  np.testing.assert_allclose(metrics['hpm/alpha'], 0.5)
+
+
+def test_hard_patch_mask_argument_errors():
+  loss = jnp.zeros((2, 24))
+  with pytest.raises(ValueError, match='selection'):
+    hpm.hard_patch_mask(jax.random.key(0), loss, NUM_KEEP, 0.5, selection='argmax')
+  with pytest.raises(ValueError, match='per_frame'):
+    hpm.hard_patch_mask(jax.random.key(0), loss, NUM_KEEP, 0.5, per_frame=True)
+
+
+# --- EMA teacher -------------------------------------------------------------
+
+
+def test_ema_update_is_the_formula():
+  rng = np.random.default_rng(0)
+  teacher = {'a': rng.normal(size=(3, 2)).astype(np.float32), 'b': {'c': np.float32(2.0)}}
+  student = {'a': rng.normal(size=(3, 2)).astype(np.float32), 'b': {'c': np.float32(-1.0)}}
+  new = ema.ema_update(teacher, student, 0.9)
+  np.testing.assert_allclose(new['a'], 0.9 * teacher['a'] + 0.1 * student['a'], rtol=1e-6)
+  np.testing.assert_allclose(new['b']['c'], 0.9 * 2.0 - 0.1, rtol=1e-6)
+  assert new['a'].dtype == jnp.float32
+
+
+def test_momentum_schedule_endpoints():
+  sched = functools.partial(ema.momentum_schedule, steps_per_epoch=10, m0=0.999, m1=0.9999, epochs=100)
+  got = [float(sched(s)) for s in (0, 500, 1000, 5000)]
+  np.testing.assert_allclose(got, [0.999, 0.99945, 0.9999, 0.9999], rtol=1e-7)
