@@ -93,6 +93,12 @@ def default_data_config() -> ml_collections.ConfigDict:
       scale=(0.5, 1.0),  # random resized crop: area fraction range
       aspect_ratio=(0.75, 1.3333),  # random resized crop: w/h range (log-uniform)
       hflip=True,  # random horizontal flip (training)
+      # RandAugment after the crop (training only; the same ops on every frame
+      # of a view): ops per view (0: off; MAE-ST fine-tuning: 2), magnitude
+      # (0 .. 10) and its Gaussian noise std, timm's rand-m9-mstd0.5.
+      randaugment_ops=0,
+      randaugment_magnitude=9.0,
+      randaugment_magnitude_std=0.5,
       repeated_sampling=4,  # k clips per decoded video (training; eval uses 1)
       # Per-record sampler (mvm_jax.data.sampling.SAMPLERS), video per sample:
       # 'clip' [T, S, S, 3] (T frames sampling_rate apart), 'segment' [T, S, S, 3]
@@ -170,6 +176,11 @@ def validate_data_config(dc) -> None:
     _fail('max_bad_fraction', f'must be in [0, 1], got {dc.max_bad_fraction!r}')
   if dc.decode_short_side < -1:
     _fail('decode_short_side', f'must be -1 (auto), 0 (native) or positive, got {dc.decode_short_side}')
+  if not isinstance(dc.randaugment_ops, int) or dc.randaugment_ops < 0:
+    _fail('randaugment_ops', f'must be a non-negative integer (0: off), got {dc.randaugment_ops!r}')
+  for key, lo, hi in (('randaugment_magnitude', 0, 10), ('randaugment_magnitude_std', 0, float('inf'))):
+    if isinstance(dc[key], bool) or not isinstance(dc[key], (int, float)) or not lo <= dc[key] <= hi:
+      _fail(key, f'must be a number in [{lo}, {hi}], got {dc[key]!r}')
   _validate_sampling(dc)
 
 
@@ -245,6 +256,9 @@ def make_sampler(data_config, *, train: bool) -> sampling.Sampler:
     train=train,
     decode_short_side=short_side or None,
     target_fps=float(dc.target_fps),
+    randaugment_ops=dc.randaugment_ops,
+    randaugment_magnitude=float(dc.randaugment_magnitude),
+    randaugment_magnitude_std=float(dc.randaugment_magnitude_std),
   )
   views = {} if train else dict(temporal_views=dc.eval_temporal_views, spatial_views=dc.eval_spatial_views)
   if dc.sampling == 'clip':

@@ -15,7 +15,8 @@ name          sample_shape               temporal rule (transforms.py)
 ============  =========================  ==============================
 
 Every temporal view (a clip, or one frame of a pair) gets its own random
-resized crop and flip in training; all frames of one view share them.
+resized crop and flip in training, then its own RandAugment ops when
+``randaugment_ops > 0``; all frames of one view share them.
 Evaluation (``train=False``) is deterministic: centred positions and a centre
 crop. Multi-view testing ('clip' and 'segment', evaluation only):
 ``temporal_views = K`` evenly spread clips x ``spatial_views`` (1 or 3)
@@ -82,6 +83,9 @@ class Sampler:
     decode_short_side: FFmpeg downscales frames whose short side is larger
       than this before cropping (None/0: native resolution).
     target_fps: choose positions at this frame rate (<= 0: native).
+    randaugment_ops: RandAugment ops per view after the crop (training;
+      0: off), at ``randaugment_magnitude`` (0 .. 10) with Gaussian noise of
+      std ``randaugment_magnitude_std`` (:mod:`~mvm_jax.data.randaugment`).
   """
 
   crop_size: int
@@ -94,6 +98,9 @@ class Sampler:
   train: bool = True
   decode_short_side: int | None = None
   target_fps: float = 0.0
+  randaugment_ops: int = 0
+  randaugment_magnitude: float = 9.0
+  randaugment_magnitude_std: float = 0.5
 
   # --- subclass interface ---
 
@@ -225,6 +232,9 @@ class Sampler:
         scale=self.scale,
         aspect_ratio=self.aspect_ratio,
         flip=self.flip,
+        randaugment_ops=self.randaugment_ops,
+        randaugment_magnitude=self.randaugment_magnitude,
+        randaugment_magnitude_std=self.randaugment_magnitude_std,
       )
       return view[None]
     return transforms.eval_views(clip, crop_size=self.crop_size, num_crops=self._spatial_views)

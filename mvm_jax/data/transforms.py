@@ -52,6 +52,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from mvm_jax.data import randaugment
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -399,8 +401,16 @@ def train_view(
   scale: Sequence[float],
   aspect_ratio: Sequence[float],
   flip: bool,
+  randaugment_ops: int = 0,
+  randaugment_magnitude: float = 9.0,
+  randaugment_magnitude_std: float = 0.5,
 ) -> np.ndarray:
-  """Random resized crop + random horizontal flip (p=0.5 when ``flip``).
+  """Random resized crop + random horizontal flip (p=0.5 when ``flip``) + RandAugment.
+
+  RandAugment (:func:`~mvm_jax.data.randaugment.rand_augment`, each op with
+  p=0.5) runs on the cropped frames when ``randaugment_ops > 0``, drawing its
+  ops once for the clip from ``rng`` after the crop and flip draws (0: no
+  draws, the same crops and flips as without it).
 
   uint8 [T, H, W, 3] -> uint8 [T, crop_size, crop_size, 3].
   """
@@ -408,6 +418,14 @@ def train_view(
   out = crop_and_resize(frames, box, crop_size)
   if flip and rng.random() < 0.5:
     out = hflip(out)
+  if randaugment_ops > 0:
+    out = randaugment.rand_augment(
+      out,
+      rng,
+      num_ops=randaugment_ops,
+      magnitude=randaugment_magnitude,
+      magnitude_std=randaugment_magnitude_std,
+    )
   return out
 
 
