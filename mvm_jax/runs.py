@@ -66,3 +66,14 @@ def scalar_curves(workdir: str) -> dict[str, tuple[list[int], list[float]]]:
           steps.append(event.step)
           values.append(float(value))
   return curves
+
+
+def load_pretrained(path: str) -> tuple[int, dict]:
+  """(step, params) from a pre-training workdir or an `mvm_jax.import_torch` output
+  directory (step 0). What `config.init_from` points to."""
+  from mvm_jax.export import checkpoints
+
+  path = os.path.abspath(os.path.expanduser(path))
+  if checkpoints.is_imported_dir(path):
+    return 0, checkpoints.load_imported_params(path)
+  return latest_params(path)

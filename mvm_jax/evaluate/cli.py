@@ -1,0 +1,69 @@
+"""What the evaluation entry points share: absl flags in, one evaluator run, a summary line out."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+from absl import app, flags, logging
+
+
+class _QuietLibraries:
+  """Drop INFO chatter of checkpointing and data internals; warnings and errors still show."""
+
+  NOISY = ('/orbax/', '/etils/', '/grain/')
+
+  def filter(self, record) -> bool:
+    return record.levelno >= 30 or not any(n in record.pathname for n in self.NOISY)
+
+
+def main(argv, evaluator: str) -> None:
+  """Run ``mvm_jax.evaluate.<evaluator>.run(FLAGS.config, FLAGS.workdir)`` and print its summary.
+
+  Config errors (a bad value, a missing ``init_from`` workdir) end the
+  program with a usage message naming the key, before anything compiles.
+  """
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  import jax  # after flag parsing, as Grain and jax.distributed expect
+
+  FLAGS = flags.FLAGS
+  if FLAGS.distributed:
+    jax.distributed.initialize()
+  from mvm_jax.config import ConfigError
+
+  module = importlib.import_module(f'mvm_jax.evaluate.{evaluator}')
+  config, workdir = FLAGS.config, os.path.expanduser(FLAGS.workdir)
+  try:
+    module.validate(config)
+  except ConfigError as e:
+    raise app.UsageError(str(e)) from None
+  logging.info(
+    'JAX %s on %d %s device(s), process %d of %d.',
+    jax.__version__,
+    jax.device_count(),
+    jax.devices()[0].platform,
+    jax.process_index(),
+    jax.process_count(),
+  )
+  logging.info('Config:\n%s', config)
+  try:
+    results = module.run(config, workdir)
+  except (ConfigError, FileNotFoundError) as e:
+    raise app.UsageError(str(e)) from None
+  if jax.process_index() == 0:
+    print(results['summary'], flush=True)
+
+
+def define_flags(help_config: str) -> None:
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file('config', None, help_config, lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Where features_{split}.npz, results.json and the confusion PNG go.')
+  flags.DEFINE_bool(
+    'distributed',
+    False,
+    'Call jax.distributed.initialize() (multi-host; coordinator from the environment, see launch/).',
+  )
+  flags.mark_flags_as_required(['config', 'workdir'])

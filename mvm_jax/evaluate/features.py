@@ -1,0 +1,410 @@
+"""Pooled features of a frozen encoder over a split, extracted once and cached.
+
+Passes over a split (all hosts read disjoint shards; every host ends with
+all features):
+
+- view 0: one pass in record order, centre clip and centre crop
+  (``make_loader(..., train=False)``);
+- views 1 .. train_views-1 (train split only): passes with the training
+  augmentation (random clip, resized crop, flip), one clip per record each.
+
+With multi-view testing (``data.eval_temporal_views`` / ``eval_spatial_views``)
+the eval pass gives V views per record: V rows with the record's index (the
+evaluators average their scores per record).
+
+Pooling: ``'mean'``: the mean of the patch tokens, then the encoder's final
+LayerNorm (as mae_st's classifier and our fine-tuning view; the MAE family's
+default); ``'cls'``: the [CLS] token after the final LayerNorm.
+
+The cache ``{workdir}/features_{split}.npz`` holds the arrays of
+:class:`Features` and a ``meta`` string (init_from, checkpoint step, pool,
+views, model and data config); it is reused when its meta matches.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from mvm_jax.config import ConfigError
+from mvm_jax.data import pipeline
+from mvm_jax.evaluate.frozen import FrozenEncoder
+from mvm_jax.train import partitioning
+
+POOLS = ('mean', 'cls')
+# Data keys that change how fast features come, not what they are.
+_RUNTIME_DATA_KEYS = ('num_workers', 'prefetch', 'cache_decoded_videos', 'max_bad_fraction')
+LOG_EVERY_S = 30.0
+
+
+@dataclasses.dataclass
+class Features:
+  """Features of one split, sorted by (view, index); one row per clip.
+
+  Attributes:
+    features: float32 [N, D].
+    labels: int32 [N].
+    index: int32 [N], record index in the split's source (repeated for the
+      eval views of a record with multi-view testing).
+    view: int32 [N], 0 = eval pass (centre crop), v >= 1 = v-th augmented pass.
+    class_names: the label space (num_classes = len(class_names)).
+  """
+
+  features: np.ndarray
+  labels: np.ndarray
+  index: np.ndarray
+  view: np.ndarray
+  class_names: tuple[str, ...]
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  def __len__(self) -> int:
+    return self.features.shape[0]
+
+
+def validate_section(section, name: str) -> None:
+  """Check the feature keys of ``config.<name>``: pool, train_views,
+  extract_batch_size, train_split, test_split."""
+  if section.pool not in POOLS:
+    raise ConfigError(f'config.{name}.pool: {section.pool!r} is not one of {POOLS}')
+  for key in ('train_views', 'extract_batch_size'):
+    if not isinstance(section[key], int) or section[key] < 1:
+      raise ConfigError(f'config.{name}.{key}: must be a positive integer, got {section[key]!r}')
+  for key in ('train_split', 'test_split'):
+    if not isinstance(section[key], str) or not section[key]:
+      raise ConfigError(f'config.{name}.{key}: must name a split of config.data.source, got {section[key]!r}')
+
+
+def check_batch_size(config, batch_size: int, key: str) -> None:
+  """The extraction batch must split evenly over the processes and the data-parallel
+  devices of ``config.mesh`` (checked before anything compiles)."""
+  dp = partitioning.data_parallel_size(partitioning.make_mesh(config.mesh))
+  if batch_size % dp or batch_size % jax.process_count():
+    raise ConfigError(
+      f'config.{key}={batch_size} is not a multiple of the {dp} data-parallel devices of '
+      f'config.mesh.shape={tuple(config.mesh.shape)} and the {jax.process_count()} process(es)'
+    )
+
+
+def cache_meta(frozen: FrozenEncoder, split: str, pool: str, views: int) -> dict:
+  """What the cached features depend on; a cache with other meta is re-extracted."""
+  c = frozen.config
+  data = {k: v for k, v in c.data.to_dict().items() if k not in _RUNTIME_DATA_KEYS}
+  return json.loads(
+    json.dumps(
+      dict(
+        split=split,
+        init_from=frozen.init_from,
+        step=frozen.step,
+        seed=c.seed,
+        pool=pool,
+        views=views,
+        model=c.model.to_dict(),
+        data=data,
+      ),
+      default=list,
+    )
+  )
+
+
+def make_extract_fn(frozen: FrozenEncoder, pool: str):
+  """Jitted (params, batch) → {'features': f32 [B, V, D], and the batch's other
+  entries}. ``batch['video']``: [B, T, H, W, 3], or [B, V, T, H, W, 3] with V
+  views per sample (multi-view testing); V = 1 for the former. The batch is
+  split over the data axes, the outputs replicated on every device (so every
+  host gets all features)."""
+  if pool not in POOLS:
+    raise ValueError(f'pool must be one of {POOLS}, got {pool!r}')
+  encoder = frozen.encoder
+
+  def extract(params, batch):
+    video = batch['video']
+    clips = video.reshape(-1, *video.shape[-4:])  # [B·V, T, H, W, 3]
+    if pool == 'mean':
+      pooled = encoder.apply({'params': params}, clips, pool='mean')
+    else:
+      pooled = encoder.apply({'params': params}, clips)[:, 0]
+    features = pooled.astype(jnp.float32).reshape(video.shape[0], -1, pooled.shape[-1])
+    return {'features': features, **{k: v for k, v in batch.items() if k != 'video'}}
+
+  mesh = frozen.mesh
+  return jax.jit(
+    extract,
+    in_shardings=(frozen.param_shardings, partitioning.batch_sharding(mesh)),
+    out_shardings=partitioning.replicated(mesh),
+  )
+
+
+def _padded(host_batch: dict | None, size: int, num_valid: int, views: np.ndarray, sample_shape) -> dict:
+  """Host batch padded to ``size`` samples (of video shape ``sample_shape``);
+  ``valid`` marks its first ``num_valid``; ``view`` [size] the pass number of each sample."""
+  if host_batch is None:
+    host_batch = {
+      'video': np.zeros((0, *sample_shape), np.float32),
+      'label': np.zeros((0,), np.int32),
+      'index': np.zeros((0,), np.int32),
+    }
+  n = host_batch['video'].shape[0]
+  out = {}
+  for key in ('video', 'label', 'index'):
+    value = np.asarray(host_batch[key])
+    out[key] = np.concatenate([value, np.zeros((size - n, *value.shape[1:]), value.dtype)])
+  out['valid'] = np.arange(size) < min(n, num_valid)
+  out['view'] = views.astype(np.int32)
+  return out
+
+
+class _Progress:
+  """Logs clips/s (after the first, compiling, batch) and an ETA every LOG_EVERY_S."""
+
+  def __init__(self, name: str, total: int):
+    self.name, self.total, self.done = name, total, 0
+    self._start = self._last = None
+    self._done_at_start = 0
+
+  def update(self, n: int) -> None:
+    now = time.perf_counter()
+    self.done += n
+    if self._start is None:
+      self._start, self._last, self._done_at_start = now, now, self.done
+      return
+    if now - self._last >= LOG_EVERY_S or self.done >= self.total:
+      self._last = now
+      rate = (self.done - self._done_at_start) / max(now - self._start, 1e-9)
+      eta = (self.total - self.done) / rate if rate > 0 else float('inf')
+      logging.info(
+        'features %s: %d/%d clips, %.1f clips/s, ETA %.0f s', self.name, self.done, self.total, rate, eta
+      )
+
+  def rate(self) -> float:
+    if self._start is None or self.done == self._done_at_start:
+      return float('nan')
+    return (self.done - self._done_at_start) / max(time.perf_counter() - self._start, 1e-9)
+
+
+def _run_pass(frozen, extract_fn, loader, *, steps, host_batch_size, num_valid, progress, view_of):
+  """Feed ``steps`` host batches (padded; all-padding after the loader ends),
+  so every host runs the same number of steps. ``view_of(positions)``: pass
+  number of the host's n-th sample. Returns all hosts' valid outputs (numpy)."""
+  c = frozen.config
+  sample_shape = (c.data.num_frames, c.data.crop_size, c.data.crop_size, 3)  # until a batch shows it
+  sharding = partitioning.batch_sharding(frozen.mesh)
+  iterator = iter(loader)
+  outputs, pending, fed = [], None, 0
+  try:
+    for _ in range(steps):
+      host_batch = next(iterator, None)
+      if host_batch is not None:
+        sample_shape = host_batch['video'].shape[1:]
+      views = view_of(fed + np.arange(host_batch_size))
+      batch = _padded(host_batch, host_batch_size, num_valid - fed, views, sample_shape)
+      fed += host_batch_size
+      batch = {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+      with partitioning.sharding_context(frozen.mesh):
+        result = extract_fn(frozen.params, batch)
+      if pending is not None:  # fetch the previous batch while this one runs
+        outputs.append(_fetch(pending, progress))
+      pending = result
+    if pending is not None:
+      outputs.append(_fetch(pending, progress))
+  finally:
+    if hasattr(iterator, 'close'):
+      iterator.close()
+  return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+
+
+def _fetch(result, progress) -> dict:
+  """Valid rows of an output on the host, one row per (sample, view)."""
+  host = jax.device_get(result)
+  keep = host.pop('valid').astype(bool)
+  features = np.asarray(host.pop('features'))[keep]  # [n, V, D]
+  out = {k: np.repeat(np.asarray(v)[keep], features.shape[1]) for k, v in host.items()}
+  out['features'] = features.reshape(-1, features.shape[-1])
+  progress.update(int(keep.sum()))
+  return out
+
+
+def extract(
+  frozen: FrozenEncoder, split: str, *, pool: str, views: int, batch_size: int, extract_fn=None
+) -> Features:
+  """Features of ``split``: the centre-crop pass, plus ``views - 1`` augmented passes.
+
+  Args:
+    frozen: the encoder.
+    split: the source's split ('train' / 'test').
+    pool: 'mean' (patch tokens) or 'cls'.
+    views: passes over the split, >= 1.
+    batch_size: global extraction batch; a multiple of the data-parallel
+      device count and of the process count.
+    extract_fn: ``make_extract_fn(frozen, pool)``, when already compiled.
+  """
+  c = frozen.config
+  shard_index, shard_count = jax.process_index(), jax.process_count()
+  host_batch_size = batch_size // shard_count
+  extract_fn = extract_fn or make_extract_fn(frozen, pool)
+  loader, info = pipeline.make_loader(
+    c.data,
+    split=split,
+    global_batch_size=batch_size,
+    seed=c.seed,
+    shard_index=shard_index,
+    shard_count=shard_count,
+    train=False,
+  )
+  infos = [info]
+  progress = _Progress(split, info.num_records * views)
+  start = time.perf_counter()
+  per_host = math.ceil(info.num_records / shard_count)  # the largest shard
+  passes = [
+    _run_pass(
+      frozen,
+      extract_fn,
+      loader,
+      steps=math.ceil(per_host / host_batch_size),
+      host_batch_size=host_batch_size,
+      num_valid=per_host,
+      progress=progress,
+      view_of=np.zeros_like,
+    )
+  ]
+  if views > 1:
+    data = copy.deepcopy(c.data)
+    data.repeated_sampling = 1
+    loader, info = pipeline.make_loader(
+      data,
+      split=split,
+      global_batch_size=batch_size,
+      seed=c.seed + 1,
+      shard_index=shard_index,
+      shard_count=shard_count,
+      train=True,
+    )
+    infos.append(info)
+    # Shuffled epochs, each record once per epoch: views - 1 epochs of the shard.
+    shard_records = info.shard_records
+    per_host = shard_records * (views - 1)
+    passes.append(
+      _run_pass(
+        frozen,
+        extract_fn,
+        loader,
+        steps=math.ceil(per_host / host_batch_size),
+        host_batch_size=host_batch_size,
+        num_valid=per_host,
+        progress=progress,
+        view_of=lambda positions: 1 + positions // shard_records,
+      )
+    )
+  out = {k: np.concatenate([p[k] for p in passes]) for k in passes[0]}
+  order = np.lexsort((out['index'], out['view']))  # stable: eval views stay in order
+  features = Features(
+    features=out['features'][order].astype(np.float32),
+    labels=out['label'][order].astype(np.int32),
+    index=out['index'][order].astype(np.int32),
+    view=out['view'][order].astype(np.int32),
+    class_names=tuple(info.class_names),
+  )
+  seconds = time.perf_counter() - start
+  rate = progress.rate()
+  logging.info(
+    'features %s: %d clips × %d-d in %.1f s%s; %d skipped.',
+    split,
+    len(features),
+    features.features.shape[1],
+    seconds,
+    '' if math.isnan(rate) else f' ({rate:.1f} clips/s after the first batch)',
+    sum(i.skipped.count for i in infos),
+  )
+  return features
+
+
+def cache_path(workdir: str, split: str) -> str:
+  return os.path.join(workdir, f'features_{split}.npz')
+
+
+def save(path: str, features: Features, meta: dict) -> None:
+  tmp = path + '.tmp.npz'
+  np.savez(
+    tmp,
+    features=features.features,
+    labels=features.labels,
+    index=features.index,
+    view=features.view,
+    class_names=np.asarray(features.class_names, dtype=str),
+    meta=np.asarray(json.dumps(meta, sort_keys=True)),
+  )
+  os.replace(tmp, path)
+
+
+def load_cached(path: str, meta: dict) -> Features | None:
+  """The cached features at ``path`` if they were made with ``meta``, else None."""
+  if not os.path.exists(path):
+    return None
+  with np.load(path) as f:
+    cached = json.loads(str(f['meta']))
+    if cached != meta:
+      differ = sorted(k for k in set(cached) | set(meta) if cached.get(k) != meta.get(k))
+      logging.info('Cached %s was made with other %s: extracting again.', path, ', '.join(differ))
+      return None
+    return Features(
+      features=f['features'],
+      labels=f['labels'],
+      index=f['index'],
+      view=f['view'],
+      class_names=tuple(str(n) for n in f['class_names']),
+    )
+
+
+def load_or_extract(
+  frozen: FrozenEncoder,
+  workdir: str,
+  split: str,
+  *,
+  pool: str,
+  views: int,
+  batch_size: int,
+  extract_fn=None,
+) -> Features:
+  """Features of ``split`` from ``workdir``'s cache if it matches, else extracted and cached."""
+  path = cache_path(workdir, split)
+  meta = cache_meta(frozen, split, pool, views)
+  cached = load_cached(path, meta)
+  if cached is not None:
+    logging.info('Reusing cached features %s (%d clips, step %d).', path, len(cached), frozen.step)
+    return cached
+  logging.info('Extracting %s features (%d view(s), pool=%s) into %s.', split, views, pool, path)
+  features = extract(frozen, split, pool=pool, views=views, batch_size=batch_size, extract_fn=extract_fn)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    save(path, features, meta)
+  return features
+
+
+def train_and_test(frozen: FrozenEncoder, workdir: str, section) -> tuple[Features, Features]:
+  """(train, test) features per an evaluator's config section: ``train_views``
+  passes over ``train_split``, the eval pass over ``test_split``."""
+  extract_fn = make_extract_fn(frozen, section.pool)  # compiled on first use, once for both splits
+  train, test = (
+    load_or_extract(
+      frozen,
+      workdir,
+      split,
+      pool=section.pool,
+      views=views,
+      batch_size=section.extract_batch_size,
+      extract_fn=extract_fn,
+    )
+    for split, views in ((section.train_split, section.train_views), (section.test_split, 1))
+  )
+  return train, test

@@ -1,0 +1,237 @@
+"""End-to-end fine-tuning of a pre-trained encoder, with multi-view testing.
+
+Encoder + zero-initialised linear head on the mean of patch tokens (mae_st's
+VisionTransformer); AdamW with layer-wise lr decay, drop path, dropout,
+Mixup/CutMix with label smoothing, optional token masking that decays from
+`finetune.mask_ratio` to 0 (cosine; MAE-ST Table 11). Trains with the shared
+loop (`mvm_jax.train.loop.fit`: sharded, resumable, SIGTERM-safe) and
+evaluates every `finetune.eval_every_steps` and at the end on the test split,
+averaging the softmax over each video's views (`data.eval_temporal_views` ×
+`data.eval_spatial_views`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from mvm_jax import config as config_lib
+from mvm_jax import runs
+from mvm_jax.data import pipeline
+from mvm_jax.evaluate import frozen, mixup, report
+from mvm_jax.models import mae as mae_lib
+from mvm_jax.train import loop, optimizer, partitioning
+from mvm_jax.train import state as state_lib
+
+
+def validate(config) -> None:
+  f = config.finetune
+  for key in ('dropout', 'label_smoothing', 'mixup_prob', 'mixup_switch_prob'):
+    if not 0.0 <= f[key] <= 1.0:
+      raise config_lib.ConfigError(f'config.finetune.{key}: {f[key]} is outside [0, 1]')
+  if not 0.0 <= f.mask_ratio < 1.0:
+    raise config_lib.ConfigError(f'config.finetune.mask_ratio: {f.mask_ratio} is outside [0, 1)')
+  if not 0.0 < f.layer_decay <= 1.0:
+    raise config_lib.ConfigError(f'config.finetune.layer_decay: {f.layer_decay} is outside (0, 1]')
+  if f.eval_every_steps <= 0:
+    raise config_lib.ConfigError('config.finetune.eval_every_steps: must be positive')
+
+
+def mask_ratio_at(step, total_steps: int, start_ratio: float):
+  """Cosine decay of the fine-tuning mask ratio from `start_ratio` to 0."""
+  progress = jnp.minimum(step / max(total_steps, 1), 1.0)
+  return start_ratio * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+
+
+def make_finetune_step(model, tx, schedule, config, num_classes: int, total_steps: int):
+  """train_step(state, batch) -> (state, metrics) for batch {'video' [B, T, H, W, C], 'label' [B]}."""
+  f = config.finetune
+  num_tokens = math.prod(model.encoder.grid)
+
+  def train_step(state, batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    mix_rng, drop_rng, mask_rng = (jax.random.fold_in(rng, i) for i in range(3))
+    targets = mixup.smooth_one_hot(batch['label'], num_classes, f.label_smoothing)
+    video, targets = mixup.mix_batch(
+      mix_rng,
+      batch['video'],
+      targets,
+      mixup_alpha=f.mixup_alpha,
+      cutmix_alpha=f.cutmix_alpha,
+      switch_prob=f.mixup_switch_prob,
+      prob=f.mixup_prob,
+    )
+    token_keep = None
+    if f.mask_ratio > 0:
+      ratio = mask_ratio_at(state.step, total_steps, f.mask_ratio)
+      token_keep = mixup.finetune_token_keep(mask_rng, video.shape[0], num_tokens, ratio)
+
+    def loss_fn(params):
+      logits = model.apply(
+        {'params': params}, video, deterministic=False, token_keep=token_keep, rngs={'dropout': drop_rng}
+      )
+      return optax.softmax_cross_entropy(logits, targets).mean(), logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+      'loss': loss,
+      'train/top1_vs_mixed_argmax': jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1)),
+      'grad_norm': optax.tree.norm(grads),
+      'lr': schedule(state.step),
+    }
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
+
+
+def build_experiment(config, *, num_classes: int, samples_per_epoch: int, devices=None) -> loop.Experiment:
+  """Classifier, optimizer with layer decay, sharded state (encoder from `init_from`), jitted step."""
+  validate(config)
+  config_lib.validate(config)
+  mesh = partitioning.make_mesh(config.mesh, devices)
+  f = config.finetune
+  model = mae_lib.classifier_from_config(config, num_classes, drop_path_rate=f.drop_path, dropout=f.dropout)
+  total_steps, warmup_steps = loop.schedule_lengths(config, samples_per_epoch)
+  schedule = optimizer.make_schedule(config, total_steps, warmup_steps)
+  shape = (2,) + mae_lib.video_shape(config) + (3,)
+
+  def init_params(rng):
+    return model.init({'params': rng, 'dropout': rng}, jnp.zeros(shape, jnp.float32))['params']
+
+  rng = jax.random.PRNGKey(config.seed)
+  with partitioning.sharding_context(mesh):
+    abstract = state_lib._strip_boxes(jax.eval_shape(init_params, rng))
+  tx = optimizer.make_finetune_optimizer(config, schedule, abstract, config.model.encoder.depth)
+  state, shardings = state_lib.create_sharded_state(init_params, tx, mesh, rng)
+  if config.init_from:
+    step, pretrained = runs.load_pretrained(config.init_from)
+    encoder = frozen._pick(pretrained['encoder'], abstract['encoder'])
+    params = dict(state.params, encoder=jax.device_put(encoder, shardings.params['encoder']))
+    state = state.replace(params=params)
+    logging.info('Encoder initialised from %s (step %d).', config.init_from, step)
+  batch_sharding = partitioning.batch_sharding(mesh)
+  step_fn = make_finetune_step(model, tx, schedule, config, num_classes, total_steps)
+  with partitioning.sharding_context(mesh):
+    jitted = jax.jit(
+      step_fn,
+      in_shardings=(shardings, batch_sharding),
+      out_shardings=(shardings, partitioning.replicated(mesh)),
+      donate_argnums=0,
+    )
+  return loop.Experiment(
+    config,
+    mesh,
+    model,
+    None,
+    model.encoder.grid,
+    tx,
+    schedule,
+    total_steps,
+    warmup_steps,
+    jitted,
+    state,
+    shardings,
+    batch_sharding,
+  )
+
+
+def evaluate(exp: loop.Experiment, split: str = 'test') -> dict:
+  """Multi-view test: softmax averaged over each video's views → top-1/top-5 and confusion."""
+  config = exp.config
+  dp = partitioning.data_parallel_size(exp.mesh)
+  batch_size = max(dp, (config.finetune.eval_batch_size // dp) * dp)
+  loader, info = pipeline.make_loader(
+    config.data,
+    split=split,
+    global_batch_size=batch_size,
+    seed=config.seed,
+    train=False,
+    shard_index=jax.process_index(),
+    shard_count=jax.process_count(),
+  )
+
+  with partitioning.sharding_context(exp.mesh):
+    predict = jax.jit(lambda params, video: jax.nn.softmax(exp.model.apply({'params': params}, video)))
+  scores, labels, index = [], [], []
+  local = batch_size // jax.process_count()
+  for host_batch in loader:
+    video = np.asarray(host_batch['video'])
+    views = 1
+    if video.ndim == 6:  # [b, V, T, H, W, C] multi-view
+      views = video.shape[1]
+      video = video.reshape((-1,) + video.shape[2:])
+    n = video.shape[0]
+    for start in range(0, n, local):
+      chunk = video[start : start + local]
+      valid = chunk.shape[0]
+      if valid < local:
+        chunk = np.concatenate([chunk, np.zeros((local - valid,) + chunk.shape[1:], chunk.dtype)])
+      global_chunk = jax.make_array_from_process_local_data(exp.batch_sharding, chunk)
+      probs = jax.experimental.multihost_utils.process_allgather(
+        predict(exp.state.params, global_chunk), tiled=True
+      )
+      scores.append(np.asarray(probs)[:valid])
+    labels.append(np.repeat(np.asarray(host_batch['label']), views))
+    index.append(np.repeat(np.asarray(host_batch['index']), views))
+  video_scores, video_labels = report.aggregate_views(
+    np.concatenate(scores), np.concatenate(labels), np.concatenate(index)
+  )
+  metrics = report.classification_metrics(video_scores, video_labels, info.num_classes)
+  metrics['views_per_video'] = int(round(len(np.concatenate(index)) / max(1, len(video_labels))))
+  metrics['class_names'] = list(info.class_names)
+  return metrics
+
+
+def finetune_and_evaluate(config, workdir: str, *, stop_after_steps=None) -> dict:
+  """Fine-tune per `config` (resumable), then test with multi-view; writes results.json + confusion PNG."""
+  import jax.experimental.multihost_utils  # noqa: F401  (used in evaluate)
+
+  config = frozen.resolve_config(config)
+  validate(config)
+  loader, data_info = pipeline.make_loader(
+    config.data,
+    split='train',
+    global_batch_size=config.batch_size,
+    seed=config.seed,
+    shard_index=jax.process_index(),
+    shard_count=jax.process_count(),
+    train=True,
+  )
+  exp = build_experiment(
+    config, num_classes=data_info.num_classes, samples_per_epoch=data_info.samples_per_epoch
+  )
+  exp.data_info = data_info
+
+  def periodic_eval(step, batch):
+    if step % config.finetune.eval_every_steps == 0 and step != exp.total_steps:
+      m = evaluate(exp)
+      logging.info('step %d: test top1 %.2f top5 %.2f', step, m['top1'], m['top5'])
+
+  result = loop.fit(exp, loader, workdir, after_step=[periodic_eval], stop_after_steps=stop_after_steps)
+  if result['step'] < exp.total_steps:
+    return result
+  metrics = evaluate(exp)
+  if jax.process_index() == 0:
+    png = report.save_confusion_png(
+      os.path.join(workdir, 'finetune_confusion.png'),
+      np.asarray(metrics['confusion']),
+      metrics['class_names'],
+      f'fine-tune, step {result["step"]}',
+    )
+    metrics['confusion_png'] = png
+    metrics['init_from'] = config.init_from
+    report.write_results(workdir, 'finetune', metrics)
+  print(
+    f'finetune: top1 {metrics["top1"]:.1f} top5 {metrics["top5"]:.1f} '
+    f'({metrics["views_per_video"]} views/video, init_from={config.init_from or "random"}, step {result["step"]})'
+  )
+  result['eval'] = metrics
+  return result
