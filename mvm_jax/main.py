@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 
 from absl import app, flags, logging
+
+from mvm_jax import console
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file(
@@ -25,19 +27,10 @@ flags.DEFINE_bool(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-class _QuietLibraries:
-  """Drop INFO chatter of checkpointing internals; warnings and errors still show."""
-
-  NOISY = ('/orbax/', '/etils/', '/grain/')
-
-  def filter(self, record) -> bool:
-    return record.levelno >= 30 or not any(n in record.pathname for n in self.NOISY)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  console.quiet_library_logs()
   import jax  # after flag parsing, as Grain and jax.distributed expect
 
   if flags.FLAGS.distributed:

@@ -4,7 +4,14 @@ Entry points: ``default_data_config()`` (the ``config.data`` section) and
 ``make_loader(...)`` -> (grain dataset of host batches, LoaderInfo).
 """
 
-from mvm_jax.data.decode import VideoBlob, VideoCache, VideoDecodeError, decode_frames, decode_video, probe_video
+from mvm_jax.data.decode import (
+  VideoBlob,
+  VideoCache,
+  VideoDecodeError,
+  decode_frames,
+  decode_video,
+  probe_video,
+)
 from mvm_jax.data.pipeline import (
   LoaderInfo,
   build_source,

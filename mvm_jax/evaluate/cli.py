@@ -7,14 +7,7 @@ import os
 
 from absl import app, flags, logging
 
-
-class _QuietLibraries:
-  """Drop INFO chatter of checkpointing and data internals; warnings and errors still show."""
-
-  NOISY = ('/orbax/', '/etils/', '/grain/')
-
-  def filter(self, record) -> bool:
-    return record.levelno >= 30 or not any(n in record.pathname for n in self.NOISY)
+from mvm_jax import console
 
 
 def main(argv, evaluator: str) -> None:
@@ -25,7 +18,7 @@ def main(argv, evaluator: str) -> None:
   """
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  console.quiet_library_logs()
   import jax  # after flag parsing, as Grain and jax.distributed expect
 
   FLAGS = flags.FLAGS

@@ -229,9 +229,18 @@ def finetune_and_evaluate(config, workdir: str, *, stop_after_steps=None) -> dic
     metrics['confusion_png'] = png
     metrics['init_from'] = config.init_from
     report.write_results(workdir, 'finetune', metrics)
-  print(
+  result['eval'] = metrics
+  result['summary'] = (
     f'finetune: top1 {metrics["top1"]:.1f} top5 {metrics["top5"]:.1f} '
     f'({metrics["views_per_video"]} views/video, init_from={config.init_from or "random"}, step {result["step"]})'
   )
-  result['eval'] = metrics
+  return result
+
+
+def run(config, workdir: str) -> dict:
+  """Entry point for `python -m mvm_jax.finetune` (see `mvm_jax.evaluate.cli`)."""
+  result = finetune_and_evaluate(config, workdir)
+  result.setdefault(
+    'summary', f'finetune: stopped at step {result["step"]} (checkpoint saved; rerun to resume)'
+  )
   return result

@@ -1,0 +1,19 @@
+"""Console logging shared by the entry points."""
+
+from __future__ import annotations
+
+from absl import logging
+
+
+class _QuietLibraries:
+  """Drop INFO chatter of checkpointing and data internals; warnings and errors still show."""
+
+  NOISY = ('/orbax/', '/etils/', '/grain/')
+
+  def filter(self, record) -> bool:
+    return record.levelno >= 30 or not any(n in record.pathname for n in self.NOISY)
+
+
+def quiet_library_logs() -> None:
+  """Keep the console to our progress lines: hide INFO logs of orbax, etils and grain."""
+  logging.get_absl_handler().addFilter(_QuietLibraries())
