@@ -42,14 +42,7 @@ def main(argv):
     config_lib.validate(flags.FLAGS.config)
   except config_lib.ConfigError as e:
     raise app.UsageError(str(e)) from None
-  logging.info(
-    'JAX %s on %d %s device(s), process %d of %d.',
-    jax.__version__,
-    jax.device_count(),
-    jax.devices()[0].platform,
-    jax.process_index(),
-    jax.process_count(),
-  )
+  console.log_runtime()
   result = loop.train_and_evaluate(flags.FLAGS.config, os.path.expanduser(flags.FLAGS.workdir))
   logging.info('Done at step %d. Outputs in %s', result['step'], flags.FLAGS.workdir)
 

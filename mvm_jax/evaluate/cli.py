@@ -32,14 +32,7 @@ def main(argv, evaluator: str) -> None:
     module.validate(config)
   except ConfigError as e:
     raise app.UsageError(str(e)) from None
-  logging.info(
-    'JAX %s on %d %s device(s), process %d of %d.',
-    jax.__version__,
-    jax.device_count(),
-    jax.devices()[0].platform,
-    jax.process_index(),
-    jax.process_count(),
-  )
+  console.log_runtime()
   logging.info('Config:\n%s', config)
   try:
     results = module.run(config, workdir)

@@ -127,19 +127,19 @@ def build_experiment(config, *, num_classes: int, samples_per_epoch: int, device
       donate_argnums=0,
     )
   return loop.Experiment(
-    config,
-    mesh,
-    model,
-    None,
-    model.encoder.grid,
-    tx,
-    schedule,
-    total_steps,
-    warmup_steps,
-    jitted,
-    state,
-    shardings,
-    batch_sharding,
+    config=config,
+    mesh=mesh,
+    model=model,
+    masker=None,
+    grid=model.encoder.grid,
+    tx=tx,
+    schedule=schedule,
+    total_steps=total_steps,
+    warmup_steps=warmup_steps,
+    train_step=jitted,
+    state=state,
+    state_shardings=shardings,
+    batch_sharding=batch_sharding,
   )
 
 

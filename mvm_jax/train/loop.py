@@ -98,19 +98,19 @@ def build_experiment(config, *, samples_per_epoch: int, devices=None) -> Experim
       donate_argnums=0,
     )
   return Experiment(
-    config,
-    mesh,
-    model,
-    masker,
-    grid,
-    tx,
-    schedule,
-    total_steps,
-    warmup_steps,
-    jitted,
-    state,
-    shardings,
-    batch_sharding,
+    config=config,
+    mesh=mesh,
+    model=model,
+    masker=masker,
+    grid=grid,
+    tx=tx,
+    schedule=schedule,
+    total_steps=total_steps,
+    warmup_steps=warmup_steps,
+    train_step=jitted,
+    state=state,
+    state_shardings=shardings,
+    batch_sharding=batch_sharding,
   )
 
 
