@@ -119,13 +119,7 @@ def build_experiment(config, *, num_classes: int, samples_per_epoch: int, device
     logging.info('Encoder initialised from %s (step %d).', config.init_from, step)
   batch_sharding = partitioning.batch_sharding(mesh)
   step_fn = make_finetune_step(model, tx, schedule, config, num_classes, total_steps)
-  with partitioning.sharding_context(mesh):
-    jitted = jax.jit(
-      step_fn,
-      in_shardings=(shardings, batch_sharding),
-      out_shardings=(shardings, partitioning.replicated(mesh)),
-      donate_argnums=0,
-    )
+  jitted = loop.jit_train_step(step_fn, mesh, shardings, batch_sharding)
   return loop.Experiment(
     config=config,
     mesh=mesh,

@@ -90,13 +90,7 @@ def build_experiment(config, *, samples_per_epoch: int, devices=None) -> Experim
   step_fn = make_train_step(
     model, masker, objectives.make_objective_fn(config), tx, schedule, config.optim.grad_accum_steps
   )
-  with partitioning.sharding_context(mesh):
-    jitted = jax.jit(
-      step_fn,
-      in_shardings=(shardings, batch_sharding),
-      out_shardings=(shardings, partitioning.replicated(mesh)),
-      donate_argnums=0,
-    )
+  jitted = jit_train_step(step_fn, mesh, shardings, batch_sharding)
   return Experiment(
     config=config,
     mesh=mesh,
@@ -112,6 +106,18 @@ def build_experiment(config, *, samples_per_epoch: int, devices=None) -> Experim
     state_shardings=shardings,
     batch_sharding=batch_sharding,
   )
+
+
+def jit_train_step(step_fn, mesh, state_shardings, batch_sharding):
+  """jit `step_fn(state, batch) -> (state, metrics)` with the state sharded as given
+  (and donated), the batch split over the data axes, metrics replicated."""
+  with partitioning.sharding_context(mesh):
+    return jax.jit(
+      step_fn,
+      in_shardings=(state_shardings, batch_sharding),
+      out_shardings=(state_shardings, partitioning.replicated(mesh)),
+      donate_argnums=0,
+    )
 
 
 def global_batch(host_batch: dict, sharding) -> dict:
