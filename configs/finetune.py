@@ -7,7 +7,9 @@ that run's config.json, the encoder weights from its latest checkpoint; ''
 fine-tunes from a random initialisation (the baseline).
 
 Presets:
-  tiny           built-in clips on a CPU, a few minutes.
+  tiny           built-in clips on a CPU, a few minutes: the built-in window splits
+                 ('train_windows' / 'test_windows', as the probe and k-NN); no horizontal
+                 flips, as the labels are forward / reversed.
   vit_b, vit_l, vit_h
                  Table 5b: AdamW (0.9, 0.999), wd 0.05, lr 1.6e-2 / 4.8e-3 / 1.6e-3 at batch
                  768 / 256 / 256, cosine, 5 warm-up epochs, 150 / 100 / 75 epochs, repeated
@@ -44,6 +46,8 @@ def finetune_section() -> ml_collections.ConfigDict:
       mask_ratio=0.0,  # > 0: drop this share of tokens at the start, cosine-decayed to 0 (Table 11: 0.5)
       eval_every_steps=1000,
       eval_batch_size=16,  # clips (views) per evaluation batch
+      train_split='train',  # splits of config.data.source to fine-tune on / to test on
+      test_split='test',
     )
   )
 
@@ -66,7 +70,9 @@ def get_config(preset: str = 'tiny'):
     c.total_steps, c.warmup_steps = 100, 10
     c.optim.base_lr = 1e-3 * 256 / 16
     c.finetune.update(drop_path=0.0, dropout=0.0, layer_decay=0.75, mixup_prob=0.5, eval_every_steps=50)
+    c.finetune.update(train_split='train_windows', test_split='test_windows')
     c.data.update(randaugment_ops=2, eval_temporal_views=2, eval_spatial_views=3)
+    c.data.hflip = False  # a mirrored clip moves the other way: flips blur forward vs reversed
     c.checkpoint_every_steps = 50
   else:
     raise ValueError(f'configs/finetune.py: unknown preset {preset!r}; known: tiny, {", ".join(TABLE_5B)}')

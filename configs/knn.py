@@ -11,7 +11,9 @@ With the same --workdir as the linear probe, cached features are shared
 
 Presets (`--config configs/knn.py:<preset>`):
   tiny      the built-in clips on a CPU in minutes; model shape of mae_st:tiny;
-            4 passes over the 8 train clips (centre crop + 3 augmented).
+            memory bank from the 20 records of split 'train_windows', queries the 20
+            of 'test_windows' (as configs/linear_probe.py:tiny); 4 passes over the
+            train windows (centre crop + 3 augmented, without horizontal flips).
   kinetics  real use: centre crop of each train video as the memory bank, tested
             on the 'val' split; name your data as in configs/linear_probe.py.
 
@@ -38,7 +40,10 @@ def _pretrain_config(preset: str):
 def get_config(preset: str = 'tiny'):
   if preset == 'tiny':
     c = _pretrain_config('tiny')
-    knn = dict(pool='mean', train_views=4, extract_batch_size=8, train_split='train', test_split='test')
+    c.data.hflip = False  # a mirrored clip moves the other way: flips blur forward vs reversed
+    knn = dict(
+      pool='mean', train_views=4, extract_batch_size=8, train_split='train_windows', test_split='test_windows'
+    )
   elif preset == 'kinetics':
     c = _pretrain_config('vit_l')
     c.data.update(num_workers=8)

@@ -12,7 +12,10 @@ come from this file.
 
 Presets (`--config configs/linear_probe.py:<preset>`):
   tiny      the built-in clips on a CPU in minutes; model shape of mae_st:tiny;
-            4 passes over the 8 train clips (centre crop + 3 augmented).
+            trained on the 20 records of split 'train_windows', tested on the 20 of
+            'test_windows' (29-frame windows, disjoint in time; labels: clip x
+            forward/reversed, see mvm_jax/data/sources.py); 4 passes over the train
+            windows (centre crop + 3 augmented, without horizontal flips).
   kinetics  real use: MAE's linear-probe recipe (LARS, base lr 0.1, batch 16384,
             90 epochs, 10 warm-up, no weight decay) on the centre crop of each
             train video, tested on the 'val' split. Name your data, e.g.
@@ -45,12 +48,13 @@ def _pretrain_config(preset: str):
 def get_config(preset: str = 'tiny'):
   if preset == 'tiny':
     c = _pretrain_config('tiny')
+    c.data.hflip = False  # a mirrored clip moves the other way: flips blur forward vs reversed
     probe = dict(
       pool='mean',
-      train_views=4,  # 8 train clips (one per class): add 3 augmented passes
+      train_views=4,  # 20 train windows (2 or 4 per class): add 3 augmented passes
       extract_batch_size=8,
-      train_split='train',
-      test_split='test',
+      train_split='train_windows',
+      test_split='test_windows',
       optimizer='sgd',
       base_lr=0.8,  # lr 0.1 at batch 32
       momentum=0.9,

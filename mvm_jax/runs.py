@@ -8,6 +8,7 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -39,14 +40,39 @@ def _merge(config: ml_collections.ConfigDict, saved: dict) -> None:
 
 
 def latest_params(workdir: str) -> tuple[int, dict]:
-  """(step, params as numpy arrays) of the newest checkpoint in `workdir/checkpoints`."""
+  """(step, params as numpy arrays) of the newest checkpoint in `workdir/checkpoints`.
+
+  Reads the parameters only (a partial restore, straight into host memory):
+  the optimizer moments, rng and any other part of the saved train state stay
+  on disk, and no device memory is used.
+
+  Raises:
+    FileNotFoundError: no checkpoint under `workdir/checkpoints`.
+    ValueError: the newest checkpoint's state has no `params`.
+  """
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  with ocp.CheckpointManager(directory, item_names=('state', 'data')) as manager:
+  with ocp.CheckpointManager(
+    directory,
+    item_names=('state', 'data'),
+    item_handlers={'state': ocp.PyTreeCheckpointHandler(), 'data': ocp.JsonCheckpointHandler()},
+  ) as manager:
     step = manager.latest_step()
     if step is None:
       raise FileNotFoundError(f'no checkpoint under {directory}')
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return step, jax.device_get(restored['state']['params'])
+    saved = manager.item_metadata(step)['state'].tree
+    if 'params' not in saved:
+      raise ValueError(f'checkpoint {directory}/{step} holds no params (state keys: {sorted(saved)})')
+    item = {'params': jax.tree.map(lambda _: 0, saved['params'])}  # the structure to restore
+    restore_args = {
+      'params': jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved['params'])
+    }
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+      ),
+    )
+  return step, restored['state']['params']
 
 
 def scalar_curves(workdir: str) -> dict[str, tuple[list[int], list[float]]]:

@@ -86,6 +86,34 @@ def pretrained(tmp_path_factory):
   return workdir
 
 
+def test_latest_params_restores_the_params_only(pretrained, monkeypatch):
+  import jax
+  import orbax.checkpoint as ocp
+
+  from mvm_jax import runs
+
+  with ocp.CheckpointManager(
+    os.path.join(pretrained, 'checkpoints'), item_names=('state', 'data')
+  ) as manager:
+    full = manager.restore(2, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+  assert {'params', 'opt_state'} <= set(full)
+  restored = []
+  restore = ocp.CheckpointManager.restore
+
+  def spy(self, *args, **kwargs):
+    out = restore(self, *args, **kwargs)
+    restored.append(set(out['state']))
+    return out
+
+  monkeypatch.setattr(ocp.CheckpointManager, 'restore', spy)
+  step, params = runs.latest_params(pretrained)
+  assert step == 2 and restored == [{'params'}]  # the optimizer state is not read
+  leaves = jax.tree.leaves(params)
+  assert leaves and all(type(x) is np.ndarray for x in leaves)  # host arrays, nothing on a device
+  assert jax.tree.structure(params) == jax.tree.structure(full['params'])
+  jax.tree.map(np.testing.assert_array_equal, params, jax.device_get(full['params']))
+
+
 def _eval_config(
   evaluator: str, init_from: str, *, train_views: int = 1, eval_views: int = 1, mesh=(1, 1, 1)
 ):
@@ -120,7 +148,7 @@ def test_probe_and_knn_end_to_end(pretrained, tmp_path, monkeypatch, init):
     init_from, options = '', dict(eval_views=2)
   probe_config = _eval_config('linear_probe', init_from, **options)
   probe = linear_probe.run(probe_config, str(tmp_path))
-  cache = tmp_path / 'features_train.npz'
+  cache = tmp_path / 'features_train_windows.npz'
   mtime = os.path.getmtime(cache)
   # A second run (k-NN, same workdir, same pool and views) reuses the cached features.
   monkeypatch.setattr(features_lib, 'extract', _no_extraction)
@@ -133,13 +161,14 @@ def test_probe_and_knn_end_to_end(pretrained, tmp_path, monkeypatch, init):
   for name, r in (('linear_probe', probe), ('knn', neighbours)):
     assert 0.0 <= results[name]['top1'] <= 100.0
     assert results[name]['top1'] <= results[name]['top5'] <= 100.0
-    assert results[name]['num_test'] == 8 and results[name]['num_classes'] == 8
-    assert results[name]['num_train'] == 16  # 8 clips × 2 passes or 2 eval views
-    assert np.asarray(results[name]['confusion']).sum() == 8
+    # The tiny presets' splits: 20 test windows, 20 train windows (x 2 passes or 2 eval views).
+    assert results[name]['num_test'] == 20 and results[name]['num_classes'] == 8
+    assert results[name]['num_train'] == 40
+    assert np.asarray(results[name]['confusion']).sum() == 20
     assert os.path.getsize(tmp_path / f'confusion_{name}.png') > 1000
     assert r['summary'].startswith(f'{name}: top1 ')
   assert set(results['knn']['k']) == {'10', '20', '100', '200'}
-  assert all(v['k_used'] == min(int(k), 16) for k, v in results['knn']['k'].items())
+  assert all(v['k_used'] == min(int(k), 40) for k, v in results['knn']['k'].items())
   if init == 'pretrained':
     assert results['linear_probe']['config']['model']['encoder']['width'] == 32  # the run's model
     assert probe['step'] == 2 and 'step 2' in probe['summary']
@@ -151,8 +180,8 @@ def test_probe_and_knn_end_to_end(pretrained, tmp_path, monkeypatch, init):
     assert features_lib.load_cached(str(cache), dict(meta, step=3)) is None
   else:
     assert probe['step'] == 0 and probe['init_from'] == '' and 'random init' in probe['summary']
-    with np.load(tmp_path / 'features_test.npz') as f:
-      np.testing.assert_array_equal(f['index'], np.repeat(np.arange(8), 2))  # 2 views per clip
+    with np.load(tmp_path / 'features_test_windows.npz') as f:
+      np.testing.assert_array_equal(f['index'], np.repeat(np.arange(20), 2))  # 2 views per clip
 
 
 def test_cli_rejects_a_bad_key_before_compiling(tmp_path):
@@ -166,4 +195,4 @@ def test_cli_rejects_a_bad_key_before_compiling(tmp_path):
     timeout=120,
   )
   assert result.returncode != 0 and 'config.probe.pool' in result.stderr
-  assert not os.path.exists(tmp_path / 'features_train.npz')
+  assert not os.path.exists(tmp_path / 'features_train_windows.npz')

