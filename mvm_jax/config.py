@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from mvm_jax import masking
+from mvm_jax import hard_patch_masking, masking
 from mvm_jax import objectives
 from mvm_jax.data import default_data_config
+from mvm_jax.objectives.contrastive import default_contrastive_config
+from mvm_jax.objectives.loss_prediction import default_hpm_config
 
 
 def sibling_config(config_file: str, name: str):
@@ -56,6 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
   )
   c.masking = ml_collections.ConfigDict(dict(kind='random', ratio=0.9))
   c.objectives = ml_collections.ConfigDict({'pixel_mse': 1.0})
+  c.hpm = default_hpm_config()  # used with objectives.loss_prediction
+  c.contrastive = default_contrastive_config()  # used with objectives.infonce / simsiam / vicreg
   c.data = default_data_config()
 
   c.batch_size = 512  # global, across all hosts and devices
@@ -75,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
       decay_pos_embed=True,  # mae_st decays everything but 1-D params; False also exempts pos embeds and special tokens
       clip_grad_norm=0.02,  # <= 0 disables
       grad_accum_steps=1,  # micro-batches per optimizer step (same effective batch)
+      schedule='cosine',  # lr after linear warm-up: 'cosine' or 'linear' decay to min_lr (VIMPAC)
     )
   )
 
@@ -140,6 +145,8 @@ def validate(config) -> None:
       _fail(f'objectives.{name}', f'unknown objective; known: {sorted(objectives.OBJECTIVES)}')
     if not isinstance(weight, (int, float)):
       _fail(f'objectives.{name}', f'weight must be a number, got {weight!r}')
+  _validate_hpm(config)
+  _validate_contrastive(config)
   if config.batch_size <= 0:
     _fail('batch_size', 'must be positive')
   if config.batch_size % config.optim.grad_accum_steps:
@@ -147,6 +154,8 @@ def validate(config) -> None:
       'optim.grad_accum_steps',
       f'{config.optim.grad_accum_steps} does not divide batch_size={config.batch_size}',
     )
+  if config.optim.schedule not in ('cosine', 'linear'):
+    _fail('optim.schedule', f'{config.optim.schedule!r} is not "cosine" or "linear"')
   if len(config.mesh.axes) != len(config.mesh.shape):
     _fail('mesh.shape', f'{tuple(config.mesh.shape)} does not match mesh.axes={tuple(config.mesh.axes)}')
   if list(config.mesh.shape).count(-1) > 1:
@@ -156,3 +165,45 @@ def validate(config) -> None:
   for key in ('log_every_steps', 'checkpoint_every_steps', 'image_every_steps', 'keep_checkpoints'):
     if config[key] <= 0:
       _fail(key, 'must be positive')
+
+
+def _validate_hpm(config) -> None:
+  h = config.hpm
+  if h.hard_masking and 'loss_prediction' in config.objectives and config.masking.kind != 'random':
+    _fail('masking.kind', f'HPM hard-patch masking replaces random masking; got {config.masking.kind!r}')
+  if h.selection not in hard_patch_masking.SELECTIONS:
+    _fail('hpm.selection', f'{h.selection!r}; valid: {list(hard_patch_masking.SELECTIONS)}')
+  if h.alpha_manner not in hard_patch_masking.ALPHA_MANNERS:
+    _fail('hpm.alpha_manner', f'{h.alpha_manner!r}; valid: {list(hard_patch_masking.ALPHA_MANNERS)}')
+  for key in ('alpha_0', 'alpha_T', 'ema_momentum', 'ema_momentum_final'):
+    if not 0.0 <= h[key] <= 1.0:
+      _fail(f'hpm.{key}', f'{h[key]} is outside [0, 1]')
+  if h.loss_predictor_target not in objectives.loss_prediction.TARGETS:
+    _fail(
+      'hpm.loss_predictor_target',
+      f'{h.loss_predictor_target!r}; valid: {list(objectives.loss_prediction.TARGETS)}',
+    )
+
+
+def _validate_contrastive(config) -> None:
+  from mvm_jax.models import heads
+
+  c = config.contrastive
+  if c.pooling not in heads.POOLINGS:
+    _fail('contrastive.pooling', f'{c.pooling!r}; valid: {list(heads.POOLINGS)}')
+  if c.temperature <= 0:
+    _fail('contrastive.temperature', f'{c.temperature} must be > 0')
+  two_view = [n for n in ('infonce', 'simsiam', 'vicreg') if n in config.objectives]
+  if two_view and config.data.sampling not in ('clip_pair', 'frame_pair'):
+    _fail(
+      'data.sampling',
+      f'objectives {two_view} compare two views of each video: use "frame_pair" (ViC-MAE) or '
+      f'"clip_pair" (VIMPAC), not {config.data.sampling!r}',
+    )
+  if config.data.sampling == 'frame_pair' and config.data.num_frames != 1:
+    _fail(
+      'data.num_frames',
+      f'frame_pair sampling gives one frame per view; set it to 1, not {config.data.num_frames}',
+    )
+  if two_view and config.batch_size < 2:
+    _fail('batch_size', 'contrastive objectives need at least 2 videos per batch (negatives)')

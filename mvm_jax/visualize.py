@@ -1,9 +1,9 @@
-"""Pictures a person would rather look at than read: masks and reconstructions."""
+"""Pictures a person would rather look at than read: masks, reconstructions, loss maps."""
 
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -52,10 +52,44 @@ def tile_rows(rows: Sequence[np.ndarray], scale: int = 1) -> np.ndarray:
   return canvas
 
 
+def heat_colors(values: np.ndarray) -> np.ndarray:
+  """Values in [0, 1], any shape → uint8 RGB [..., 3] (matplotlib's 'magma': dark = low)."""
+  from matplotlib import colormaps
+
+  return (colormaps['magma'](np.clip(values, 0.0, 1.0))[..., :3] * 255.0 + 0.5).astype(np.uint8)
+
+
+def patch_values_to_frames(values, grid, target_patch) -> np.ndarray:
+  """One value per patch [N] → frames [T', H, W] with each patch filled by its value."""
+  patch_size = int(np.prod(target_patch))
+  patches = np.repeat(np.asarray(values, np.float32)[:, None], patch_size, axis=1)
+  return np.asarray(vit.unpatchify(patches[None], grid, target_patch, channels=1))[0, ..., 0]
+
+
+HARD_COLOR = np.array([220, 40, 40], np.uint8)  # hidden because the teacher predicted a high loss
+HIDDEN_GRAY = 128
+
+
 def write_reconstructions(
-  directory: str, step: int, outputs: dict, grid, target_patch, norm_pix: bool, mean, std, num_samples: int
+  directory: str,
+  step: int,
+  outputs: dict,
+  grid,
+  target_patch,
+  norm_pix: bool,
+  mean,
+  std,
+  num_samples: int,
+  predicted_loss=None,
+  hard=None,
 ) -> list[str]:
-  """Write one PNG per sample: original frames / masked input (gray) / reconstruction."""
+  """Write one PNG per sample: original frames / masked input (gray) / reconstruction.
+
+  With HPM's `predicted_loss` [n, N] (the teacher's, on the unmasked clip)
+  and `hard` [n, N] bool, a fourth row shows the predicted loss as a heat map
+  (per sample min → max, bright = hard) and the masked-input row paints the
+  patches hidden because of it red (the rest of the hidden ones gray).
+  """
   os.makedirs(directory, exist_ok=True)
   paths = []
   for i in range(min(num_samples, outputs['pred'].shape[0])):
@@ -63,8 +97,14 @@ def write_reconstructions(
       outputs['pred'][i], outputs['target'][i], outputs['mask'][i], grid, target_patch, norm_pix
     )
     masked_u8 = denormalize(np.nan_to_num(masked, nan=0.0), mean, std)
-    masked_u8[np.isnan(masked).any(-1)] = 128
+    masked_u8[np.isnan(masked).any(-1)] = HIDDEN_GRAY
+    if hard is not None:
+      masked_u8[patch_values_to_frames(hard[i], grid, target_patch) > 0.5] = HARD_COLOR
     rows = [denormalize(original, mean, std), masked_u8, denormalize(recon, mean, std)]
+    if predicted_loss is not None:
+      loss = np.asarray(predicted_loss[i], np.float32)
+      span = max(float(loss.max() - loss.min()), 1e-12)
+      rows.append(heat_colors(patch_values_to_frames((loss - loss.min()) / span, grid, target_patch)))
     scale = max(1, 128 // original.shape[1])
     path = os.path.join(directory, f'reconstruction_step{step:07d}_sample{i}.png')
     Image.fromarray(tile_rows(rows, scale)).save(path)

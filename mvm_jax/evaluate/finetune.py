@@ -110,7 +110,7 @@ def build_experiment(config, *, num_classes: int, samples_per_epoch: int, device
   with partitioning.sharding_context(mesh):
     abstract = state_lib._strip_boxes(jax.eval_shape(init_params, rng))
   tx = optimizer.make_finetune_optimizer(config, schedule, abstract, config.model.encoder.depth)
-  state, shardings = state_lib.create_sharded_state(init_params, tx, mesh, rng)
+  state, shardings = state_lib.create_sharded_state(lambda r: {'params': init_params(r)}, tx, mesh, rng)
   if config.init_from:
     step, pretrained = runs.load_pretrained(config.init_from)
     encoder = frozen._pick(pretrained['encoder'], abstract['encoder'])

@@ -6,6 +6,7 @@ Both hold the same `encoder` sub-module, so a pre-training checkpoint's
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mvm_jax.masking import Mask
-from mvm_jax.models import vit
+from mvm_jax.models import heads, vit
 
 
 def target_frame_indices(num_frames: int, pred_t_dim: int) -> np.ndarray:
@@ -38,14 +39,28 @@ class DecoderStack(nn.Module):
     return vit.dense(self.out_dim, ('embed', None), 'pred', self.dtype, bias_name=None)(x)
 
 
+def all_visible(batch: int, num_tokens: int) -> Mask:
+  """A Mask that hides nothing (ids in order): the encoder sees every token."""
+  ids = jnp.broadcast_to(jnp.arange(num_tokens, dtype=jnp.int32), (batch, num_tokens))
+  return Mask(ids_keep=ids, ids_restore=ids, mask=jnp.zeros((batch, num_tokens), jnp.float32))
+
+
 class MaskedAutoencoder(nn.Module):
-  """MAE-ST: encode visible tokens, decode all, predict `pred_t_dim` frames' pixels.
+  """MAE-ST: encode visible tokens, decode all, predict `pred_t_dim` frames' pixels;
+  optionally HPM's loss predictor and a contrastive head on pooled features.
 
   __call__(video [B, T, H, W, C], mask: Mask) returns a dict:
-    pred    [B, N, P]   predicted patches, P = (pred_t_dim/T')·p·p·C, order (u, p, q, c)
-    target  [B, N, P]   raw pixel patches of the predicted frames (objectives normalise)
-    mask    [B, N]      1 = hidden
-    latent  [B, 1+n, D] encoder output ([CLS] first; n = visible count, or N if dense)
+    pred       [B, N, P]   predicted patches, P = (pred_t_dim/T')·p·p·C, order (u, p, q, c)
+    target     [B, N, P]   raw pixel patches of the predicted frames (objectives normalise)
+    mask       [B, N]      1 = hidden
+    latent     [B, 1+n, D] encoder output ([CLS] first; n = visible count, or N if dense)
+    pred_loss  [B, N]      HPM loss predictor (`predict_loss`): a second decoder of the
+                           reconstructor's shape sharing decoder_embed, mask_token and the
+                           decoder position embeddings; its outputs averaged per patch
+    pooled     [B, D]      `pooling` of the visible tokens (with `projector`)
+    projection [B, E]      `projector(pooled)`; BatchNorm uses batch statistics when
+                           `deterministic=False` (apply with mutable=['batch_stats'])
+    prediction [B, E]      SimSiam `predictor(projection)` (with `predictor`)
   """
 
   encoder: vit.Encoder
@@ -60,6 +75,10 @@ class MaskedAutoencoder(nn.Module):
   pos_embed: str = 'learned'
   dtype: Any = jnp.float32
   channels: int = 3
+  predict_loss: bool = False
+  pooling: heads.Pooling | None = None
+  projector: heads.Projector | None = None
+  predictor: heads.Projector | None = None
 
   @property
   def target_patch(self) -> tuple[int, int, int]:
@@ -84,6 +103,10 @@ class MaskedAutoencoder(nn.Module):
     self.decoder = DecoderStack(
       self.decoder_depth, self.decoder_heads, out_dim, self.decoder_mlp_ratio, self.dtype
     )
+    if self.predict_loss:
+      self.loss_predictor = DecoderStack(
+        self.decoder_depth, self.decoder_heads, out_dim, self.decoder_mlp_ratio, self.dtype
+      )
 
   def encode(self, video, mask: Mask, deterministic: bool = True):
     """→ latent [B, 1+n, D] (sparse) or [B, 1+N, D] (dense)."""
@@ -116,15 +139,37 @@ class MaskedAutoencoder(nn.Module):
     frames = video[:, target_frame_indices(self.num_frames, self.pred_t_dim)]
     return vit.patchify(frames, self.target_patch)
 
+  def _predicted_loss(self, decoder_input, deterministic: bool):
+    """Decoder input [B, 1+N, Dd] → loss predictor's one scalar per patch [B, N]."""
+    out = self.loss_predictor(decoder_input, deterministic)[:, 1:]
+    return jnp.mean(out.astype(jnp.float32), axis=-1)
+
+  def predict_losses(self, video):
+    """HPM teacher view: per-patch predicted losses of the UNMASKED clip,
+    [B, T, H, W, C] → [B, N] (the encoder sees every token)."""
+    mask = all_visible(video.shape[0], math.prod(self.encoder.grid))
+    latent = self.encode(video, mask, deterministic=True)
+    return self._predicted_loss(self.decoder_tokens(latent, mask), deterministic=True)
+
   def __call__(self, video, mask: Mask, deterministic: bool = True):
     latent = self.encode(video, mask, deterministic)
-    pred = self.decoder(self.decoder_tokens(latent, mask), deterministic)[:, 1:]
-    return {
+    decoder_input = self.decoder_tokens(latent, mask)
+    pred = self.decoder(decoder_input, deterministic)[:, 1:]
+    outputs = {
       'pred': pred.astype(jnp.float32),
       'target': self.targets(video).astype(jnp.float32),
       'mask': mask.mask,
       'latent': latent,
     }
+    if self.predict_loss:
+      outputs['pred_loss'] = self._predicted_loss(decoder_input, deterministic)
+    if self.projector is not None:
+      visible = 1.0 - mask.mask if self.dense_encoder else None
+      outputs['pooled'] = self.pooling(latent, visible)
+      outputs['projection'] = self.projector(outputs['pooled'], train=not deterministic)
+      if self.predictor is not None:
+        outputs['prediction'] = self.predictor(outputs['projection'], train=not deterministic)
+    return outputs
 
 
 class VideoClassifier(nn.Module):
@@ -156,8 +201,21 @@ def video_shape(config) -> tuple[int, int, int]:
   return (config.data.num_frames, config.data.crop_size, config.data.crop_size)
 
 
+CONTRASTIVE_OBJECTIVES = ('infonce', 'simsiam', 'vicreg')
+
+
+def uses_contrastive_head(config) -> bool:
+  """Whether `config.objectives` needs pooled features through a projector (two views a sample)."""
+  return any(name in config.objectives for name in CONTRASTIVE_OBJECTIVES)
+
+
 def mae_from_config(config) -> MaskedAutoencoder:
+  """MaskedAutoencoder with the heads `config.objectives` need: a loss predictor
+  for 'loss_prediction', pooling + projector (from `config.contrastive`) for
+  'infonce' / 'simsiam' / 'vicreg', and SimSiam's predictor for 'simsiam'."""
   m = config.model
+  dtype = jnp.dtype(m.dtype)
+  contrastive = uses_contrastive_head(config)
   return MaskedAutoencoder(
     encoder=vit.encoder_from_config(m, video_shape(config)),
     decoder_width=m.decoder.width,
@@ -169,7 +227,13 @@ def mae_from_config(config) -> MaskedAutoencoder:
     dense_encoder=m.dense_encoder,
     decoder_cls=m.decoder_cls,
     pos_embed=m.pos_embed,
-    dtype=jnp.dtype(m.dtype),
+    dtype=dtype,
+    predict_loss='loss_prediction' in config.objectives,
+    pooling=heads.pooling_from_config(config.contrastive) if contrastive else None,
+    projector=heads.projector_from_config(config.contrastive, dtype) if contrastive else None,
+    predictor=heads.predictor_from_config(config.contrastive, dtype)
+    if 'simsiam' in config.objectives
+    else None,
   )
 
 

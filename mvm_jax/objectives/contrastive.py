@@ -32,6 +32,9 @@ def default_contrastive_config() -> ml_collections.ConfigDict:
   scale_by_temperature and sum_directions True, pooling 'cls', projector
   out 256 without last bias.
 
+  start_epoch           contrastive objectives weigh 0 before this epoch, their
+                        configured weight after (ViC-MAE paper: λ = 0.025 from epoch 200;
+                        0 = from the start, as the released code).
   temperature           τ of infonce.
   scale_by_temperature  multiply the infonce loss by τ (VIMPAC).
   sum_directions        infonce = L_a + L_b (VIMPAC) instead of their mean.
@@ -44,6 +47,7 @@ def default_contrastive_config() -> ml_collections.ConfigDict:
   """
   return ml_collections.ConfigDict(
     dict(
+      start_epoch=0.0,
       temperature=0.1,
       scale_by_temperature=False,
       sum_directions=False,

@@ -25,6 +25,8 @@ def default_hpm_config() -> ml_collections.ConfigDict:
 
   loss_predictor_target  'relative_bce' (Eq. 5) | 'absolute_mse' (Eq. 4 ablation).
   Read by the mask policy (`hard_patch_masking`):
+    hard_masking True: the EMA teacher's predicted losses pick the masks (HPM);
+                 False: random masks with the loss-prediction objective only (ablation).
     selection    'hard' mask the highest predicted loss (argmax) | 'easy' (argmin).
     alpha_manner 'easy_to_hard' α_0 → α_T | 'hard_to_easy' α_T → α_0 | 'fixed' α_T.
     alpha_0, alpha_T  hard share of the masked patches at the start / end.
@@ -35,6 +37,7 @@ def default_hpm_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(
     dict(
       loss_predictor_target='relative_bce',
+      hard_masking=True,
       selection='hard',
       alpha_manner='easy_to_hard',
       alpha_0=0.0,

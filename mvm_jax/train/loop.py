@@ -23,8 +23,9 @@ from clu import metric_writers, periodic_actions
 from mvm_jax import config as config_lib
 from mvm_jax import masking, objectives, visualize
 from mvm_jax.data import pipeline
+from mvm_jax.models import ema
 from mvm_jax.models import mae as mae_lib
-from mvm_jax.train import checkpointing, flops, optimizer, partitioning
+from mvm_jax.train import checkpointing, flops, mask_policy, optimizer, partitioning
 from mvm_jax.train import state as state_lib
 from mvm_jax.train.step import make_train_step
 
@@ -40,7 +41,7 @@ class Experiment:
   config: Any
   mesh: Any
   model: Any
-  masker: Any
+  masker: Any  # (rng, batch) -> Mask: the configured masker (pictures, tools)
   grid: tuple[int, int, int]
   tx: Any
   schedule: Any
@@ -73,22 +74,39 @@ def build_experiment(config, *, samples_per_epoch: int, devices=None) -> Experim
     )
   model = mae_lib.mae_from_config(config)
   grid = model.encoder.grid
-  masker = masking.make_masker(config.masking.kind, grid, config.masking.ratio)
   total_steps, warmup_steps = schedule_lengths(config, samples_per_epoch)
+  steps_per_epoch = max(1, samples_per_epoch // config.batch_size)
+  masker = masking.make_masker(config.masking.kind, grid, config.masking.ratio)
+  policy = mask_policy.make_mask_policy(config, model, total_steps)
   schedule = optimizer.make_schedule(config, total_steps, warmup_steps)
   tx = optimizer.make_optimizer(config, schedule)
 
   shape = (2,) + mae_lib.video_shape(config) + (3,)
 
-  def init_params(rng):
+  def init_variables(rng):
     video = jnp.zeros(shape, jnp.float32)
-    return model.init({'params': rng, 'dropout': rng}, video, masker(rng, shape[0]))['params']
+    return model.init({'params': rng, 'dropout': rng}, video, masker(rng, shape[0]))
 
   rng = jax.random.PRNGKey(config.seed)
-  state, shardings = state_lib.create_sharded_state(init_params, tx, mesh, rng)
+  with_teacher = mask_policy.uses_teacher(config)
+  state, shardings = state_lib.create_sharded_state(init_variables, tx, mesh, rng, ema_teacher=with_teacher)
   batch_sharding = partitioning.batch_sharding(mesh)
+  teacher_momentum = None
+  if with_teacher:
+    h = config.hpm
+    teacher_momentum = lambda step: ema.momentum_schedule(
+      step, steps_per_epoch, h.ema_momentum, h.ema_momentum_final, h.ema_momentum_epochs
+    )
+  start_epoch = config.contrastive.start_epoch
+  start_steps = {name: int(start_epoch * steps_per_epoch) for name in mae_lib.CONTRASTIVE_OBJECTIVES}
   step_fn = make_train_step(
-    model, masker, objectives.make_objective_fn(config), tx, schedule, config.optim.grad_accum_steps
+    model,
+    policy,
+    objectives.make_objective_fn(config, start_steps),
+    tx,
+    schedule,
+    config.optim.grad_accum_steps,
+    teacher_momentum,
   )
   jitted = jit_train_step(step_fn, mesh, shardings, batch_sharding)
   return Experiment(
@@ -157,15 +175,31 @@ class _Preemption:
 
 
 def _write_images(exp: Experiment, workdir: str, step: int, batch: dict):
-  """Reconstructions of the first samples of `batch` with a fixed mask."""
+  """Reconstructions of the first samples of `batch` (first view of pairs) with
+  a fixed random mask, or for HPM the teacher's mask at this step, beside
+  the teacher's predicted-loss heat map."""
   c = exp.config
-  n = min(c.num_image_samples, batch['video'].shape[0])
-  video = jax.device_get(batch['video'])[:n]
-  mask = exp.masker(jax.random.PRNGKey(c.seed + 1), n)
-  with partitioning.sharding_context(exp.mesh):
-    outputs = jax.jit(lambda p, v, m: exp.model.apply({'params': p}, v, m))(exp.state.params, video, mask)
-  outputs = jax.device_get(outputs)
+  video = jax.device_get(batch['video'])
+  if video.ndim == 6:
+    video = video[:, 0]
+  n = min(c.num_image_samples, video.shape[0])
+  video = video[:n]
+  rng = jax.random.PRNGKey(c.seed + 1)
   model = exp.model
+
+  def forward(params, teacher, video):
+    predicted, hard = None, None
+    if mask_policy.uses_teacher(c):
+      masks = mask_policy.teacher_masks(model, c.hpm, model.encoder.grid, c.masking.ratio, exp.total_steps)
+      mask, hard, _, predicted = masks(rng, step, video, teacher)
+    else:
+      mask = exp.masker(rng, video.shape[0])
+    variables = {'params': params, **exp.state.model_state}
+    outputs = model.apply(variables, video, mask)
+    return {k: outputs[k] for k in ('pred', 'target', 'mask')}, predicted, hard
+
+  with partitioning.sharding_context(exp.mesh):
+    outputs, predicted, hard = jax.device_get(jax.jit(forward)(exp.state.params, exp.state.teacher, video))
   return visualize.write_reconstructions(
     os.path.join(workdir, 'images'),
     step,
@@ -176,6 +210,8 @@ def _write_images(exp: Experiment, workdir: str, step: int, batch: dict):
     c.data.mean,
     c.data.std,
     n,
+    predicted_loss=predicted,
+    hard=hard,
   )
 
 

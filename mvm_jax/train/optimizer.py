@@ -15,14 +15,30 @@ def peak_learning_rate(config) -> float:
 
 
 def make_schedule(config, total_steps: int, warmup_steps: int) -> optax.Schedule:
-  """Linear warm-up from 0 to the peak, then cosine decay to `optim.min_lr`."""
-  return optax.warmup_cosine_decay_schedule(
-    init_value=0.0,
-    peak_value=peak_learning_rate(config),
-    warmup_steps=warmup_steps,
-    decay_steps=max(total_steps, warmup_steps + 1),
-    end_value=config.optim.min_lr,
-  )
+  """Linear warm-up from 0 to the peak over `warmup_steps`, then decay to `optim.min_lr` at
+  `total_steps`: cosine (`optim.schedule='cosine'`, MAE) or linear ('linear', VIMPAC).
+  Both hold `min_lr` after `total_steps`."""
+  kind = config.optim.get('schedule', 'cosine')
+  peak, end = peak_learning_rate(config), config.optim.min_lr
+  if kind == 'cosine':
+    return optax.warmup_cosine_decay_schedule(
+      init_value=0.0,
+      peak_value=peak,
+      warmup_steps=warmup_steps,
+      decay_steps=max(total_steps, warmup_steps + 1),
+      end_value=end,
+    )
+  if kind == 'linear':
+    warmup_steps = max(int(warmup_steps), 0)
+    decay_steps = max(int(total_steps) - warmup_steps, 1)
+    return optax.join_schedules(
+      [
+        optax.linear_schedule(init_value=0.0, end_value=peak, transition_steps=warmup_steps),
+        optax.linear_schedule(init_value=peak, end_value=end, transition_steps=decay_steps),
+      ],
+      boundaries=[warmup_steps],
+    )
+  raise ValueError(f'config.optim.schedule: {kind!r} is not "cosine" or "linear"')
 
 
 def _path_name(path) -> str:

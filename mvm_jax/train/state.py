@@ -19,27 +19,43 @@ class TrainState:
 
   `rng` is the run's base key; step t uses fold_in(rng, t), so resuming at
   step t draws exactly the masks and dropout an uninterrupted run would.
+  `model_state` holds the model's non-parameter collections (e.g.
+  {'batch_stats': ...} of BatchNorm projectors; {} when it has none).
+  `teacher` is an exponential moving average of `params` (HPM's teacher),
+  sharded like them; {} when the method has no teacher.
   """
 
   step: jax.Array
   params: Any
   opt_state: Any
   rng: jax.Array
+  model_state: Any = flax.struct.field(default_factory=dict)
+  teacher: Any = flax.struct.field(default_factory=dict)
 
 
 def create_sharded_state(
-  init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation, mesh, rng: jax.Array
+  init_variables: Callable[[jax.Array], Any],
+  tx: optax.GradientTransformation,
+  mesh,
+  rng: jax.Array,
+  *,
+  ema_teacher: bool = False,
 ) -> tuple[TrainState, TrainState]:
   """Initialise parameters and optimizer state directly in their shardings.
 
-  `init_params(rng)` returns Flax params whose leaves may be LogicallyPartitioned
+  `init_variables(rng)` returns Flax variables {'params': ..., other
+  collections...} (as `model.init`) whose leaves may be LogicallyPartitioned
   (they name their axes); those names pick each leaf's sharding. Optimizer
-  moments follow their parameter; scalars (step, Adam's count) are replicated.
-  Returns (state, state_shardings).
+  moments and the EMA teacher (`ema_teacher=True`: starts equal to the
+  params) follow their parameter; scalars (step, Adam's count) are
+  replicated. Returns (state, state_shardings).
   """
   with partitioning.sharding_context(mesh):
-    boxed = jax.eval_shape(init_params, rng)
+    boxed_variables = jax.eval_shape(init_variables, rng)
+    boxed = boxed_variables['params']
+    collections = {k: v for k, v in boxed_variables.items() if k != 'params'}
     param_shardings = partitioning.logical_to_sharding(boxed, mesh)
+    collection_shardings = partitioning.logical_to_sharding(collections, mesh) if collections else {}
     abstract_params = _strip_boxes(boxed)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     replicated = partitioning.replicated(mesh)
@@ -50,11 +66,26 @@ def create_sharded_state(
       param_shardings,
       transform_non_params=lambda _: replicated,
     )
-    shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated)
+    shardings = TrainState(
+      step=replicated,
+      params=param_shardings,
+      opt_state=opt_shardings,
+      rng=replicated,
+      model_state=collection_shardings,
+      teacher=param_shardings if ema_teacher else {},
+    )
 
     def init_state(rng):
-      params = nn.unbox(init_params(rng))
-      return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng)
+      variables = nn.unbox(init_variables(rng))
+      params = variables['params']
+      return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        rng=rng,
+        model_state={k: v for k, v in variables.items() if k != 'params'},
+        teacher=jax.tree.map(jnp.copy, params) if ema_teacher else {},
+      )
 
     state = jax.jit(init_state, out_shardings=shardings)(rng)
   return state, shardings

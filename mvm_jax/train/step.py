@@ -1,14 +1,15 @@
-"""The jitted pre-training step: sample masks, forward, weighted objectives, update."""
+"""The jitted pre-training step: masks, forward, weighted objectives, update, EMA teacher."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import einops
 import jax
 import jax.numpy as jnp
 import optax
 
+from mvm_jax.models import ema
 from mvm_jax.train.state import TrainState
 
 
@@ -18,55 +19,113 @@ def _micro_batches(tree, accum: int):
   return jax.tree.map(lambda x: einops.rearrange(x, '(m a) ... -> a m ...', a=accum), tree)
 
 
+def views_last(tree, views: int):
+  """Flattened rows [B·V, ...] → [B, V, ...] (rows 2i, 2i+1 = the views of video i)."""
+  return jax.tree.map(lambda x: einops.rearrange(x, '(b v) ... -> b v ...', v=views), tree)
+
+
+def flatten_views(tree):
+  """[B, V, ...] → [B·V, ...], views of a video adjacent."""
+  return jax.tree.map(lambda x: einops.rearrange(x, 'b v ... -> (b v) ...'), tree)
+
+
 def make_train_step(
   model,
-  masker: Callable,
+  mask_policy: Callable,
   objective_fn: Callable,
   tx: optax.GradientTransformation,
   schedule: optax.Schedule,
   grad_accum_steps: int = 1,
+  teacher_momentum: Callable | None = None,
 ):
   """Returns train_step(state, batch) -> (state, metrics); jit it with shardings.
 
-  batch: {'video': [B, T, H, W, C] float, ...}. Masks come from
-  masker(fold_in(fold_in(state.rng, step), 0), B): sample b's mask depends on
-  the step and on b only, so it is the same on any mesh and with any
-  gradient accumulation.
+  batch: {'video': [B, T, H, W, C] float, ...}, or two views per video
+  [B, 2, T, H, W, C] (frame/clip pairs; flattened to [2B, ...] with the
+  views of a video adjacent, as the contrastive objectives expect).
+
+  Masks come from mask_policy(fold_in(fold_in(state.rng, step), 0), step,
+  video, state.teacher): sample b's mask depends on the step and on b only,
+  so it is the same on any mesh and with any gradient accumulation. Model
+  collections in `state.model_state` (BatchNorm statistics) are updated by
+  the forward pass. `teacher_momentum(step)`, if given, updates
+  `state.teacher` to the EMA of the new params after the optimizer step.
   """
 
-  def loss_fn(params, batch, mask, dropout_rng):
-    outputs = model.apply(
-      {'params': params}, batch['video'], mask, deterministic=False, rngs={'dropout': dropout_rng}
-    )
-    return objective_fn(outputs, batch)
+  def loss_fn(params, model_state, video, mask, dropout_rng, step):
+    variables = {'params': params, **model_state}
+    rngs = {'dropout': dropout_rng}
+    if model_state:
+      outputs, model_state = model.apply(
+        variables, video, mask, deterministic=False, rngs=rngs, mutable=list(model_state)
+      )
+    else:
+      outputs = model.apply(variables, video, mask, deterministic=False, rngs=rngs)
+    loss, metrics = objective_fn(outputs, {'video': video}, step)
+    return loss, (metrics, model_state)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def train_step(state: TrainState, batch):
     step_rng = jax.random.fold_in(state.rng, state.step)
     mask_rng, dropout_rng = jax.random.fold_in(step_rng, 0), jax.random.fold_in(step_rng, 1)
-    mask = masker(mask_rng, batch['video'].shape[0])
+    video = batch['video']
+    if video.ndim == 5:
+      video = video[:, None]  # one view a video
+    views = video.shape[1]
+    flat_video = flatten_views(video)
+    mask, mask_metrics = mask_policy(mask_rng, state.step, flat_video, state.teacher)
 
     if grad_accum_steps == 1:
-      (_, metrics), grads = grad_fn(state.params, batch, mask, dropout_rng)
+      (_, (metrics, model_state)), grads = grad_fn(
+        state.params, state.model_state, flat_video, mask, dropout_rng, state.step
+      )
     else:
+      # Micro-batches split whole videos (both views stay together).
+      micro_video, micro_mask = _micro_batches((video, views_last(mask, views)), grad_accum_steps)
 
       def accumulate(carry, xs):
-        j, micro_batch, micro_mask = xs
-        (_, m), g = grad_fn(state.params, micro_batch, micro_mask, jax.random.fold_in(dropout_rng, j))
-        return jax.tree.map(jnp.add, carry, (g, m)), None
+        grads_sum, metrics_sum, model_state = carry
+        j, v, m = xs
+        (_, (metrics, model_state)), g = grad_fn(
+          state.params,
+          model_state,
+          flatten_views(v),
+          flatten_views(m),
+          jax.random.fold_in(dropout_rng, j),
+          state.step,
+        )
+        return (
+          jax.tree.map(jnp.add, grads_sum, g),
+          jax.tree.map(jnp.add, metrics_sum, metrics),
+          model_state,
+        ), None
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
-      shapes = jax.eval_shape(lambda: grad_fn(state.params, batch, mask, dropout_rng)[0][1])
+      first = jax.tree.map(lambda x: x[0], (micro_video, micro_mask))
+      shapes = jax.eval_shape(
+        lambda: grad_fn(state.params, state.model_state, *flatten_views(first), dropout_rng, state.step)[0][
+          1
+        ][0]
+      )
       zero_metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-      xs = (jnp.arange(grad_accum_steps), *_micro_batches((batch, mask), grad_accum_steps))
-      (grads, metrics), _ = jax.lax.scan(accumulate, (zeros, zero_metrics), xs)
+      xs = (jnp.arange(grad_accum_steps), micro_video, micro_mask)
+      (grads, metrics, model_state), _ = jax.lax.scan(
+        accumulate, (zeros, zero_metrics, state.model_state), xs
+      )
       grads, metrics = jax.tree.map(lambda x: x / grad_accum_steps, (grads, metrics))
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    metrics = dict(metrics, **mask_metrics, grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
+    teacher = state.teacher
+    if teacher_momentum is not None:
+      momentum = teacher_momentum(state.step)
+      teacher = ema.ema_update(teacher, params, momentum)
+      metrics['hpm/teacher_momentum'] = momentum
+    new_state = state.replace(
+      step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state, teacher=teacher
+    )
     return new_state, metrics
 
   return train_step

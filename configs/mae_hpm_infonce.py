@@ -1,0 +1,28 @@
+"""MAE-ST + HPM loss prediction + InfoNCE in one run: objectives compose by config.
+
+Two clips per video (`clip_pair`); each clip gets HPM's teacher-chosen
+spacetime mask; the student reconstructs pixels, predicts its per-patch
+losses, and pulls the mean-pooled features of the two clips together with a
+global-batch InfoNCE.
+
+Presets: `tiny` (CPU, built-in clips; mae_st:tiny's model) and `vit_b`
+(MAE-ST ViT-B recipe + HPM + InfoNCE weight 0.03 as ViC-MAE's released code).
+"""
+
+from mvm_jax.config import sibling_config
+
+hpm = sibling_config(__file__, 'hpm')
+
+
+def get_config(preset: str = 'tiny'):
+  c = hpm.get_config(preset)
+  c.data.update(sampling='clip_pair')
+  if preset == 'tiny':
+    c.data.repeated_sampling = 1
+    c.batch_size = 8
+    c.optim.base_lr = 1e-3 * 256 / 8
+    c.contrastive.projector.update(hidden=256, out=64)
+    c.objectives = {'pixel_mse': 1.0, 'loss_prediction': 1.0, 'infonce': 0.5}
+  else:
+    c.objectives = {'pixel_mse': 1.0, 'loss_prediction': 1.0, 'infonce': 0.03}
+  return c

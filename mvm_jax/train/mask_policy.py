@@ -1,0 +1,70 @@
+"""Where each step's masks come from: a plain masker, or HPM's teacher.
+
+A mask policy is `policy(rng, step, video, teacher) -> (Mask, metrics)`,
+called inside the jitted step on the flattened batch video [B, T, H, W, C]
+(two-view batches: [2N, ...], views adjacent). `teacher` is the EMA
+teacher's params ({} when the method has none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mvm_jax import hard_patch_masking, masking
+
+MaskPolicy = Callable
+
+
+def random_policy(masker) -> MaskPolicy:
+  """Masks from `masking.make_masker(...)`: independent of the model."""
+
+  def policy(rng, step, video, teacher):
+    del step, teacher
+    return masker(rng, video.shape[0]), {}
+
+  return policy
+
+
+def teacher_masks(model, hpm_config, grid, mask_ratio: float, total_steps: int):
+  """HPM easy-to-hard masks: the teacher (`model.predict_losses` with the EMA
+  params) predicts per-patch losses of the unmasked clip; α_t of the masked
+  patches are the hardest by that prediction, the rest uniformly random.
+
+  Returns fn(rng, step, video, teacher) -> (Mask, hard [B, N] bool, α_t,
+  predicted losses [B, N]).
+  """
+  h = hpm_config
+  num_keep = masking.num_visible('random', grid, mask_ratio)
+
+  def masks(rng, step, video, teacher):
+    predicted = model.apply({'params': teacher}, video, method=model.predict_losses)
+    alpha = hard_patch_masking.alpha_schedule(step, total_steps, h.alpha_0, h.alpha_T, h.alpha_manner)
+    mask, hard = hard_patch_masking.hard_patch_mask(
+      rng, predicted, num_keep, alpha, selection=h.selection, per_frame=h.per_frame, grid=grid
+    )
+    return mask, hard, alpha, predicted
+
+  return masks
+
+
+def hard_patch_policy(model, hpm_config, grid, mask_ratio: float, total_steps: int) -> MaskPolicy:
+  """`teacher_masks` as a policy; metrics hpm/alpha, hpm/hard_fraction."""
+  masks = teacher_masks(model, hpm_config, grid, mask_ratio, total_steps)
+
+  def policy(rng, step, video, teacher):
+    mask, hard, alpha, _ = masks(rng, step, video, teacher)
+    return mask, hard_patch_masking.hard_mask_metrics(alpha, hard, mask.mask)
+
+  return policy
+
+
+def uses_teacher(config) -> bool:
+  """HPM's EMA teacher is kept when the loss predictor picks the masks."""
+  return 'loss_prediction' in config.objectives and bool(config.hpm.hard_masking)
+
+
+def make_mask_policy(config, model, total_steps: int) -> MaskPolicy:
+  grid = model.encoder.grid
+  if uses_teacher(config):
+    return hard_patch_policy(model, config.hpm, grid, config.masking.ratio, total_steps)
+  return random_policy(masking.make_masker(config.masking.kind, grid, config.masking.ratio))
