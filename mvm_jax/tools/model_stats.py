@@ -1,6 +1,7 @@
 """Parameter counts and forward GFLOPs per clip, from XLA's cost analysis.
 
   python -m mvm_jax.tools.model_stats --config configs/mae_st.py:vit_l [--json]
+  python -m mvm_jax.tools.model_stats --config configs/vimpac.py:large_half [--json]
 
 Nothing runs: parameters come from `jax.eval_shape`, FLOPs from lowering and
 compiling forward passes on abstract inputs (batch 1). XLA counts 2 FLOPs per
@@ -55,8 +56,54 @@ def _finetune_flops(config, num_classes: int) -> tuple[float, int]:
   return flops.compiled_flops(compiled), _count(params)
 
 
+def vimpac_stats(config) -> dict:
+  """VIMPAC: {'params': {backbone, token_head, cls_head, heads, total}, 'gflops_per_clip':
+  {backbone, pretrain}} on the config's token map. `backbone` counts the token
+  embedding (as the paper's Table 10), `heads` = token head + [CLS] head."""
+  from mvm_jax.models import factorized
+
+  model = factorized.vimpac_from_config(config, projector=True)
+  tokens = jax.ShapeDtypeStruct((1,) + factorized.token_shape_from_config(config), jnp.int32)
+  variables = jax.eval_shape(lambda rng, t: model.init({'params': rng}, t), jax.random.PRNGKey(0), tokens)
+  params = variables['params']
+  counts = {'backbone': _count(params['backbone']), 'token_head': _count(params['token_head'])}
+  counts['cls_head'] = _count(params['projector'])
+  counts['heads'] = counts['token_head'] + counts['cls_head']
+  counts['total'] = counts['backbone'] + counts['heads']
+  backbone = model.backbone.clone(parent=None, name=None)
+  backbone_fn = lambda v, t: backbone.apply({'params': v['params']['backbone']}, t)
+  gflops = {}
+  for name, fn in (('backbone', backbone_fn), ('pretrain', lambda v, t: model.apply(v, t))):
+    gflops[name] = flops.compiled_flops(jax.jit(fn).lower(variables, tokens).compile()) / 1e9
+  return {'params': counts, 'gflops_per_clip': gflops}
+
+
+def format_vimpac_table(stats: dict, config) -> str:
+  from mvm_jax.models import factorized
+
+  p, g, v = stats['params'], stats['gflops_per_clip'], config.vimpac
+  t, h, w = factorized.token_shape_from_config(config)
+  lines = [
+    (
+      f'tokens {t}×{h}×{w} (vocab {v.vocab_size}), layout {v.layout}, {v.depth}×{v.width}'
+      f'{" large-half" if v.large_half else ""}, mask block K={config.masking.get("num_blocks", "-")}'
+    ),
+    f'{"parameters":<28}{"count":>14}',
+    f'{"  backbone (w/ token emb.)":<28}{p["backbone"] / 1e6:>13.1f}M',
+    f'{"  token head":<28}{p["token_head"] / 1e6:>13.1f}M',
+    f'{"  [CLS] head":<28}{p["cls_head"] / 1e6:>13.1f}M',
+    f'{"  total":<28}{p["total"] / 1e6:>13.1f}M',
+    f'{"forward GFLOPs per clip":<28}{"XLA (2/MAC)":>14}{"1/MAC":>16}',
+  ]
+  for name, key in (('  backbone', 'backbone'), ('  pre-training (+ heads)', 'pretrain')):
+    lines.append(f'{name:<28}{g[key]:>14.1f}{g[key] / 2:>16.1f}')
+  return '\n'.join(lines)
+
+
 def model_stats(config, num_classes: int = 400) -> dict:
   """{'params': {...}, 'gflops_per_clip': {...}} (XLA convention, 2 per multiply-add)."""
+  if config.model.name == 'vimpac':
+    return vimpac_stats(config)
   config_lib.validate(config)
   sparse, params = _mae_forward_flops(config, dense=False)
   dense, _ = _mae_forward_flops(config, dense=True)
@@ -98,7 +145,8 @@ def main(argv):
   del argv
   config = flags.FLAGS.config
   stats = model_stats(config, flags.FLAGS.num_classes)
-  print(json.dumps(stats) if flags.FLAGS.json else format_table(stats, config))
+  table = format_vimpac_table if config.model.name == 'vimpac' else format_table
+  print(json.dumps(stats) if flags.FLAGS.json else table(stats, config))
 
 
 def _define_flags():
