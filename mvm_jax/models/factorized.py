@@ -103,9 +103,7 @@ class Dropout(nn.Module):
   def __call__(self, x, deterministic: bool):
     if deterministic or self.rate == 0.0:
       return x
-    keep = 1.0 - self.rate
-    draw = jax.random.bernoulli(self.make_rng('dropout'), keep, (x.size,)).reshape(x.shape)
-    return jnp.where(draw, x / keep, 0.0).astype(x.dtype)
+    return vit.drop(self.make_rng('dropout'), x, self.rate, x.shape)
 
 
 class AxisAttention(nn.Module):

@@ -141,6 +141,15 @@ class PatchEmbed(nn.Module):
     return einops.rearrange(x, 'b t h w d -> b (t h w) d')
 
 
+def drop(rng, x, rate: float, shape):
+  """Inverted dropout of `x` with a keep mask of `shape` (broadcast to x). The mask
+  is drawn flat and reshaped: threefry draws of 3+ dimensions cost seconds of
+  XLA CPU compile time."""
+  keep = 1.0 - rate
+  draw = jax.random.bernoulli(rng, keep, (int(np.prod(shape)),)).reshape(shape)
+  return jnp.where(draw, x / keep, 0.0).astype(x.dtype)
+
+
 class DropPath(nn.Module):
   """Stochastic depth per sample; identity when deterministic or rate 0."""
 
@@ -150,10 +159,7 @@ class DropPath(nn.Module):
   def __call__(self, x, deterministic: bool):
     if deterministic or self.rate == 0.0:
       return x
-    keep = 1.0 - self.rate
-    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    draw = jax.random.bernoulli(self.make_rng('dropout'), keep, shape)
-    return jnp.where(draw, x / keep, 0.0).astype(x.dtype)
+    return drop(self.make_rng('dropout'), x, self.rate, (x.shape[0],) + (1,) * (x.ndim - 1))
 
 
 class Attention(nn.Module):
