@@ -76,9 +76,8 @@ def get_config(preset: str = 'tiny'):
     )
   )
   c.objectives = ml_collections.ConfigDict({'token_ce': 1.0, 'infonce': 1.0})
-  if 'contrastive' in c:
-    c.contrastive.update(temperature=0.2, scale_by_temperature=True, sum_directions=True, pooling='cls')
-    c.contrastive.projector.update(hidden=4096, out=256, num_layers=3, use_bias_last=False, bn_last=False)
+  c.contrastive.update(temperature=0.2, scale_by_temperature=True, sum_directions=True, pooling='cls')
+  c.contrastive.projector.update(hidden=4096, out=256, num_layers=3, use_bias_last=False, bn_last=False)
   c.optim.update(b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.05, clip_grad_norm=1.0, min_lr=0.0)
   c.optim.schedule = 'linear'  # linear warm-up, then linear decay to min_lr
   c.batch_size = 1024
@@ -102,8 +101,7 @@ def get_config(preset: str = 'tiny'):
     c.vimpac.update(width=64, depth=2, num_heads=4, dropout=0.1)
     c.masking.num_blocks = 4  # 13.7% masked on 4×8×8, the closest to 15%
     c.masking.ratio = round(block_masking.expected_block_mask_ratio((4, 8, 8), 4), 4)
-    if 'contrastive' in c:
-      c.contrastive.projector.update(hidden=256, out=64)
+    c.contrastive.projector.update(hidden=256, out=64)
     c.batch_size = 16
     c.total_steps, c.warmup_steps = 300, 30
     c.optim.base_lr = 1e-3 * 256 / 16  # lr 1e-3 at batch 16

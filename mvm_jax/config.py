@@ -193,7 +193,7 @@ def _validate_contrastive(config) -> None:
     _fail('contrastive.pooling', f'{c.pooling!r}; valid: {list(heads.POOLINGS)}')
   if c.temperature <= 0:
     _fail('contrastive.temperature', f'{c.temperature} must be > 0')
-  two_view = [n for n in ('infonce', 'simsiam', 'vicreg') if n in config.objectives]
+  two_view = heads.contrastive_objectives(config)
   if two_view and config.data.sampling not in ('clip_pair', 'frame_pair'):
     _fail(
       'data.sampling',

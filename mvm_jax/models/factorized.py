@@ -402,10 +402,6 @@ def token_shape_from_config(config) -> tuple[int, int, int]:
   return (config.data.num_frames, config.data.crop_size // d, config.data.crop_size // d)
 
 
-def uses_projector(config) -> bool:
-  return any(name in config.objectives for name in ('infonce', 'simsiam', 'vicreg'))
-
-
 def backbone_from_config(config, name: str = 'backbone') -> FactorizedEncoder:
   v = config.vimpac
   return FactorizedEncoder(
@@ -430,11 +426,6 @@ def vimpac_from_config(config, projector: bool | None = None) -> VimpacModel:
   `config.contrastive.projector`."""
   dtype = jnp.dtype(config.model.dtype)
   if projector is None:
-    projector = uses_projector(config)
-  head = None
-  if projector:
-    if 'contrastive' in config:
-      head = heads.projector_from_config(config.contrastive, dtype)
-    else:
-      head = heads.Projector(hidden=4096, out=256, num_layers=3, use_bias_last=False, dtype=dtype)
+    projector = bool(heads.contrastive_objectives(config))
+  head = heads.projector_from_config(config.contrastive, dtype) if projector else None
   return VimpacModel(backbone=backbone_from_config(config), projector=head, dtype=dtype)

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 from mvm_jax.models import vit
 
 POOLINGS = ('mean', 'max', 'gem', 'cls')
+# Objectives comparing the two views of a video through the projector.
+CONTRASTIVE_OBJECTIVES = ('infonce', 'simsiam', 'vicreg')
 BN_MOMENTUM = 0.9  # torch BatchNorm1d momentum 0.1
 BN_EPS = 1e-5
 
@@ -137,3 +139,8 @@ def pooling_from_config(contrastive_config) -> Pooling:
   """Pooling from `config.contrastive.{pooling, gem_p, gem_learnable}`."""
   c = contrastive_config
   return Pooling(kind=c.pooling, gem_p=c.gem_p, gem_learnable=c.gem_learnable)
+
+
+def contrastive_objectives(config) -> list[str]:
+  """The objectives of `config.objectives` that need pooled features through a projector."""
+  return [name for name in CONTRASTIVE_OBJECTIVES if name in config.objectives]

@@ -201,21 +201,13 @@ def video_shape(config) -> tuple[int, int, int]:
   return (config.data.num_frames, config.data.crop_size, config.data.crop_size)
 
 
-CONTRASTIVE_OBJECTIVES = ('infonce', 'simsiam', 'vicreg')
-
-
-def uses_contrastive_head(config) -> bool:
-  """Whether `config.objectives` needs pooled features through a projector (two views a sample)."""
-  return any(name in config.objectives for name in CONTRASTIVE_OBJECTIVES)
-
-
 def mae_from_config(config) -> MaskedAutoencoder:
   """MaskedAutoencoder with the heads `config.objectives` need: a loss predictor
   for 'loss_prediction', pooling + projector (from `config.contrastive`) for
   'infonce' / 'simsiam' / 'vicreg', and SimSiam's predictor for 'simsiam'."""
   m = config.model
   dtype = jnp.dtype(m.dtype)
-  contrastive = uses_contrastive_head(config)
+  contrastive = bool(heads.contrastive_objectives(config))
   return MaskedAutoencoder(
     encoder=vit.encoder_from_config(m, video_shape(config)),
     decoder_width=m.decoder.width,

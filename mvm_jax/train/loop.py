@@ -23,7 +23,7 @@ from clu import metric_writers, periodic_actions
 from mvm_jax import config as config_lib
 from mvm_jax import masking, objectives, visualize
 from mvm_jax.data import pipeline
-from mvm_jax.models import ema
+from mvm_jax.models import ema, heads
 from mvm_jax.models import mae as mae_lib
 from mvm_jax.train import checkpointing, flops, mask_policy, optimizer, partitioning
 from mvm_jax.train import state as state_lib
@@ -77,7 +77,7 @@ def build_experiment(config, *, samples_per_epoch: int, devices=None) -> Experim
   total_steps, warmup_steps = schedule_lengths(config, samples_per_epoch)
   steps_per_epoch = max(1, samples_per_epoch // config.batch_size)
   masker = masking.make_masker(config.masking.kind, grid, config.masking.ratio)
-  policy = mask_policy.make_mask_policy(config, model, total_steps)
+  policy = mask_policy.make_mask_policy(config, model, masker, total_steps)
   schedule = optimizer.make_schedule(config, total_steps, warmup_steps)
   tx = optimizer.make_optimizer(config, schedule)
 
@@ -98,7 +98,7 @@ def build_experiment(config, *, samples_per_epoch: int, devices=None) -> Experim
       step, steps_per_epoch, h.ema_momentum, h.ema_momentum_final, h.ema_momentum_epochs
     )
   start_epoch = config.contrastive.start_epoch
-  start_steps = {name: int(start_epoch * steps_per_epoch) for name in mae_lib.CONTRASTIVE_OBJECTIVES}
+  start_steps = {name: int(start_epoch * steps_per_epoch) for name in heads.CONTRASTIVE_OBJECTIVES}
   step_fn = make_train_step(
     model,
     policy,

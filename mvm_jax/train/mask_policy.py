@@ -63,8 +63,8 @@ def uses_teacher(config) -> bool:
   return 'loss_prediction' in config.objectives and bool(config.hpm.hard_masking)
 
 
-def make_mask_policy(config, model, total_steps: int) -> MaskPolicy:
-  grid = model.encoder.grid
+def make_mask_policy(config, model, masker, total_steps: int) -> MaskPolicy:
+  """HPM's teacher policy when configured, else `masker` (from `masking.make_masker`)."""
   if uses_teacher(config):
-    return hard_patch_policy(model, config.hpm, grid, config.masking.ratio, total_steps)
-  return random_policy(masking.make_masker(config.masking.kind, grid, config.masking.ratio))
+    return hard_patch_policy(model, config.hpm, model.encoder.grid, config.masking.ratio, total_steps)
+  return random_policy(masker)
