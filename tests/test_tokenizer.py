@@ -198,7 +198,7 @@ def test_vq_recon_objective():
     'perplexity': jnp.array(3.0),
     'usage': jnp.array(0.25),
   }
-  loss, metrics = fn(outputs, {'video': jnp.ones((2, 8, 8, 3))})
+  loss, metrics = fn(outputs, {'inputs': jnp.ones((2, 8, 8, 3))})
   np.testing.assert_allclose(loss, 1.5)
   np.testing.assert_allclose(metrics['vq/recon_mse'], 1.0)
   assert float(metrics['vq/perplexity']) == 3.0 and float(metrics['vq/usage']) == 0.25
@@ -215,7 +215,7 @@ def test_tiny_training_lowers_recon_mse():
   def step(params, stats, opt_state):
     def f(params):
       out, new_stats = model.apply({'params': params, **stats}, x, mutable=['vq_stats'])
-      loss, metrics = loss_fn(out, {'video': x})
+      loss, metrics = loss_fn(out, {'inputs': x})
       return loss, (metrics, new_stats)
 
     (_, (metrics, stats)), grads = jax.value_and_grad(f, has_aux=True)(params)

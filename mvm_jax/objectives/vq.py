@@ -3,7 +3,8 @@
 Reads from the outputs of `models.tokenizer.VQVAE`: 'recon' [B, (T,) H, W, 3],
 'vq_loss' [] (commitment + codebook terms), 'perplexity' [], 'usage' [].
 The target is `outputs['target']` if the model provides one, else
-`batch['video']` (same shape as 'recon', same pixel space).
+`batch['inputs']`, the pixels the model was given (same shape as 'recon',
+same pixel space).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ def make_vq_recon(config):
   del config
 
   def vq_recon(outputs, batch):
-    target = outputs['target'] if 'target' in outputs else batch['video']
+    target = outputs['target'] if 'target' in outputs else batch['inputs']
     recon = outputs['recon']
     if recon.shape != target.shape:
       raise ValueError(f'vq_recon: recon {recon.shape} and target {target.shape} differ in shape')

@@ -22,7 +22,10 @@ class TrainState:
   `model_state` holds the model's non-parameter collections (e.g.
   {'batch_stats': ...} of BatchNorm projectors; {} when it has none).
   `teacher` is an exponential moving average of `params` (HPM's teacher),
-  sharded like them; {} when the method has no teacher.
+  sharded like them; {} when the method has no teacher. `frozen` holds
+  variables the step reads but never trains (VIMPAC's tokenizer when it
+  tokenizes on the fly), replicated; {} when none. Checkpoints leave it out
+  (`without_frozen`): it is loaded from its own source on every start.
   """
 
   step: jax.Array
@@ -31,6 +34,10 @@ class TrainState:
   rng: jax.Array
   model_state: Any = flax.struct.field(default_factory=dict)
   teacher: Any = flax.struct.field(default_factory=dict)
+  frozen: Any = flax.struct.field(default_factory=dict)
+
+  def without_frozen(self) -> TrainState:
+    return self.replace(frozen={})
 
 
 def create_sharded_state(
@@ -40,6 +47,7 @@ def create_sharded_state(
   rng: jax.Array,
   *,
   ema_teacher: bool = False,
+  frozen: Any = None,
 ) -> tuple[TrainState, TrainState]:
   """Initialise parameters and optimizer state directly in their shardings.
 
@@ -73,6 +81,7 @@ def create_sharded_state(
       rng=replicated,
       model_state=collection_shardings,
       teacher=param_shardings if ema_teacher else {},
+      frozen=jax.tree.map(lambda _: replicated, frozen or {}),
     )
 
     def init_state(rng):
@@ -87,7 +96,8 @@ def create_sharded_state(
         teacher=jax.tree.map(jnp.copy, params) if ema_teacher else {},
       )
 
-    state = jax.jit(init_state, out_shardings=shardings)(rng)
+    state = jax.jit(init_state, out_shardings=shardings.replace(frozen={}))(rng)
+    state = state.replace(frozen=jax.device_put(frozen or {}, shardings.frozen))
   return state, shardings
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import einops
@@ -29,6 +30,23 @@ def flatten_views(tree):
   return jax.tree.map(lambda x: einops.rearrange(x, 'b v ... -> (b v) ...'), tree)
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelInputs:
+  """Where the model's input comes from in a batch.
+
+  key: the batch entry ('video' pixels, or 'tokens' pre-extracted codes).
+  sample_ndim: its rank for one view a video, batch axis included (5 for
+    [B, T, H, W, C]; 4 for tokens [B, T, H, W]); one more means two views.
+  preprocess: optional fn(state.frozen, x [B', ...]) -> model input (e.g.
+    pixels → VQ codes with a frozen tokenizer), applied to the flattened
+    views inside the step, outside the gradient.
+  """
+
+  key: str = 'video'
+  sample_ndim: int = 5
+  preprocess: Callable | None = None
+
+
 def make_train_step(
   model,
   mask_policy: Callable,
@@ -37,20 +55,26 @@ def make_train_step(
   schedule: optax.Schedule,
   grad_accum_steps: int = 1,
   teacher_momentum: Callable | None = None,
+  inputs: ModelInputs | None = None,
 ):
   """Returns train_step(state, batch) -> (state, metrics); jit it with shardings.
 
   batch: {'video': [B, T, H, W, C] float, ...}, or two views per video
   [B, 2, T, H, W, C] (frame/clip pairs; flattened to [2B, ...] with the
   views of a video adjacent, as the contrastive objectives expect).
+  `inputs` (default: the video) says which batch entry the model reads and
+  how the frozen part of the state turns it into model inputs (VIMPAC:
+  tokens read from the batch, or pixels tokenized on the fly).
 
   Masks come from mask_policy(fold_in(fold_in(state.rng, step), 0), step,
-  video, state.teacher): sample b's mask depends on the step and on b only,
+  inputs, state.teacher): sample b's mask depends on the step and on b only,
   so it is the same on any mesh and with any gradient accumulation. Model
   collections in `state.model_state` (BatchNorm statistics) are updated by
   the forward pass. `teacher_momentum(step)`, if given, updates
   `state.teacher` to the EMA of the new params after the optimizer step.
   """
+
+  inputs = inputs or ModelInputs()
 
   def loss_fn(params, model_state, video, mask, dropout_rng, step):
     variables = {'params': params, **model_state}
@@ -61,7 +85,7 @@ def make_train_step(
       )
     else:
       outputs = model.apply(variables, video, mask, deterministic=False, rngs=rngs)
-    loss, metrics = objective_fn(outputs, {'video': video}, step)
+    loss, metrics = objective_fn(outputs, {'inputs': video}, step)
     return loss, (metrics, model_state)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -69,11 +93,13 @@ def make_train_step(
   def train_step(state: TrainState, batch):
     step_rng = jax.random.fold_in(state.rng, state.step)
     mask_rng, dropout_rng = jax.random.fold_in(step_rng, 0), jax.random.fold_in(step_rng, 1)
-    video = batch['video']
-    if video.ndim == 5:
+    video = batch[inputs.key]
+    if video.ndim == inputs.sample_ndim:
       video = video[:, None]  # one view a video
     views = video.shape[1]
     flat_video = flatten_views(video)
+    if inputs.preprocess is not None:
+      flat_video = inputs.preprocess(state.frozen, flat_video)
     mask, mask_metrics = mask_policy(mask_rng, state.step, flat_video, state.teacher)
 
     if grad_accum_steps == 1:
@@ -82,7 +108,7 @@ def make_train_step(
       )
     else:
       # Micro-batches split whole videos (both views stay together).
-      micro_video, micro_mask = _micro_batches((video, views_last(mask, views)), grad_accum_steps)
+      micro_video, micro_mask = _micro_batches(views_last((flat_video, mask), views), grad_accum_steps)
 
       def accumulate(carry, xs):
         grads_sum, metrics_sum, model_state = carry
