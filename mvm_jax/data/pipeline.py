@@ -57,7 +57,7 @@ from mvm_jax.data import sampling
 from mvm_jax.data import sources
 from mvm_jax.data.sampling import ClipSampler
 
-SOURCES = ('builtin', 'csv', 'folder', 'tfds')
+SOURCES = ('builtin', 'csv', 'folder', 'tfds', 'tokens')
 # The config.data keys that say where a source reads (strings; '' = unset).
 SOURCE_KEYS = (
   'path',
@@ -155,6 +155,8 @@ def validate_data_config(dc) -> None:
     for key in ('tfds_name', 'tfds_video_key'):
       if not dc[key]:
         _fail(key, f"source 'tfds' needs data.{key}")
+  if dc.source == 'tokens' and not dc.tfds_name:
+    _fail('tfds_name', "source 'tokens' needs data.tfds_name (written by mvm_jax.tools.extract_tokens)")
   for key in ('num_frames', 'sampling_rate', 'crop_size', 'repeated_sampling'):
     if not isinstance(dc[key], int) or dc[key] < 1:
       _fail(key, f'must be a positive integer, got {dc[key]!r}')
@@ -477,8 +479,53 @@ def make_loader(
     ``num_workers > 0`` the main module must be import-safe (``if __name__ ==
     '__main__':``) because workers are spawned.
   """
+  if data_config.source == 'tokens':  # pre-extracted VQ tokens: {'tokens': i32 [b, (2,) T, h, w], ...}
+    from mvm_jax.data import tokens  # here: importing tensorflow_datasets takes ~1 s
+
+    return tokens.make_token_loader(
+      data_config,
+      split=split,
+      global_batch_size=global_batch_size,
+      seed=seed,
+      shard_index=shard_index,
+      shard_count=shard_count,
+      train=train,
+      source=source,
+    )
   validate_data_config(data_config)
-  shard = grain.sharding.ShardOptions(shard_index=shard_index, shard_count=shard_count, drop_remainder=train)
+  batch_size = host_batch_size(global_batch_size, shard_count, seed)
+  if source is None:
+    source = build_source(data_config, split)
+  sampler = make_sampler(data_config, train=train)
+  k = sampler.num_samples
+  skipped = SkipLog()
+  ds, shard_records = grain_dataset(
+    data_config,
+    source,
+    _SampleRecord(source, sampler, data_config.cache_decoded_videos),
+    lambda shard_records: _Unstack(k, skipped, shard_records, data_config.max_bad_fraction),
+    batch_size=batch_size,
+    seed=seed,
+    shard_index=shard_index,
+    shard_count=shard_count,
+    train=train,
+  )
+  info = LoaderInfo(
+    num_records=len(source),
+    shard_records=shard_records,
+    num_classes=source.num_classes,
+    class_names=tuple(source.class_names),
+    repeated_sampling=k,
+    samples_per_epoch=len(source) * k,
+    batch_size=batch_size,
+    global_batch_size=global_batch_size,
+    skipped=skipped,
+  )
+  return ds, info
+
+
+def host_batch_size(global_batch_size: int, shard_count: int, seed: int) -> int:
+  """This host's batch b = global / shard_count; checks the loader arguments."""
   if global_batch_size < 1 or global_batch_size % shard_count:
     raise ValueError(
       f'batch_size={global_batch_size} must be a positive multiple of the '
@@ -486,18 +533,34 @@ def make_loader(
     )
   if not 0 <= seed < 2**32:
     raise ValueError(f'seed must be in [0, 2**32), got {seed}')
-  batch_size = global_batch_size // shard_count
-  if source is None:
-    source = build_source(data_config, split)
-  sampler = make_sampler(data_config, train=train)
-  k = sampler.num_samples
+  return global_batch_size // shard_count
 
+
+def grain_dataset(
+  data_config,
+  source,
+  sample_record,
+  make_unstack,
+  *,
+  batch_size: int,
+  seed: int,
+  shard_index: int,
+  shard_count: int,
+  train: bool,
+) -> tuple[grain.IterDataset, int]:
+  """The Grain graph of the module docstring, shared by every loader.
+
+  ``sample_record(index, rng) -> {'...': [k, ...]}`` runs in the workers;
+  ``make_unstack(shard_records)`` gives the main-process flat map that turns
+  its k samples into k elements. Returns (dataset of host batches, records
+  in this shard).
+  """
   num_records = len(source)
   ds = grain.MapDataset.range(num_records)
-  if shard.shard_count > 1:
-    if shard.drop_remainder:  # equal shards, so every host has the same epoch.
-      ds = ds[: num_records - num_records % shard.shard_count]
-    ds = ds[shard.shard_index :: shard.shard_count]
+  if shard_count > 1:
+    if train:  # equal shards, so every host has the same epoch.
+      ds = ds[: num_records - num_records % shard_count]
+    ds = ds[shard_index::shard_count]
   if len(ds) == 0:
     raise ValueError(f'{source!r} has {num_records} records: too few for {shard_count} shards')
   shard_records = len(ds)
@@ -506,7 +569,7 @@ def make_loader(
   ds = ds.seed(shard_seed)
   if train:
     ds = ds.shuffle().repeat()  # repeat after shuffle: new order each epoch.
-  ds = ds.random_map(_SampleRecord(source, sampler, data_config.cache_decoded_videos))
+  ds = ds.random_map(sample_record)
   prefetch = data_config.prefetch
   # ReadOptions defaults (16 threads, 500 elements) would hold GBs of video.
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch))
@@ -525,23 +588,8 @@ def make_loader(
         num_workers=data_config.num_workers, per_worker_buffer_size=max(1, prefetch)
       )
     )
-  skipped = SkipLog()
-  ds = grain.experimental.FlatMapIterDataset(
-    ds, _Unstack(k, skipped, shard_records, data_config.max_bad_fraction)
-  )
+  ds = grain.experimental.FlatMapIterDataset(ds, make_unstack(shard_records))
   ds = ds.batch(batch_size, drop_remainder=train)
   if prefetch:
     ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
-
-  info = LoaderInfo(
-    num_records=num_records,
-    shard_records=shard_records,
-    num_classes=source.num_classes,
-    class_names=tuple(source.class_names),
-    repeated_sampling=k,
-    samples_per_epoch=num_records * k,
-    batch_size=batch_size,
-    global_batch_size=global_batch_size,
-    skipped=skipped,
-  )
-  return ds, info
+  return ds, shard_records

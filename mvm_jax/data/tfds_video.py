@@ -200,10 +200,10 @@ class TfdsVideoSource(VideoSource):
 # Packing list/folder sources into an array_record tfds dataset.
 
 
-class _PackedVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """A tfds builder for packed videos; named per instance, like tfds's AdhocBuilder."""
-
-  VERSION = tfds.core.Version(PACK_VERSION)
+class SplitsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A tfds builder named per instance (like tfds's AdhocBuilder) whose splits come
+  from `split_examples` {split: () -> iterator of (key, features)}; subclasses
+  define `VERSION` and `_info`."""
 
   # tfds 4.9.10 resolves code_path with importlib_resources, which it does
   # not install; nothing is read from the code's folder here anyway.
@@ -212,10 +212,26 @@ class _PackedVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def code_path(cls):
     return None
 
-  def __init__(self, *, name: str, class_names=(), split_examples=None, **kwargs):
+  def __init__(self, *, name: str, split_examples=None, **kwargs):
     self.name = name
-    self._class_names = tuple(class_names)
     self._split_examples = split_examples or {}
+    super().__init__(**kwargs)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: make() for split, make in self._split_examples.items()}
+
+  def _generate_examples(self):
+    raise NotImplementedError
+
+
+class _PackedVideos(SplitsBuilder, skip_registration=True):
+  """A tfds builder for packed videos."""
+
+  VERSION = tfds.core.Version(PACK_VERSION)
+
+  def __init__(self, *, class_names=(), **kwargs):
+    self._class_names = tuple(class_names)
     super().__init__(**kwargs)
 
   def _info(self):
@@ -232,13 +248,6 @@ class _PackedVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       ),
       disable_shuffling=True,  # example i of a split is the i-th video read.
     )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {split: make() for split, make in self._split_examples.items()}
-
-  def _generate_examples(self):
-    raise NotImplementedError
 
 
 @dataclasses.dataclass
