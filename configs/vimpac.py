@@ -26,6 +26,7 @@ import ml_collections
 
 from mvm_jax import block_masking
 from mvm_jax.config import base_config
+from mvm_jax.models import tokenizer
 
 BACKBONES = {
   'small': dict(width=512, depth=6, num_heads=8, large_half=False),
@@ -41,7 +42,6 @@ def get_config(preset: str = 'tiny'):
   c.vimpac = ml_collections.ConfigDict(
     dict(
       vocab_size=block_masking.VOCAB_SIZE,  # VQ codes; PAD / [MASK] ids and 8197 rows follow
-      tokenizer='dalle',  # DALL-E dVAE, argmax codes, pixels 0.1 + 0.8·x
       downsample=8,  # pixels per token side: tokens = (num_frames, crop/8, crop/8)
       width=512,
       depth=6,
@@ -53,6 +53,9 @@ def get_config(preset: str = 'tiny'):
       dropout=0.1,
     )
   )
+  # The frozen tokenizer (paper: DALL-E dVAE, argmax codes, pixels 0.1 + 0.8·x). Used
+  # on the fly unless data.source='tokens' reads codes from mvm_jax.tools.extract_tokens.
+  c.tokenizer = tokenizer.default_tokenizer_config()
   # Resize + centre crop, no flip (a full-area square crop is the centre crop).
   c.data.update(
     num_frames=5,
@@ -98,13 +101,16 @@ def get_config(preset: str = 'tiny'):
     c.data.update(
       num_frames=4, crop_size=64, sampling_rate=2, num_workers=2, cache_decoded_videos=8, target_fps=0.0
     )
-    c.vimpac.update(width=64, depth=2, num_heads=4, dropout=0.1)
+    c.vimpac.update(width=64, depth=2, num_heads=4, dropout=0.1, vocab_size=256)
+    # Tokens from configs/vqvae.py:tiny (256 codes): --config.tokenizer.workdir=<its workdir>,
+    # or extracted once: --config.data.source=tokens --config.data.tfds_name=... --config.data.tfds_data_dir=...
+    c.tokenizer.kind = 'vqvae'
     c.masking.num_blocks = 4  # 13.7% masked on 4×8×8, the closest to 15%
     c.masking.ratio = round(block_masking.expected_block_mask_ratio((4, 8, 8), 4), 4)
     c.contrastive.projector.update(hidden=256, out=64)
-    c.batch_size = 16
+    c.batch_size = 8  # one epoch of the 8 built-in records: no video twice in a batch (InfoNCE negatives)
     c.total_steps, c.warmup_steps = 300, 30
-    c.optim.base_lr = 1e-3 * 256 / 16  # lr 1e-3 at batch 16
+    c.optim.base_lr = 1e-3 * 256 / 8  # lr 1e-3 at batch 8
     c.log_every_steps = 10
     c.checkpoint_every_steps = 100
     c.image_every_steps = 150

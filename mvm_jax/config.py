@@ -104,49 +104,29 @@ def _fail(key: str, message: str):
   raise ConfigError(f'config.{key}: {message}')
 
 
-def validate(config) -> None:
-  """Raise ConfigError naming the key for any inconsistent value."""
-  m, d = config.model, config.data
-  if m.name != 'mae':
-    _fail('model.name', f"unknown model {m.name!r}; known: ['mae']")
-  if d.crop_size % m.patch_size:
-    _fail('model.patch_size', f'{m.patch_size} does not divide data.crop_size={d.crop_size}')
-  if d.num_frames % m.t_patch_size:
-    _fail('model.t_patch_size', f'{m.t_patch_size} does not divide data.num_frames={d.num_frames}')
-  grid_t = d.num_frames // m.t_patch_size
-  if m.pred_t_dim % grid_t or not grid_t <= m.pred_t_dim <= d.num_frames:
-    _fail(
-      'model.pred_t_dim',
-      f'{m.pred_t_dim} must be a multiple of the temporal token count '
-      f'{grid_t} and at most data.num_frames={d.num_frames}',
-    )
-  for part in ('encoder', 'decoder'):
-    if m[part].width % m[part].num_heads:
-      _fail(f'model.{part}.num_heads', f'{m[part].num_heads} does not divide width {m[part].width}')
-  if m.decoder_cls not in ('learned', 'encoder'):
-    _fail('model.decoder_cls', f'{m.decoder_cls!r} is not "learned" or "encoder"')
-  if m.pos_embed not in ('learned', 'sincos'):
-    _fail('model.pos_embed', f'{m.pos_embed!r} is not "learned" or "sincos"')
+MODELS = ('mae', 'vimpac', 'vqvae')
+# The objectives each model's outputs can feed.
+MODEL_OBJECTIVES = {
+  'mae': ('pixel_mse', 'loss_prediction', 'infonce', 'simsiam', 'vicreg'),
+  'vimpac': ('token_ce', 'infonce', 'vicreg'),
+  'vqvae': ('vq_recon',),
+}
+
+
+def validate(config, *, pretraining: bool = True) -> None:
+  """Raise ConfigError naming the key for any inconsistent value.
+
+  `pretraining=False` (evaluations of a frozen or fine-tuned encoder) skips
+  the keys only pre-training reads: objectives, HPM, contrastive heads.
+  """
+  m = config.model
+  if m.name not in MODELS:
+    _fail('model.name', f'unknown model {m.name!r}; known: {list(MODELS)}')
   if m.dtype not in ('float32', 'bfloat16', 'float16'):
     _fail('model.dtype', f'{m.dtype!r} is not float32, bfloat16 or float16')
-  if not 0.0 < config.masking.ratio < 1.0:
-    _fail('masking.ratio', f'{config.masking.ratio} is outside (0, 1)')
-  if config.masking.kind not in masking.MASKERS:
-    _fail('masking.kind', f'unknown masker {config.masking.kind!r}; known: {sorted(masking.MASKERS)}')
-  grid = (d.num_frames // m.t_patch_size, d.crop_size // m.patch_size, d.crop_size // m.patch_size)
-  try:
-    masking.num_visible(config.masking.kind, grid, config.masking.ratio)
-  except ValueError as e:
-    _fail('masking.ratio', str(e))
-  if not config.objectives:
-    _fail('objectives', 'at least one objective is needed')
-  for name, weight in config.objectives.items():
-    if name not in objectives.OBJECTIVES:
-      _fail(f'objectives.{name}', f'unknown objective; known: {sorted(objectives.OBJECTIVES)}')
-    if not isinstance(weight, (int, float)):
-      _fail(f'objectives.{name}', f'weight must be a number, got {weight!r}')
-  _validate_hpm(config)
-  _validate_contrastive(config)
+  {'mae': _validate_mae, 'vimpac': _validate_vimpac, 'vqvae': _validate_vqvae}[m.name](config)
+  if pretraining:
+    _validate_objectives(config)
   if config.batch_size <= 0:
     _fail('batch_size', 'must be positive')
   if config.batch_size % config.optim.grad_accum_steps:
@@ -165,6 +145,24 @@ def validate(config) -> None:
   for key in ('log_every_steps', 'checkpoint_every_steps', 'image_every_steps', 'keep_checkpoints'):
     if config[key] <= 0:
       _fail(key, 'must be positive')
+
+
+def _validate_objectives(config) -> None:
+  m = config.model
+  if not config.objectives:
+    _fail('objectives', 'at least one objective is needed')
+  for name, weight in config.objectives.items():
+    if name not in objectives.OBJECTIVES:
+      _fail(f'objectives.{name}', f'unknown objective; known: {sorted(objectives.OBJECTIVES)}')
+    if not isinstance(weight, (int, float)):
+      _fail(f'objectives.{name}', f'weight must be a number, got {weight!r}')
+    if name not in MODEL_OBJECTIVES[m.name]:
+      _fail(
+        f'objectives.{name}',
+        f'model.name={m.name!r} cannot train it; its objectives: {list(MODEL_OBJECTIVES[m.name])}',
+      )
+  _validate_hpm(config)
+  _validate_contrastive(config)
 
 
 def _validate_hpm(config) -> None:
@@ -207,3 +205,106 @@ def _validate_contrastive(config) -> None:
     )
   if two_view and config.batch_size < 2:
     _fail('batch_size', 'contrastive objectives need at least 2 videos per batch (negatives)')
+
+
+def _validate_mae(config) -> None:
+  m, d = config.model, config.data
+  if d.crop_size % m.patch_size:
+    _fail('model.patch_size', f'{m.patch_size} does not divide data.crop_size={d.crop_size}')
+  if d.num_frames % m.t_patch_size:
+    _fail('model.t_patch_size', f'{m.t_patch_size} does not divide data.num_frames={d.num_frames}')
+  grid_t = d.num_frames // m.t_patch_size
+  if m.pred_t_dim % grid_t or not grid_t <= m.pred_t_dim <= d.num_frames:
+    _fail(
+      'model.pred_t_dim',
+      f'{m.pred_t_dim} must be a multiple of the temporal token count '
+      f'{grid_t} and at most data.num_frames={d.num_frames}',
+    )
+  for part in ('encoder', 'decoder'):
+    if m[part].width % m[part].num_heads:
+      _fail(f'model.{part}.num_heads', f'{m[part].num_heads} does not divide width {m[part].width}')
+  if m.decoder_cls not in ('learned', 'encoder'):
+    _fail('model.decoder_cls', f'{m.decoder_cls!r} is not "learned" or "encoder"')
+  if m.pos_embed not in ('learned', 'sincos'):
+    _fail('model.pos_embed', f'{m.pos_embed!r} is not "learned" or "sincos"')
+  if not 0.0 < config.masking.ratio < 1.0:
+    _fail('masking.ratio', f'{config.masking.ratio} is outside (0, 1)')
+  if config.masking.kind not in masking.MASKERS:
+    _fail('masking.kind', f'unknown masker {config.masking.kind!r}; known: {sorted(masking.MASKERS)}')
+  grid = (d.num_frames // m.t_patch_size, d.crop_size // m.patch_size, d.crop_size // m.patch_size)
+  try:
+    masking.num_visible(config.masking.kind, grid, config.masking.ratio)
+  except ValueError as e:
+    _fail('masking.ratio', str(e))
+
+
+def _validate_vimpac(config) -> None:
+  from mvm_jax import block_masking
+  from mvm_jax.models import factorized
+
+  v, d = config.get('vimpac'), config.data
+  if v is None:
+    _fail('vimpac', "model.name='vimpac' needs the vimpac section (start from configs/vimpac.py)")
+  if v.layout not in factorized.LAYOUTS:
+    _fail('vimpac.layout', f'{v.layout!r}; valid: {list(factorized.LAYOUTS)}')
+  if d.crop_size % v.downsample:
+    _fail('vimpac.downsample', f'{v.downsample} does not divide data.crop_size={d.crop_size}')
+  attention = v.attention_dim or (v.width // 2 if v.large_half else v.width)
+  if attention % v.num_heads:
+    _fail('vimpac.num_heads', f'{v.num_heads} does not divide the attention width {attention}')
+  if config.masking.kind not in block_masking.MASKERS:
+    _fail(
+      'masking.kind', f'VIMPAC masks tokens with {list(block_masking.MASKERS)}, not {config.masking.kind!r}'
+    )
+  token_shape = factorized.token_shape_from_config(config)
+  try:
+    block_masking.make_token_masker(
+      config.masking.kind,
+      token_shape,
+      num_blocks=config.masking.num_blocks,
+      ratio=None if config.masking.match_block_ratio else config.masking.ratio,
+    )
+  except ValueError as e:
+    _fail('masking.num_blocks', str(e))
+  if d.source != 'tokens':
+    _validate_tokenizer_source(config)
+
+
+def _validate_tokenizer_source(config) -> None:
+  """Tokens made in the step need a tokenizer with weights."""
+  from mvm_jax.models import tokenizer
+
+  t = config.get('tokenizer')
+  if t is None:
+    _fail('tokenizer', 'pixels need a tokenizer section (or data.source="tokens" with extracted tokens)')
+  try:
+    tokenizer.validate_tokenizer_config(t)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if t.kind == 'vqvae' and not t.workdir:
+    _fail(
+      'tokenizer.workdir',
+      'tokenizer.kind="vqvae" needs the workdir of a trained VQ-VAE '
+      '(python -m mvm_jax.main --config configs/vqvae.py:tiny --workdir DIR), '
+      'or extract tokens and set data.source="tokens"',
+    )
+  if t.kind == 'dalle' and not t.dalle_encoder:
+    _fail('tokenizer.dalle_encoder', 'tokenizer.kind="dalle" needs the path of the DALL-E encoder.pkl')
+
+
+def _validate_vqvae(config) -> None:
+  from mvm_jax.models import tokenizer
+
+  t = config.get('tokenizer')
+  if t is None:
+    _fail('tokenizer', "model.name='vqvae' needs the tokenizer section (start from configs/vqvae.py)")
+  try:
+    tokenizer.validate_tokenizer_config(t)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  f = 2 ** len(t.widths)
+  if config.data.crop_size % f:
+    _fail(
+      'tokenizer.widths',
+      f'{len(t.widths)} stages downsample {f}x, which does not divide data.crop_size={config.data.crop_size}',
+    )

@@ -50,6 +50,15 @@ def latest_params(workdir: str) -> tuple[int, dict]:
     FileNotFoundError: no checkpoint under `workdir/checkpoints`.
     ValueError: the newest checkpoint's state has no `params`.
   """
+  step, items = latest_state_items(workdir, ('params',))
+  return step, items['params']
+
+
+def latest_state_items(workdir: str, keys) -> tuple[int, dict]:
+  """(step, {key: tree of numpy arrays}) for the TrainState fields `keys` (e.g.
+  ('params', 'model_state')) of the newest checkpoint, as `latest_params`
+  reads params. A key the state lacks raises ValueError naming the checkpoint;
+  an empty field (e.g. no model_state) comes back as {}."""
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
   with ocp.CheckpointManager(
     directory,
@@ -60,11 +69,13 @@ def latest_params(workdir: str) -> tuple[int, dict]:
     if step is None:
       raise FileNotFoundError(f'no checkpoint under {directory}')
     saved = manager.item_metadata(step)['state'].tree
-    if 'params' not in saved:
-      raise ValueError(f'checkpoint {directory}/{step} holds no params (state keys: {sorted(saved)})')
-    item = {'params': jax.tree.map(lambda _: 0, saved['params'])}  # the structure to restore
+    for key in keys:
+      if key not in saved and key != 'model_state':
+        raise ValueError(f'checkpoint {directory}/{step} holds no {key} (state keys: {sorted(saved)})')
+    wanted = [k for k in keys if saved.get(k)]
+    item = {k: jax.tree.map(lambda _: 0, saved[k]) for k in wanted}  # the structure to restore
     restore_args = {
-      'params': jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved['params'])
+      k: jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved[k]) for k in wanted
     }
     restored = manager.restore(
       step,
@@ -72,7 +83,7 @@ def latest_params(workdir: str) -> tuple[int, dict]:
         state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
       ),
     )
-  return step, restored['state']['params']
+  return step, {k: restored['state'].get(k, {}) for k in keys}
 
 
 def scalar_curves(workdir: str) -> dict[str, tuple[list[int], list[float]]]:

@@ -110,3 +110,60 @@ def write_reconstructions(
     Image.fromarray(tile_rows(rows, scale)).save(path)
     paths.append(path)
   return paths
+
+
+def write_frame_reconstructions(directory: str, step: int, video, recon, mean, std) -> list[str]:
+  """One PNG per sample: original frames above their reconstructions (VQ-VAE).
+
+  video, recon: [n, T, H, W, 3] in the data's normalized space.
+  """
+  os.makedirs(directory, exist_ok=True)
+  paths = []
+  for i in range(video.shape[0]):
+    rows = [denormalize(np.asarray(x[i], np.float32), mean, std) for x in (video, recon)]
+    path = os.path.join(directory, f'reconstruction_step{step:07d}_sample{i}.png')
+    Image.fromarray(tile_rows(rows, max(1, 128 // video.shape[2]))).save(path)
+    paths.append(path)
+  return paths
+
+
+MASK_GRAY = np.array([128, 128, 128], np.uint8)
+RIGHT_COLOR = np.array([40, 180, 60], np.uint8)
+WRONG_COLOR = np.array([220, 40, 40], np.uint8)
+
+
+def code_colors(vocab_size: int) -> np.ndarray:
+  """A fixed random colour per code [V + 1, 3] uint8; row V (any special id) is black."""
+  colors = np.random.default_rng(0).integers(0, 256, (vocab_size + 1, 3), dtype=np.uint8)
+  colors[vocab_size] = 0
+  return colors
+
+
+def write_token_predictions(directory: str, step: int, tokens, mask, predicted, vocab_size: int, frames=None):
+  """One PNG per sample (VIMPAC): rows = [frames,] codes (a colour per code) /
+  masked input (gray) / predicted codes at masked positions / right (green) or
+  wrong (red) at masked positions.
+
+  tokens, predicted: int [n, T, h, w]; mask: bool [n, T, h, w]; frames:
+  optional uint8 [n, T, H, W, 3]. Token maps are scaled up to the frame size
+  (or 8 px a token).
+  """
+  os.makedirs(directory, exist_ok=True)
+  colors = code_colors(vocab_size)
+  paths = []
+  for i in range(tokens.shape[0]):
+    codes = np.where((tokens[i] >= 0) & (tokens[i] < vocab_size), tokens[i], vocab_size)
+    m = np.asarray(mask[i], bool)
+    original = colors[codes]
+    masked = np.where(m[..., None], MASK_GRAY, original)
+    guess = np.where(m[..., None], colors[np.clip(predicted[i], 0, vocab_size)], original)
+    right = np.where((predicted[i] == tokens[i])[..., None], RIGHT_COLOR, WRONG_COLOR)
+    marks = np.where(m[..., None], right, (original // 4).astype(np.uint8))
+    up = frames.shape[2] // tokens.shape[2] if frames is not None else 8
+    rows = [r.repeat(up, 1).repeat(up, 2) for r in (original, masked, guess, marks)]
+    if frames is not None:
+      rows.insert(0, np.asarray(frames[i], np.uint8))
+    path = os.path.join(directory, f'tokens_step{step:07d}_sample{i}.png')
+    Image.fromarray(tile_rows(rows, max(1, 128 // rows[0].shape[1]))).save(path)
+    paths.append(path)
+  return paths

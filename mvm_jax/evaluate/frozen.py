@@ -31,6 +31,32 @@ from mvm_jax.train import partitioning
 # config.data keys that must match pre-training: the token grid (and so the
 # learned position embeddings) and the input statistics the encoder saw.
 CLIP_KEYS = ('num_frames', 'crop_size', 'sampling_rate', 'mean', 'std')
+# Sections a VIMPAC run brings along (its backbone and the tokenizer that makes its input).
+VIMPAC_SECTIONS = ('vimpac', 'tokenizer', 'masking')
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenFeatureEncoder:
+  """A VIMPAC backbone as the evaluations see an encoder: pixels → frozen tokenizer → backbone.
+
+  `apply({'params': {'backbone': ..., 'tokenizer': ...}}, video [B, T, H, W, 3])`
+  returns [B, 1 + N, D], the backbone's [CLS] first then its N = T·h·w token
+  outputs (post-LN backbone: no final norm); `pool='mean'` gives [B, D], their mean.
+  """
+
+  backbone: Any  # factorized.FactorizedEncoder
+  tokenizer: Any  # frozen_tokenizer.FrozenTokenizer
+
+  def apply(self, variables, video, pool=None):
+    params = variables['params']
+    codes = self.tokenizer.tokenize(params['tokenizer'], video)
+    cls, x = self.backbone.apply({'params': params['backbone']}, codes)
+    x = x.reshape(x.shape[0], -1, x.shape[-1])
+    if pool == 'mean':
+      return jnp.mean(x, axis=1)
+    if pool is not None:
+      raise ValueError(f'pool must be None or "mean", got {pool!r}')
+    return jnp.concatenate([cls[:, None], x], axis=1)
 
 
 @dataclasses.dataclass
@@ -39,7 +65,8 @@ class FrozenEncoder:
 
   Attributes:
     config: the resolved config (model and clip keys from ``init_from``'s run).
-    encoder: the ViT encoder: video [B, T, H, W, 3] → tokens [B, 1+N, D], [CLS] first.
+    encoder: the ViT encoder (or a VIMPAC run's `TokenFeatureEncoder`):
+      video [B, T, H, W, 3] → tokens [B, 1+N, D], [CLS] first.
     params: its parameters, sharded over ``mesh`` by logical axis names.
     param_shardings: the NamedSharding of each parameter.
     mesh: the device mesh from ``config.mesh``.
@@ -48,7 +75,7 @@ class FrozenEncoder:
   """
 
   config: ml_collections.ConfigDict
-  encoder: vit.Encoder
+  encoder: Any
   params: Any
   param_shardings: Any
   mesh: Any
@@ -84,6 +111,9 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   resolved.init_from = os.path.abspath(os.path.expanduser(config.init_from))
   run = runs.load_config(resolved.init_from)
   resolved.model = run.model
+  if run.model.name == 'vimpac':
+    for key in VIMPAC_SECTIONS:
+      resolved[key] = run[key]
   for key in CLIP_KEYS:
     resolved.data[key] = run.data[key]
   ours = _flat({'model': config.model.to_dict(), 'data': config.data.to_dict()})
@@ -126,8 +156,14 @@ def load(config: ml_collections.ConfigDict, devices=None) -> FrozenEncoder:
     FileNotFoundError: ``init_from`` has no config.json or no checkpoint.
   """
   resolved = resolve_config(config)
-  config_lib.validate(resolved)
+  config_lib.validate(resolved, pretraining=False)
   mesh = partitioning.make_mesh(resolved.mesh, devices)
+  if resolved.model.name == 'vimpac':
+    return _load_vimpac(resolved, mesh)
+  if resolved.model.name != 'mae':
+    raise config_lib.ConfigError(
+      f'config.init_from: a {resolved.model.name!r} run has no video encoder to evaluate'
+    )
   video_shape = mae_lib.video_shape(resolved)
   encoder = vit.encoder_from_config(resolved.model, video_shape, drop_path_rate=0.0)
   rng = jax.random.PRNGKey(resolved.seed)
@@ -148,4 +184,37 @@ def load(config: ml_collections.ConfigDict, devices=None) -> FrozenEncoder:
       params = init_fn.lower(rng).compile({'xla_backend_optimization_level': 0} if cpu else None)(rng)
   frozen = FrozenEncoder(resolved, encoder, params, shardings, mesh, int(step), resolved.init_from)
   logging.info('Frozen encoder: %s; mesh %s.', frozen.describe(), dict(mesh.shape))
+  return frozen
+
+
+def _load_vimpac(resolved, mesh) -> FrozenEncoder:
+  """The backbone of a VIMPAC run behind the run's frozen tokenizer (`config.tokenizer`)."""
+  from mvm_jax import frozen_tokenizer
+  from mvm_jax.models import factorized
+
+  tok = frozen_tokenizer.load_frozen_tokenizer(resolved)
+  backbone = factorized.backbone_from_config(resolved)
+  tokens = jnp.zeros((1,) + factorized.token_shape_from_config(resolved), jnp.int32)
+  rng = jax.random.PRNGKey(resolved.seed)
+  init = lambda r: backbone.init(r, tokens)['params']
+  with partitioning.sharding_context(mesh):
+    boxed = jax.eval_shape(init, rng)
+    backbone_shardings = partitioning.logical_to_sharding(boxed, mesh)
+    if resolved.init_from:
+      step, params = runs.load_pretrained(resolved.init_from)
+      backbone_params = jax.device_put(
+        _pick(params['backbone'], _unbox(boxed), 'backbone'), backbone_shardings
+      )
+    else:
+      step = 0
+      backbone_params = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=backbone_shardings)(rng)
+  replicated = partitioning.replicated(mesh)
+  tok_shardings = jax.tree.map(lambda _: replicated, tok.variables)
+  params = {'backbone': backbone_params, 'tokenizer': jax.device_put(tok.variables, tok_shardings)}
+  shardings = {'backbone': backbone_shardings, 'tokenizer': tok_shardings}
+  encoder = TokenFeatureEncoder(backbone, tok)
+  frozen = FrozenEncoder(resolved, encoder, params, shardings, mesh, int(step), resolved.init_from)
+  logging.info(
+    'Frozen VIMPAC backbone: %s, tokens by %s; mesh %s.', frozen.describe(), tok.description, dict(mesh.shape)
+  )
   return frozen

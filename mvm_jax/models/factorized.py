@@ -358,6 +358,38 @@ class VimpacModel(nn.Module):
     return out
 
 
+class VimpacPretrainer(nn.Module):
+  """`model` (a VimpacModel, sharing its parameter names) as the pre-training step calls it.
+
+  __call__(tokens [B, T, H, W] int32 (uncorrupted; PAD where there is no
+  frame), mask [B, T, H, W] bool (True = masked; from `block_masking`),
+  deterministic) corrupts the masked tokens ([MASK], or BERT 80/10/10 with
+  the 'dropout' rng) and returns the model's outputs plus what `token_ce`
+  scores against: 'target_tokens' (the tokens), 'token_mask', 'pad'.
+  """
+
+  model: VimpacModel
+  bert_corruption: bool = False
+
+  def setup(self):
+    nn.share_scope(self, self.model)
+
+  def __call__(self, tokens, mask, deterministic: bool = True):
+    special = self.model.backbone.special_tokens
+    pad = tokens == special.pad_id
+    mask = mask.astype(bool) & ~pad
+    rng = self.make_rng('dropout') if self.bert_corruption else jax.random.PRNGKey(0)
+    corrupted = block_masking.corrupt_tokens(
+      rng, tokens, mask, special.mask_id, special.vocab_size, self.bert_corruption
+    )
+    out = self.model(corrupted, pad, deterministic)
+    return dict(out, target_tokens=tokens, token_mask=mask, pad=pad)
+
+  def features(self, tokens):
+    """Uncorrupted tokens → ([CLS] [B, D], token outputs [B, T, H, W, D]) for evaluation."""
+    return self.model.backbone(tokens, None, True)
+
+
 # --- position embedding resizing --------------------------------------------
 
 
@@ -429,3 +461,8 @@ def vimpac_from_config(config, projector: bool | None = None) -> VimpacModel:
     projector = bool(heads.contrastive_objectives(config))
   head = heads.projector_from_config(config.contrastive, dtype) if projector else None
   return VimpacModel(backbone=backbone_from_config(config), projector=head, dtype=dtype)
+
+
+def pretrainer_from_config(config) -> VimpacPretrainer:
+  """`vimpac_from_config(config)` wrapped for the pre-training step (`masking.bert_corruption`)."""
+  return VimpacPretrainer(vimpac_from_config(config), bert_corruption=bool(config.masking.bert_corruption))

@@ -64,6 +64,8 @@ def default_tokenizer_config() -> ml_collections.ConfigDict:
                        first update also seeds every unused code from the data.
   dalle_encoder        path of the DALL-E `encoder.pkl` (a pickled torch module) or a
                        state_dict file; see `dalle_dvae.load_dalle_encoder`.
+  workdir              kind 'vqvae' as a frozen tokenizer (VIMPAC): the workdir of the
+                       VQ-VAE run (`configs/vqvae.py`) whose latest checkpoint to use.
   """
   return ml_collections.ConfigDict(
     {
@@ -78,6 +80,7 @@ def default_tokenizer_config() -> ml_collections.ConfigDict:
       'ema_eps': 1e-5,
       'dead_code_threshold': 1.0,
       'dalle_encoder': '',
+      'workdir': '',
     }
   )
 

@@ -21,11 +21,10 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from mvm_jax import config as config_lib
-from mvm_jax import masking, objectives, visualize
+from mvm_jax import objectives, visualize
 from mvm_jax.data import pipeline
 from mvm_jax.models import ema, heads
-from mvm_jax.models import mae as mae_lib
-from mvm_jax.train import checkpointing, flops, mask_policy, optimizer, partitioning
+from mvm_jax.train import checkpointing, flops, mask_policy, model_setup, optimizer, partitioning
 from mvm_jax.train import state as state_lib
 from mvm_jax.train.step import make_train_step
 
@@ -52,6 +51,7 @@ class Experiment:
   state_shardings: Any
   batch_sharding: Any
   data_info: Any = None
+  inputs: Any = None  # step.ModelInputs: the batch entry the model reads, and its preprocessing
 
 
 def schedule_lengths(config, samples_per_epoch: int) -> tuple[int, int]:
@@ -72,24 +72,19 @@ def build_experiment(config, *, samples_per_epoch: int, devices=None) -> Experim
       f'config.batch_size={config.batch_size} is not divisible by the '
       f'{dp} data-parallel devices of config.mesh.shape={tuple(config.mesh.shape)}'
     )
-  model = mae_lib.mae_from_config(config)
-  grid = model.encoder.grid
   total_steps, warmup_steps = schedule_lengths(config, samples_per_epoch)
   steps_per_epoch = max(1, samples_per_epoch // config.batch_size)
-  masker = masking.make_masker(config.masking.kind, grid, config.masking.ratio)
-  policy = mask_policy.make_mask_policy(config, model, masker, total_steps)
+  setup = model_setup.build_model_setup(config, total_steps)
+  model = setup.model
   schedule = optimizer.make_schedule(config, total_steps, warmup_steps)
   tx = optimizer.make_optimizer(config, schedule)
-
-  shape = (2,) + mae_lib.video_shape(config) + (3,)
-
-  def init_variables(rng):
-    video = jnp.zeros(shape, jnp.float32)
-    return model.init({'params': rng, 'dropout': rng}, video, masker(rng, shape[0]))
+  logging.info('Model: %s.', setup.description)
 
   rng = jax.random.PRNGKey(config.seed)
   with_teacher = mask_policy.uses_teacher(config)
-  state, shardings = state_lib.create_sharded_state(init_variables, tx, mesh, rng, ema_teacher=with_teacher)
+  state, shardings = state_lib.create_sharded_state(
+    setup.init_variables, tx, mesh, rng, ema_teacher=with_teacher, frozen=setup.frozen
+  )
   batch_sharding = partitioning.batch_sharding(mesh)
   teacher_momentum = None
   if with_teacher:
@@ -101,20 +96,21 @@ def build_experiment(config, *, samples_per_epoch: int, devices=None) -> Experim
   start_steps = {name: int(start_epoch * steps_per_epoch) for name in heads.CONTRASTIVE_OBJECTIVES}
   step_fn = make_train_step(
     model,
-    policy,
+    setup.policy,
     objectives.make_objective_fn(config, start_steps),
     tx,
     schedule,
     config.optim.grad_accum_steps,
     teacher_momentum,
+    setup.inputs,
   )
   jitted = jit_train_step(step_fn, mesh, shardings, batch_sharding)
   return Experiment(
     config=config,
     mesh=mesh,
     model=model,
-    masker=masker,
-    grid=grid,
+    masker=setup.masker,
+    grid=setup.grid,
     tx=tx,
     schedule=schedule,
     total_steps=total_steps,
@@ -123,6 +119,7 @@ def build_experiment(config, *, samples_per_epoch: int, devices=None) -> Experim
     state=state,
     state_shardings=shardings,
     batch_sharding=batch_sharding,
+    inputs=setup.inputs,
   )
 
 
@@ -179,6 +176,8 @@ def _write_images(exp: Experiment, workdir: str, step: int, batch: dict):
   a fixed random mask, or for HPM the teacher's mask at this step, beside
   the teacher's predicted-loss heat map."""
   c = exp.config
+  if c.model.name == 'vimpac':
+    return _write_token_images(exp, workdir, step, batch)
   video = jax.device_get(batch['video'])
   if video.ndim == 6:
     video = video[:, 0]
@@ -186,6 +185,13 @@ def _write_images(exp: Experiment, workdir: str, step: int, batch: dict):
   video = video[:n]
   rng = jax.random.PRNGKey(c.seed + 1)
   model = exp.model
+  if c.model.name == 'vqvae':
+    variables = {'params': exp.state.params, **exp.state.model_state}
+    with partitioning.sharding_context(exp.mesh):
+      recon = jax.device_get(jax.jit(lambda v, x: model.apply(v, x)['recon'])(variables, video))
+    return visualize.write_frame_reconstructions(
+      os.path.join(workdir, 'images'), step, video, recon, c.data.mean, c.data.std
+    )
 
   def forward(params, teacher, video):
     predicted, hard = None, None
@@ -212,6 +218,36 @@ def _write_images(exp: Experiment, workdir: str, step: int, batch: dict):
     n,
     predicted_loss=predicted,
     hard=hard,
+  )
+
+
+def _write_token_images(exp: Experiment, workdir: str, step: int, batch: dict):
+  """VIMPAC: for the first samples (first view), the code map, the masked input
+  and the predicted codes with right/wrong marks (and the frames when the step
+  tokenizes pixels), with a fixed block mask."""
+  c, inputs = exp.config, exp.inputs
+  x = jax.device_get(batch[inputs.key])
+  if x.ndim == inputs.sample_ndim + 1:
+    x = x[:, 0]
+  n = min(c.num_image_samples, x.shape[0])
+  x = x[:n]
+  rng = jax.random.PRNGKey(c.seed + 1)
+  pad_id = exp.model.model.backbone.special_tokens.pad_id
+
+  def forward(params, model_state, frozen, x):
+    tokens = x if inputs.preprocess is None else inputs.preprocess(frozen, x)
+    mask = exp.masker(rng, tokens.shape[0], tokens == pad_id)
+    outputs = exp.model.apply({'params': params, **model_state}, tokens, mask)
+    return tokens, outputs['token_mask'], jnp.argmax(outputs['logits'], -1)
+
+  s = exp.state
+  with partitioning.sharding_context(exp.mesh):
+    tokens, mask, predicted = jax.device_get(jax.jit(forward)(s.params, s.model_state, s.frozen, x))
+  frames = None
+  if inputs.preprocess is not None:
+    frames = visualize.denormalize(x, c.data.mean, c.data.std)
+  return visualize.write_token_predictions(
+    os.path.join(workdir, 'images'), step, tokens, mask, predicted, c.vimpac.vocab_size, frames
   )
 
 
@@ -290,8 +326,9 @@ def fit(
   state = exp.state
   latest = ckpt.latest_step()
   if latest is not None:
-    abstract = state_lib.abstract_with_shardings(state, exp.state_shardings)
-    state, data_state = ckpt.restore(latest, abstract)
+    abstract = state_lib.abstract_with_shardings(state.without_frozen(), exp.state_shardings.without_frozen())
+    restored, data_state = ckpt.restore(latest, abstract)
+    state = restored.replace(frozen=state.frozen)
     data_iter.set_state(data_state)
     logging.info('Resumed from checkpoint at step %d.', latest)
   exp.state = state
@@ -358,7 +395,7 @@ def fit(
         window, last_log_time, last_log_step = [], now, step
       exp.state = state
       stop = preemption.requested or (stop_after_steps is not None and step - start_step >= stop_after_steps)
-      ckpt.save(step, state, data_state, force=stop or step == exp.total_steps)
+      ckpt.save(step, state.without_frozen(), data_state, force=stop or step == exp.total_steps)
       if is_chief:
         for callback in after_step:
           callback(step, batch)
