@@ -239,3 +239,28 @@ def test_vimpac_config_errors_name_the_key(vq_run):
   config.model.name = 'vit'
   with pytest.raises(config_lib.ConfigError, match='model.name'):
     config_lib.validate(config)
+
+
+def test_finetune_starts_from_the_vimpac_backbone_and_tests(vimpac_runs, tmp_path):
+  """Fine-tuning a VIMPAC run: its tokenizer in the step, its backbone under a [CLS] head."""
+  from configs import finetune as finetune_config
+  from mvm_jax import runs
+  from mvm_jax.evaluate import finetune
+
+  workdir = vimpac_runs[1]
+  c = finetune_config.get_config('tiny')
+  c.init_from = workdir
+  c.update(batch_size=4, total_steps=2, warmup_steps=1, checkpoint_every_steps=2, async_checkpointing=False)
+  c.mesh.shape = (1, 1, 1)
+  c.data.update(num_workers=0, eval_temporal_views=1, eval_spatial_views=1)
+  c.finetune.update(eval_every_steps=100, eval_batch_size=8)
+  resolved = finetune.frozen.resolve_config(c)
+  exp = finetune.build_experiment(resolved, num_classes=8, samples_per_epoch=40, devices=jax.devices()[:1])
+  _, pretrained = runs.latest_params(workdir)
+  jax.tree.map(
+    np.testing.assert_array_equal, jax.device_get(exp.state.params['backbone']), pretrained['backbone']
+  )
+  np.testing.assert_array_equal(exp.state.params['head']['kernel'], 0.0)
+  result = finetune.finetune_and_evaluate(c, str(tmp_path))
+  assert result['step'] == 2 and np.isfinite(result['losses']).all()
+  assert result['eval']['views_per_video'] == 1 and 0.0 <= result['eval']['top1'] <= 100.0

@@ -25,6 +25,7 @@ from mvm_jax import config as config_lib
 from mvm_jax import runs
 from mvm_jax.data import pipeline
 from mvm_jax.evaluate import frozen, mixup, report
+from mvm_jax.models import factorized
 from mvm_jax.models import mae as mae_lib
 from mvm_jax.train import loop, optimizer, partitioning
 from mvm_jax.train import state as state_lib
@@ -49,10 +50,14 @@ def mask_ratio_at(step, total_steps: int, start_ratio: float):
   return start_ratio * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
 
 
-def make_finetune_step(model, tx, schedule, config, num_classes: int, total_steps: int):
-  """train_step(state, batch) -> (state, metrics) for batch {'video' [B, T, H, W, C], 'label' [B]}."""
+def make_finetune_step(model, tx, schedule, config, num_classes: int, total_steps: int, inputs=None):
+  """train_step(state, batch) -> (state, metrics) for batch {'video' [B, T, H, W, C], 'label' [B]}.
+
+  `inputs.preprocess(state.frozen, video)`, if given, turns the (mixed) pixels
+  into the model's input (a VIMPAC backbone's tokens)."""
   f = config.finetune
-  num_tokens = math.prod(model.encoder.grid)
+  preprocess = inputs.preprocess if inputs is not None else None
+  num_tokens = math.prod(model.encoder.grid) if preprocess is None else 0
 
   def train_step(state, batch):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -72,10 +77,11 @@ def make_finetune_step(model, tx, schedule, config, num_classes: int, total_step
       ratio = mask_ratio_at(state.step, total_steps, f.mask_ratio)
       token_keep = mixup.finetune_token_keep(mask_rng, video.shape[0], num_tokens, ratio)
 
+    kwargs = {'token_keep': token_keep} if preprocess is None else {}
+    x = video if preprocess is None else preprocess(state.frozen, video)
+
     def loss_fn(params):
-      logits = model.apply(
-        {'params': params}, video, deterministic=False, token_keep=token_keep, rngs={'dropout': drop_rng}
-      )
+      logits = model.apply({'params': params}, x, deterministic=False, rngs={'dropout': drop_rng}, **kwargs)
       return optax.softmax_cross_entropy(logits, targets).mean(), logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -95,37 +101,43 @@ def make_finetune_step(model, tx, schedule, config, num_classes: int, total_step
 def build_experiment(config, *, num_classes: int, samples_per_epoch: int, devices=None) -> loop.Experiment:
   """Classifier, optimizer with layer decay, sharded state (encoder from `init_from`), jitted step."""
   validate(config)
-  config_lib.validate(config)
+  config_lib.validate(config, pretraining=False)
   mesh = partitioning.make_mesh(config.mesh, devices)
   f = config.finetune
-  model = mae_lib.classifier_from_config(config, num_classes, drop_path_rate=f.drop_path, dropout=f.dropout)
+  if config.model.name == 'vimpac':
+    model, backbone, depth, inputs, frozen_variables, example = _vimpac_classifier(config, num_classes)
+  else:
+    model = mae_lib.classifier_from_config(config, num_classes, drop_path_rate=f.drop_path, dropout=f.dropout)
+    backbone, depth, inputs, frozen_variables = 'encoder', config.model.encoder.depth, None, None
+    example = jnp.zeros((2,) + mae_lib.video_shape(config) + (3,), jnp.float32)
   total_steps, warmup_steps = loop.schedule_lengths(config, samples_per_epoch)
   schedule = optimizer.make_schedule(config, total_steps, warmup_steps)
-  shape = (2,) + mae_lib.video_shape(config) + (3,)
 
   def init_params(rng):
-    return model.init({'params': rng, 'dropout': rng}, jnp.zeros(shape, jnp.float32))['params']
+    return model.init({'params': rng, 'dropout': rng}, example)['params']
 
   rng = jax.random.PRNGKey(config.seed)
   with partitioning.sharding_context(mesh):
     abstract = state_lib._strip_boxes(jax.eval_shape(init_params, rng))
-  tx = optimizer.make_finetune_optimizer(config, schedule, abstract, config.model.encoder.depth)
-  state, shardings = state_lib.create_sharded_state(lambda r: {'params': init_params(r)}, tx, mesh, rng)
+  tx = optimizer.make_finetune_optimizer(config, schedule, abstract, depth)
+  state, shardings = state_lib.create_sharded_state(
+    lambda r: {'params': init_params(r)}, tx, mesh, rng, frozen=frozen_variables
+  )
   if config.init_from:
     step, pretrained = runs.load_pretrained(config.init_from)
-    encoder = frozen._pick(pretrained['encoder'], abstract['encoder'])
-    params = dict(state.params, encoder=jax.device_put(encoder, shardings.params['encoder']))
+    weights = frozen._pick(pretrained[backbone], abstract[backbone], backbone)
+    params = dict(state.params, **{backbone: jax.device_put(weights, shardings.params[backbone])})
     state = state.replace(params=params)
-    logging.info('Encoder initialised from %s (step %d).', config.init_from, step)
+    logging.info('%s initialised from %s (step %d).', backbone.capitalize(), config.init_from, step)
   batch_sharding = partitioning.batch_sharding(mesh)
-  step_fn = make_finetune_step(model, tx, schedule, config, num_classes, total_steps)
+  step_fn = make_finetune_step(model, tx, schedule, config, num_classes, total_steps, inputs)
   jitted = loop.jit_train_step(step_fn, mesh, shardings, batch_sharding)
   return loop.Experiment(
     config=config,
     mesh=mesh,
     model=model,
     masker=None,
-    grid=model.encoder.grid,
+    grid=model.encoder.grid if inputs is None else factorized.token_shape_from_config(config),
     tx=tx,
     schedule=schedule,
     total_steps=total_steps,
@@ -134,7 +146,23 @@ def build_experiment(config, *, num_classes: int, samples_per_epoch: int, device
     state=state,
     state_shardings=shardings,
     batch_sharding=batch_sharding,
+    inputs=inputs,
   )
+
+
+def _vimpac_classifier(config, num_classes: int):
+  """A VIMPAC run's backbone as a [CLS] classifier, behind the run's frozen tokenizer:
+  (model, backbone key, depth, ModelInputs, tokenizer variables, example tokens)."""
+  from mvm_jax import frozen_tokenizer
+  from mvm_jax.train.step import ModelInputs
+
+  if config.finetune.mask_ratio > 0:
+    raise config_lib.ConfigError('config.finetune.mask_ratio: token dropping is for ViT encoders, not VIMPAC')
+  tok = frozen_tokenizer.load_frozen_tokenizer(config)
+  model = factorized.classifier_from_config(config, num_classes, dropout=config.finetune.dropout)
+  inputs = ModelInputs('video', 5, tok.tokenize)
+  example = jnp.zeros((2,) + factorized.token_shape_from_config(config), jnp.int32)
+  return model, 'backbone', config.vimpac.depth, inputs, tok.variables, example
 
 
 def evaluate(exp: loop.Experiment, split: str | None = None) -> dict:
@@ -154,8 +182,14 @@ def evaluate(exp: loop.Experiment, split: str | None = None) -> dict:
     shard_count=jax.process_count(),
   )
 
+  preprocess = exp.inputs.preprocess if exp.inputs is not None else None
+
+  def probabilities(params, frozen_variables, video):
+    x = video if preprocess is None else preprocess(frozen_variables, video)
+    return jax.nn.softmax(exp.model.apply({'params': params}, x))
+
   with partitioning.sharding_context(exp.mesh):
-    predict = jax.jit(lambda params, video: jax.nn.softmax(exp.model.apply({'params': params}, video)))
+    predict = jax.jit(probabilities)
   scores, labels, index = [], [], []
   local = batch_size // jax.process_count()
   for host_batch in loader:
@@ -172,7 +206,7 @@ def evaluate(exp: loop.Experiment, split: str | None = None) -> dict:
         chunk = np.concatenate([chunk, np.zeros((local - valid,) + chunk.shape[1:], chunk.dtype)])
       global_chunk = jax.make_array_from_process_local_data(exp.batch_sharding, chunk)
       probs = jax.experimental.multihost_utils.process_allgather(
-        predict(exp.state.params, global_chunk), tiled=True
+        predict(exp.state.params, exp.state.frozen, global_chunk), tiled=True
       )
       scores.append(np.asarray(probs)[:valid])
     labels.append(np.repeat(np.asarray(host_batch['label']), views))

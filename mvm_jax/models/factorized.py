@@ -390,6 +390,26 @@ class VimpacPretrainer(nn.Module):
     return self.model.backbone(tokens, None, True)
 
 
+class TokenClassifier(nn.Module):
+  """Fine-tuning view of a VIMPAC backbone: tokens [B, T, H, W] → [CLS] → dropout →
+  linear head (zero-init) → logits [B, num_classes] float32. Shares
+  `params['backbone']` with the pre-trained `VimpacModel`."""
+
+  backbone: FactorizedEncoder
+  num_classes: int
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens, deterministic: bool = True):
+    cls, _ = self.backbone(tokens, None, deterministic)
+    cls = nn.Dropout(self.dropout)(cls, deterministic=deterministic)
+    head = vit.dense(
+      self.num_classes, ('embed', None), 'head', self.dtype, bias_name=None, kernel_init=nn.initializers.zeros
+    )
+    return head(cls).astype(jnp.float32)
+
+
 # --- position embedding resizing --------------------------------------------
 
 
@@ -466,3 +486,9 @@ def vimpac_from_config(config, projector: bool | None = None) -> VimpacModel:
 def pretrainer_from_config(config) -> VimpacPretrainer:
   """`vimpac_from_config(config)` wrapped for the pre-training step (`masking.bert_corruption`)."""
   return VimpacPretrainer(vimpac_from_config(config), bert_corruption=bool(config.masking.bert_corruption))
+
+
+def classifier_from_config(config, num_classes: int, dropout: float = 0.0) -> TokenClassifier:
+  """TokenClassifier on `backbone_from_config(config)` (fine-tuning a VIMPAC run)."""
+  dtype = jnp.dtype(config.model.dtype)
+  return TokenClassifier(backbone_from_config(config), num_classes, dropout, dtype)

@@ -75,16 +75,34 @@ def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransforma
   return optax.chain(*parts)
 
 
+# The backbone's root in a classifier's params (ViT 'encoder', VIMPAC 'backbone')
+# and the names of its embedding-level parameters (layer 0).
+BACKBONE_ROOTS = ('encoder', 'backbone')
+EMBEDDING_NAMES = (
+  'patch_embed',
+  'pos',
+  'cls_token',
+  'mask_token',
+  'embedding',
+  'pos_embed_cls',
+  'pos_embed_t',
+  'pos_embed_h',
+  'pos_embed_w',
+  'ln_pre',
+)
+
+
 def encoder_layer_id(path_name: str, depth: int) -> int:
   """Layer index for layer-wise lr decay: embeddings 0, block i → i + 1, the rest
   (final norm, head) depth + 1. `path_name` is 'a/b/c' of the parameter."""
   parts = path_name.split('/')
-  if 'encoder' not in parts:
+  roots = [i for i, part in enumerate(parts) if part in BACKBONE_ROOTS]
+  if not roots:
     return depth + 1
-  below = parts[parts.index('encoder') + 1 :]
+  below = parts[roots[0] + 1 :]
   if below and below[0].startswith('block'):
     return int(below[0][len('block') :]) + 1
-  if below and below[0] in ('patch_embed', 'pos', 'cls_token', 'mask_token'):
+  if below and below[0] in EMBEDDING_NAMES:
     return 0
   return depth + 1
 
