@@ -73,3 +73,14 @@ def run_module(module, *args, timeout=600, **kwargs):
 @pytest.fixture
 def config():
   return micro_config()
+
+
+def pytest_collection_modifyitems(config, items):
+  """Longest modules first: end-to-end modules (all tests slow), then modules with
+  some slow tests, then the rest. With `pytest -n 2 --dist loadfile` (the README's
+  command) the two workers then finish together instead of one waiting on a long tail."""
+  slow, fast = set(), set()
+  for item in items:
+    (slow if item.get_closest_marker('slow') else fast).add(item.path)
+  rank = lambda item: 0 if item.path not in fast else 1 if item.path in slow else 2
+  items.sort(key=rank)  # stable: the order within a module is kept
