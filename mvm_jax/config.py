@@ -273,15 +273,9 @@ def _validate_vimpac(config) -> None:
 
 def _validate_tokenizer_source(config) -> None:
   """Tokens made in the step need a tokenizer with weights."""
-  from mvm_jax.models import tokenizer
-
-  t = config.get('tokenizer')
-  if t is None:
-    _fail('tokenizer', 'pixels need a tokenizer section (or data.source="tokens" with extracted tokens)')
-  try:
-    tokenizer.validate_tokenizer_config(t)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
+  t = _tokenizer_section(
+    config, 'pixels need a tokenizer section (or data.source="tokens" with extracted tokens)'
+  )
   if t.kind == 'vqvae' and not t.workdir:
     _fail(
       'tokenizer.workdir',
@@ -293,16 +287,24 @@ def _validate_tokenizer_source(config) -> None:
     _fail('tokenizer.dalle_encoder', 'tokenizer.kind="dalle" needs the path of the DALL-E encoder.pkl')
 
 
-def _validate_vqvae(config) -> None:
+def _tokenizer_section(config, missing: str):
+  """`config.tokenizer`, checked by `tokenizer.validate_tokenizer_config`; `missing`: the error without one."""
   from mvm_jax.models import tokenizer
 
   t = config.get('tokenizer')
   if t is None:
-    _fail('tokenizer', "model.name='vqvae' needs the tokenizer section (start from configs/vqvae.py)")
+    _fail('tokenizer', missing)
   try:
     tokenizer.validate_tokenizer_config(t)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  return t
+
+
+def _validate_vqvae(config) -> None:
+  t = _tokenizer_section(
+    config, "model.name='vqvae' needs the tokenizer section (start from configs/vqvae.py)"
+  )
   f = 2 ** len(t.widths)
   if config.data.crop_size % f:
     _fail(

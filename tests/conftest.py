@@ -75,6 +75,16 @@ def config():
   return micro_config()
 
 
+def tiny_preset(config_module, total_steps: int):
+  """A config file's `tiny` preset shortened to `total_steps`, in-process data, synchronous checkpoints
+  (the end-to-end tests)."""
+  c = config_module.get_config('tiny')
+  c.total_steps = total_steps
+  c.data.num_workers = 0
+  c.async_checkpointing = False
+  return c
+
+
 def pytest_collection_modifyitems(config, items):
   """Longest modules first: end-to-end modules (all tests slow), then modules with
   some slow tests, then the rest. With `pytest -n 2 --dist loadfile` (the README's

@@ -3,6 +3,7 @@ metrics moving the right way (slow: a few minutes on 2 cores)."""
 
 import numpy as np
 import pytest
+from conftest import tiny_preset
 
 from configs import hpm, vic_mae
 from mvm_jax.train import loop
@@ -10,16 +11,8 @@ from mvm_jax.train import loop
 pytestmark = pytest.mark.slow
 
 
-def _tiny(module, total_steps):
-  c = module.get_config('tiny')
-  c.total_steps = total_steps
-  c.data.num_workers = 0
-  c.async_checkpointing = False
-  return c
-
-
 def test_hpm_tiny_loss_rank_correlation_rises(tmp_path):
-  result = loop.train_and_evaluate(_tiny(hpm, 60), str(tmp_path))
+  result = loop.train_and_evaluate(tiny_preset(hpm, 60), str(tmp_path))
   corr = [h['hpm/loss_rank_corr'] for h in result['history']]
   assert corr[0] < 0.15  # the loss predictor starts uninformed
   assert corr[-1] > 0.3 and corr[-1] > corr[0] + 0.2, corr
@@ -27,7 +20,7 @@ def test_hpm_tiny_loss_rank_correlation_rises(tmp_path):
 
 
 def test_vic_mae_tiny_contrastive_accuracy_rises_above_chance(tmp_path):
-  c = _tiny(vic_mae, 200)
+  c = tiny_preset(vic_mae, 200)
   result = loop.train_and_evaluate(c, str(tmp_path))
   history = result['history']
   chance = 1.0 / (2 * c.batch_size - 1)

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import tiny_preset
 
 from configs import vimpac, vqvae
 from mvm_jax.data import tokens
@@ -17,22 +18,14 @@ from mvm_jax.train import loop
 pytestmark = pytest.mark.slow
 
 
-def _tiny(module, total_steps):
-  c = module.get_config('tiny')
-  c.total_steps = total_steps
-  c.data.num_workers = 0
-  c.async_checkpointing = False
-  return c
-
-
 def test_vqvae_tokens_then_vimpac_beats_unigram_and_chance(tmp_path):
   vq_dir = str(tmp_path / 'vqvae')
-  vq = loop.train_and_evaluate(_tiny(vqvae, 100), vq_dir)
+  vq = loop.train_and_evaluate(tiny_preset(vqvae, 100), vq_dir)
   first, last = vq['history'][0], vq['history'][-1]
   assert last['vq/recon_mse'] < 0.5 * first['vq/recon_mse'], (first, last)
   assert last['vq/perplexity'] > 32  # of 256 codes: the codebook is in use, not collapsed
 
-  config = _tiny(vimpac, 300)
+  config = tiny_preset(vimpac, 300)
   config.tokenizer.workdir = vq_dir
   data_dir = str(tmp_path / 'tokens')
   out = io.StringIO()
