@@ -20,7 +20,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
 from mvm_jax.models import tokenizer as tokenizer_lib
 
@@ -84,8 +83,9 @@ def load_frozen_tokenizer(config) -> FrozenTokenizer:
         'config.tokenizer.dalle_encoder: kind "dalle" needs the path of the DALL-E encoder.pkl '
         '(or train our own with configs/vqvae.py and set tokenizer.kind=vqvae, tokenizer.workdir=...)'
       )
-    params = dalle_dvae.load_dalle_encoder(t.dalle_encoder)
-    module = dalle_dvae.encoder_for_state_dict(dalle_dvae.read_dalle_state_dict(t.dalle_encoder))
+    state_dict = dalle_dvae.read_dalle_state_dict(t.dalle_encoder)  # read the file once
+    module = dalle_dvae.encoder_for_state_dict(state_dict)
+    params = dalle_dvae.load_dalle_encoder(state_dict, module)
     return FrozenTokenizer(
       module=module,
       variables={'params': params},
@@ -131,27 +131,4 @@ def load_vqvae_tokenizer(workdir: str, input_mean, input_std) -> FrozenTokenizer
     pixel_mean=_tuple3(trained.data.mean),
     pixel_std=_tuple3(trained.data.std),
     description=f'vqvae {os.path.abspath(workdir)} step {step}',
-  )
-
-
-def random_vqvae_tokenizer(config, seed: int = 0) -> FrozenTokenizer:
-  """A randomly initialised VQ-VAE from `config.tokenizer` (tests and smoke runs only:
-  its codes carry little information)."""
-  import jax
-
-  module = tokenizer_lib.vqvae_from_config(config)
-  f = module.downsample
-  example = jnp.zeros((1, f, f, 3), jnp.float32)
-  variables = jax.tree.map(np.asarray, module.init(jax.random.PRNGKey(seed), example))
-  mean, std = _tuple3(config.data.mean), _tuple3(config.data.std)
-  return FrozenTokenizer(
-    module=module,
-    variables=variables,
-    vocab_size=int(module.codebook_size),
-    downsample=f,
-    input_mean=mean,
-    input_std=std,
-    pixel_mean=mean,
-    pixel_std=std,
-    description=f'vqvae random init (seed {seed})',
   )
