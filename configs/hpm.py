@@ -14,6 +14,10 @@ Presets (`--config configs/hpm.py:<preset>`):
           momentum 0.999 → 0.9999 over 100 epochs, and HPM's official
           norm-pix off and gradient clip 5.0.
 
+As HPM's official code: α moves once per epoch, (epoch + 1) / E of the way from
+α_0 to α_T (`--config.hpm.alpha_per_step=True`: per step from α_0), and the hard
+count is floor(α·M) of the M masked patches.
+
 Ablations as overrides: `--config.hpm.selection=easy` (mask the easiest),
 `--config.hpm.alpha_manner=hard_to_easy|fixed`, `--config.hpm.per_frame=True`
 (each frame's hard share chosen on its own), `--config.hpm.hard_masking=False`

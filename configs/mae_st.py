@@ -7,6 +7,13 @@ Presets (`--config configs/mae_st.py:<preset>`):
                Paper Table 5a: 16×224×224 (stride 4), patch 2×16×16, decoder 512-d×4,
                mask 0.9, batch 512, AdamW (0.9, 0.95), lr 1.6e-3 at batch 512, wd 0.05,
                cosine, 120 warm-up of 800 epochs, clip 0.02, repeated sampling 4.
+
+The lr rule: lr = optim.base_lr × batch / 256, where batch counts clips
+(`optim.lr_batch_unit='clips'`, the default: base_lr 8e-4 gives the paper's
+"1.6e-3 at batch 512"). mae_st's code counts videos per step instead (each video
+gives repeat_aug clips): `--config.optim.lr_batch_unit=videos` reproduces it (with
+its `blr` as base_lr). The patch projection is initialised as mae_st's Conv3d:
+xavier-uniform on the flattened [D, C·t·p·p] kernel.
 """
 
 from mvm_jax.config import base_config

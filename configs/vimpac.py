@@ -5,8 +5,8 @@ Presets (`--config configs/vimpac.py:<preset>`):
   small       Table 10 'Small' (analysis model): 6 layers × 512, 8 heads, MLP 2048 (29.4M).
   base        Table 10 'Base': 12 × 768, 12 heads, MLP 3072 (119.7M).
   large_half  Table 10 'Large-Half' (final model): 24 × 1024, 16 heads of dim 32, MLP 2048 (210.1M).
-Paper recipe (Table 11, pre-training): 5 frames at 128² (2 FPS, centre crop, no
-flip) → 5×16×16 DALL-E tokens, K = 5 blocks (≈14.5% masked), AdamW (0.9, 0.98),
+Paper recipe (Table 11, pre-training): 5 frames at 128² (2 FPS, short side resized
+to 160 then the centre 128² as the official extraction, no flip) → 5×16×16 DALL-E tokens, K = 5 blocks (≈14.5% masked), AdamW (0.9, 0.98),
 eps 1e-8, wd 0.05, linear warm-up then linear decay, grad clip 1.0, dropout 0.1,
 batch 1024; lr 3e-4 (large_half, 5% warm-up, 100 epochs) or 1e-3 (analysis,
 10% warm-up, 10 epochs). For 5×32×32 tokens (256², the last 10 epochs) use
@@ -88,6 +88,7 @@ def get_config(preset: str = 'tiny'):
 
   if preset in BACKBONES:
     c.vimpac.update(BACKBONES[preset])
+    c.tokenizer.extract_resize_short_side = 160  # official extraction: short side 160, centre 128²
     c.model.dtype = 'bfloat16'
     c.log_every_steps = 100
     c.checkpoint_every_steps = 2000

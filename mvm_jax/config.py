@@ -70,7 +70,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.optim = ml_collections.ConfigDict(
     dict(
-      base_lr=8e-4,  # lr = base_lr × batch_size / 256 (1.6e-3 at batch 512)
+      base_lr=8e-4,  # lr = base_lr × batch / 256 (1.6e-3 at batch 512 clips)
+      # What `batch` counts in the lr rule: 'clips' (batch_size; the MAE-ST paper's "1.6e-3 at
+      # batch 512") or 'videos' (batch_size / data.repeated_sampling, as mae_st's code scales
+      # its blr by the videos per step, each giving repeat_aug clips).
+      lr_batch_unit='clips',
       min_lr=0.0,
       b1=0.9,
       b2=0.95,
@@ -134,6 +138,8 @@ def validate(config, *, pretraining: bool = True) -> None:
       'optim.grad_accum_steps',
       f'{config.optim.grad_accum_steps} does not divide batch_size={config.batch_size}',
     )
+  if config.optim.lr_batch_unit not in ('clips', 'videos'):
+    _fail('optim.lr_batch_unit', f'{config.optim.lr_batch_unit!r} is not "clips" or "videos"')
   if config.optim.schedule not in ('cosine', 'linear'):
     _fail('optim.schedule', f'{config.optim.schedule!r} is not "cosine" or "linear"')
   if len(config.mesh.axes) != len(config.mesh.shape):
@@ -192,6 +198,8 @@ def _validate_contrastive(config) -> None:
     _fail('contrastive.pooling', f'{c.pooling!r}; valid: {list(heads.POOLINGS)}')
   if c.temperature <= 0:
     _fail('contrastive.temperature', f'{c.temperature} must be > 0')
+  if c.bn_stats not in heads.BN_STATS:
+    _fail('contrastive.bn_stats', f'{c.bn_stats!r}; valid: {list(heads.BN_STATS)}')
   two_view = heads.contrastive_objectives(config)
   if two_view and config.data.sampling not in ('clip_pair', 'frame_pair'):
     _fail(

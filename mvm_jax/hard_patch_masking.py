@@ -25,18 +25,29 @@ import jax.numpy as jnp
 from mvm_jax import masking
 
 SELECTIONS = ('hard', 'easy')
+FLOOR_SLACK = 1e-4
 ALPHA_MANNERS = ('easy_to_hard', 'hard_to_easy', 'fixed')
 
 
-def alpha_schedule(step, total_steps: int, alpha_0: float = 0.0, alpha_T: float = 0.5, manner='easy_to_hard'):
+def alpha_schedule(
+  step,
+  total_steps: int,
+  alpha_0: float = 0.0,
+  alpha_T: float = 0.5,
+  manner='easy_to_hard',
+  steps_per_epoch: int | None = None,
+):
   """Hard share α_t of the masked patches at `step` (HPM Eq. 8).
 
   Args:
-    step: scalar int (may be traced).
-    total_steps: T > 0; t/T is clipped to [0, 1].
+    step: scalar int (may be traced), 0 at the first step.
+    total_steps: T > 0; the progress t/T is clipped to [0, 1].
     alpha_0, alpha_T: α at the start and at the end of training.
     manner: 'easy_to_hard' α_0 + t/T·(α_T - α_0); 'hard_to_easy' the same
       schedule reversed, α_T + t/T·(α_0 - α_T); 'fixed' α_T throughout.
+    steps_per_epoch: None: per-step progress t/T from 0. An int: per-epoch
+      progress (epoch + 1) / E with E = ceil(T / steps_per_epoch) epochs, as
+      HPM's official code (constant within an epoch, α_T in the last one).
 
   Returns:
     float32 scalar.
@@ -45,7 +56,15 @@ def alpha_schedule(step, total_steps: int, alpha_0: float = 0.0, alpha_T: float 
     raise ValueError(f'hpm.alpha_manner={manner!r}; valid: {ALPHA_MANNERS}')
   if total_steps <= 0:
     raise ValueError(f'total_steps={total_steps} must be > 0')
-  progress = jnp.clip(jnp.asarray(step, jnp.float32) / total_steps, 0.0, 1.0)
+  step = jnp.asarray(step, jnp.float32)
+  if steps_per_epoch is None:
+    progress = step / total_steps
+  else:
+    if steps_per_epoch <= 0:
+      raise ValueError(f'steps_per_epoch={steps_per_epoch} must be > 0')
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    progress = (jnp.floor(step / steps_per_epoch) + 1.0) / epochs
+  progress = jnp.clip(progress, 0.0, 1.0)
   if manner == 'fixed':
     return jnp.full((), alpha_T, jnp.float32)
   start, end = (alpha_0, alpha_T) if manner == 'easy_to_hard' else (alpha_T, alpha_0)
@@ -58,13 +77,15 @@ def _rank(key):
 
 
 def _hard_set(key, num_masked: int, alpha, per_frame_slices: int | None):
-  """[B, N] bool: the round(α·num_masked) entries with the lowest `key`
-  (per frame: the round(α·num_masked/T') lowest of each of T' slices)."""
+  """[B, N] bool: the floor(α·num_masked) entries with the lowest `key`
+  (per frame: the floor(α·num_masked/T') lowest of each of T' slices). Floor,
+  as HPM's official code (int(α·M)): 13, not 14, of 28 at α = 0.475."""
+  # + FLOOR_SLACK: α in float32 can land just under an integer count float64 reaches.
   if per_frame_slices is None:
-    count = jnp.clip(jnp.round(alpha * num_masked), 0, num_masked).astype(jnp.int32)
+    count = jnp.clip(jnp.floor(alpha * num_masked + FLOOR_SLACK), 0, num_masked).astype(jnp.int32)
     return _rank(key) < count
   t = per_frame_slices
-  count = jnp.clip(jnp.round(alpha * num_masked / t), 0, num_masked // t).astype(jnp.int32)
+  count = jnp.clip(jnp.floor(alpha * num_masked / t + FLOOR_SLACK), 0, num_masked // t).astype(jnp.int32)
   ranks = _rank(einops.rearrange(key, 'b (t s) -> b t s', t=t))
   return einops.rearrange(ranks < count, 'b t s -> b (t s)')
 
@@ -81,9 +102,9 @@ def hard_patch_mask(
 ) -> tuple[masking.Mask, jax.Array]:
   """Easy-to-hard mask from a teacher's per-patch predicted losses.
 
-  Of the M = N - num_keep masked patches, round(α·M) are chosen by predicted
+  Of the M = N - num_keep masked patches, floor(α·M) are chosen by predicted
   loss (the highest for 'hard', the lowest for 'easy'; ties go to the lower
-  index); the other M - round(α·M) are uniformly random among the rest.
+  index); the other M - floor(α·M) are uniformly random among the rest.
   Sample b draws its random scores from fold_in(rng, b), as
   `masking.make_masker` does, so its mask depends on b only.
 
@@ -95,7 +116,7 @@ def hard_patch_mask(
     alpha: scalar in [0, 1] (may be traced, e.g. from `alpha_schedule`).
     selection: 'hard' (argmax, HPM default) or 'easy' (argmin ablation).
     per_frame: choose the hard share independently in each of the T'
-      temporal slices of `grid`: round(α·M/T') per slice (at most
+      temporal slices of `grid`: floor(α·M/T') per slice (at most
       floor(M/T')), so every frame has the same hard count; the random
       rest is drawn over the whole clip.
     grid: (T', H', W') with T'·H'·W' = N; required when per_frame.

@@ -130,6 +130,26 @@ def test_alpha_schedule():
     sched(0, manner='linear')
 
 
+def test_alpha_schedule_per_epoch_is_the_official_one():
+  """HPM's code: α = α_0 + (epoch + 1) / E · (α_T - α_0), constant within an epoch."""
+  sched = functools.partial(hpm.alpha_schedule, total_steps=100, alpha_0=0.0, alpha_T=0.5, steps_per_epoch=10)
+  np.testing.assert_allclose([sched(s) for s in (0, 9, 10, 55, 99, 140)], [0.05, 0.05, 0.1, 0.3, 0.5, 0.5])
+  # 200 epochs, epoch 149 (the 150th): 0.375.
+  np.testing.assert_allclose(hpm.alpha_schedule(149 * 7 + 3, 200 * 7, steps_per_epoch=7), 0.375, rtol=1e-6)
+
+
+def test_hard_count_is_floored_as_the_official_code():
+  """α·M = 0.75 · 18 = 13.5: 13 hard patches (int(α·M)), not round's 14; and an α
+  computed in float32 that should give an integer count still does."""
+  loss = jax.random.normal(jax.random.key(2), (3, 24))
+  _, hard = hpm.hard_patch_mask(jax.random.key(0), loss, NUM_KEEP, 0.75)
+  np.testing.assert_array_equal(np.asarray(hard).sum(-1), 13)
+  alpha = hpm.alpha_schedule(10, 14, alpha_0=0.0, alpha_T=0.7, steps_per_epoch=1)  # 11/14 · 0.7 = 0.55
+  assert float(alpha) * 20 < 11  # float32 lands just under 11
+  _, hard = hpm.hard_patch_mask(jax.random.key(0), jax.random.normal(jax.random.key(3), (2, 40)), 20, alpha)
+  np.testing.assert_array_equal(np.asarray(hard).sum(-1), 11)  # int(0.55 · 20) in float64
+
+
 @functools.cache
 def _masks():
   """All masking cases, compiled once."""
@@ -171,10 +191,10 @@ def _top(values, k):
 
 def test_hard_set_is_the_highest_predicted_loss():
   loss, got = _masks()
-  _check_mask(*got['hard'], _top(loss, 9))  # round(0.5 · 18)
+  _check_mask(*got['hard'], _top(loss, 9))  # floor(0.5 · 18)
   _check_mask(*got['none'], np.zeros_like(loss, bool))
   _check_mask(*got['all'], _top(loss, 18))
-  _check_mask(*got['traced'], _top(loss, 4))  # round(0.2 · 18) = 4
+  _check_mask(*got['traced'], _top(loss, 3))  # floor(0.2 · 18 = 3.6) = 3
   np.testing.assert_array_equal(np.asarray(got['all'][0].mask) > 0, _top(loss, 18))
 
 
@@ -187,7 +207,7 @@ def test_per_frame_same_hard_count_in_every_frame():
   loss, got = _masks()
   per_frame = loss.reshape(4, 2, 12)
   want = np.stack([_top(per_frame[:, t], 6) for t in range(2)], axis=1).reshape(4, 24)
-  _check_mask(*got['frame'], want)  # round(2/3 · 18 / 2) = 6 per frame
+  _check_mask(*got['frame'], want)  # floor(2/3 · 18 / 2) = 6 per frame
 
 
 def test_rest_of_masked_set_is_uniform():

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mvm_jax import config as config_lib
-from mvm_jax import hard_patch_masking, objectives
+from mvm_jax import objectives
 from mvm_jax.models import ema
 from mvm_jax.train import checkpointing, loop, mask_policy
 from mvm_jax.train import state as state_lib
@@ -90,15 +90,20 @@ def test_teacher_receives_no_gradient(hpm_run):
 
 
 def test_hpm_metrics_and_alpha_follow_the_schedule(hpm_run):
-  _, exp, _, history = hpm_run
+  config, exp, _, history = hpm_run
+  grid = exp.model.encoder.grid
+  masked = int(np.prod(grid)) - int(round(np.prod(grid) * (1 - config.masking.ratio)))
   for step, metrics in enumerate(history):
-    want = hard_patch_masking.alpha_schedule(step, exp.total_steps, 0.0, 0.5)
+    # The official per-epoch schedule: (epoch + 1) / E, so step 0 already has hard patches.
+    epoch = step // exp.steps_per_epoch
+    epochs = -(-exp.total_steps // exp.steps_per_epoch)
+    want = 0.5 * (epoch + 1) / epochs
     np.testing.assert_allclose(metrics['hpm/alpha'], want, rtol=1e-6)
+    np.testing.assert_allclose(metrics['hpm/hard_fraction'], np.floor(want * masked) / masked, rtol=1e-6)
     assert {'hpm/loss_rank_corr', 'hpm/hard_fraction', 'loss/loss_prediction', 'loss/pixel_mse'} <= set(
       metrics
     )
-  assert history[0]['hpm/hard_fraction'] == 0.0  # α_0 = 0: all random at step 0
-  assert history[1]['hpm/hard_fraction'] > 0.0
+  assert history[0]['hpm/hard_fraction'] > 0.0
 
 
 def test_fully_hard_masks_are_the_teachers_highest_predicted_losses(hpm_run):

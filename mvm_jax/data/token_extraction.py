@@ -112,14 +112,20 @@ class _VideoFrames:
 
 
 def _load_video(
-  record: VideoRecord, *, crop_size: int, target_fps: float, short_side: int | None
+  record: VideoRecord,
+  *,
+  crop_size: int,
+  target_fps: float,
+  short_side: int | None,
+  resize_short_side: int = 0,
 ) -> _VideoFrames | str:
   """The frames to tokenize of one record, or why it cannot be read.
 
   Every position of the record's frame range at ``target_fps`` (the samplers'
-  :class:`~mvm_jax.data.transforms.Timeline`), resized and centre-cropped to
-  ``crop_size`` (:func:`~mvm_jax.data.transforms.eval_view`), reversed in time
-  for ``record.reverse``.
+  :class:`~mvm_jax.data.transforms.Timeline`), short side resized to
+  ``resize_short_side`` (0: ``crop_size``) and centre-cropped to ``crop_size``
+  (:func:`~mvm_jax.data.transforms.eval_view`), reversed in time for
+  ``record.reverse``.
   """
   try:
     info = decode.probe_video(record.path)
@@ -134,7 +140,9 @@ def _load_video(
     for lo in range(0, len(indices), _DECODE_FRAMES):
       part = indices[lo : lo + _DECODE_FRAMES]
       frames = decode.decode_frames(record.path, part, short_side=short_side)
-      crops[lo : lo + len(part)] = transforms.eval_view(frames, crop_size=crop_size)
+      crops[lo : lo + len(part)] = transforms.eval_view(
+        frames, crop_size=crop_size, resize_short_side=resize_short_side
+      )
   except decode.VideoDecodeError as e:
     return str(e)
   if record.reverse:
@@ -397,6 +405,7 @@ def extract_tokens(
   mean: Sequence[float],
   std: Sequence[float],
   short_side: int | None = None,
+  resize_short_side: int = 0,
   frames_per_call: int = 16,
   tokenizer: str = '',
   overwrite: bool = False,
@@ -417,7 +426,10 @@ def extract_tokens(
     name: dataset name (a tfds name: lowercase letters, digits, ``_``).
     data_dir: tfds data directory to write into.
     vocab_size: codes are in ``[0, vocab_size)``; at most 65536 (uint16).
-    crop_size: S: the short side is resized to S, then the centre S x S crop.
+    crop_size: S: the short side is resized to S (or ``resize_short_side``),
+      then the centre S x S crop.
+    resize_short_side: resize the short side to this before the centre crop
+      (VIMPAC's official extraction: 160 for S = 128); 0: to S.
     target_fps: tokenize frames at this rate (<= 0: every frame, native rate).
     mean / std: the normalization the tokenizer expects (config.data.mean / std).
     short_side: FFmpeg downscales frames whose short side exceeds this
@@ -468,6 +480,7 @@ def extract_tokens(
     'mean': [float(m) for m in mean],
     'std': [float(s) for s in std],
     'decode_short_side': short_side or 0,
+    'resize_short_side': int(resize_short_side),
     'tokenizer': tokenizer,
   }
   args = dict(
@@ -481,7 +494,13 @@ def extract_tokens(
 
   state = ExtractProgress(total=sum(len(s) for s in split_sources.values()))
   tok = _Tokenizer(tokenize, frames_per_call=frames_per_call, mean=mean, std=std, vocab_size=vocab_size)
-  load = functools.partial(_load_video, crop_size=crop_size, target_fps=target_fps, short_side=short_side)
+  load = functools.partial(
+    _load_video,
+    crop_size=crop_size,
+    target_fps=target_fps,
+    short_side=short_side,
+    resize_short_side=int(resize_short_side),
+  )
   chunk_paths: dict[str, list[str]] = {}
   for split, source in split_sources.items():
     state.split = split

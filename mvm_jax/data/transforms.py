@@ -321,13 +321,13 @@ def random_resized_crop_box(
   return (height - h) // 2, (width - w) // 2, h, w
 
 
-def center_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
-  """The largest central square: (top, left, side, side).
+def center_crop_box(height: int, width: int, fraction: float = 1.0) -> tuple[int, int, int, int]:
+  """The central square of side ``fraction`` × min(H, W): (top, left, side, side).
 
-  Resizing it to S equals the usual eval "resize short side to S, centre crop
-  S x S".
+  Resizing it to S equals "resize the short side to S / fraction, centre crop
+  S x S" (``fraction`` 1: the usual eval view; 128/160: VIMPAC's extraction).
   """
-  side = min(height, width)
+  side = max(1, int(round(min(height, width) * fraction)))
   return (height - side) // 2, (width - side) // 2, side, side
 
 
@@ -429,9 +429,12 @@ def train_view(
   return out
 
 
-def eval_view(frames: np.ndarray, *, crop_size: int) -> np.ndarray:
-  """Deterministic centre crop. uint8 [T, H, W, 3] -> uint8 [T, S, S, 3]."""
-  box = center_crop_box(frames.shape[1], frames.shape[2])
+def eval_view(frames: np.ndarray, *, crop_size: int, resize_short_side: int = 0) -> np.ndarray:
+  """Deterministic centre crop: resize the short side to ``resize_short_side``
+  (0, or anything <= S: to S, so the crop spans the short side), take the centre
+  S x S. uint8 [T, H, W, 3] -> uint8 [T, S, S, 3]."""
+  fraction = crop_size / resize_short_side if resize_short_side > crop_size else 1.0
+  box = center_crop_box(frames.shape[1], frames.shape[2], fraction)
   return crop_and_resize(frames, box, crop_size)
 
 

@@ -32,6 +32,12 @@ class Projector(nn.Module):
   jit on a batch-sharded global array the statistics are global (as
   SyncBatchNorm). Call with `train=True` and `mutable=['batch_stats']` to
   use and update batch statistics; `train=False` uses the running averages.
+
+  `num_views` > 1: x is [B·V, D] with the V views of a sample adjacent, and the
+  layers run once per view (shared weights), so every BatchNorm normalises each
+  view with its own statistics and updates its running averages once per view,
+  as ViC-MAE's official code, which calls its projector on each view. 1 (VIMPAC):
+  one pass, statistics over both views together.
   """
 
   hidden: int = 4096
@@ -39,6 +45,7 @@ class Projector(nn.Module):
   num_layers: int = 3
   use_bias_last: bool = True
   bn_last: bool = False
+  num_views: int = 1
   dtype: Any = jnp.float32
 
   def _batch_norm(self, name: str, axis_name: str | None, train: bool):
@@ -56,22 +63,35 @@ class Projector(nn.Module):
   def __call__(self, x, train: bool = True):
     if self.num_layers < 1:
       raise ValueError(f'Projector.num_layers={self.num_layers} must be >= 1')
-    for i in range(self.num_layers - 1):
-      x = vit.dense(self.hidden, ('embed' if i == 0 else None, 'mlp'), f'fc{i}', self.dtype)(x)
-      x = self._batch_norm(f'bn{i}', 'mlp', train)(x)
-      x = nn.relu(x)
     last = self.num_layers - 1
-    x = nn.Dense(
+    hidden = [
+      (
+        vit.dense(self.hidden, ('embed' if i == 0 else None, 'mlp'), f'fc{i}', self.dtype),
+        self._batch_norm(f'bn{i}', 'mlp', train),
+      )
+      for i in range(last)
+    ]
+    out = nn.Dense(
       self.out,
       use_bias=self.use_bias_last,
       dtype=self.dtype,
       kernel_init=vit.partitioned(vit.dense_init, ('embed' if last == 0 else 'mlp', None)),
       bias_init=vit.partitioned(nn.initializers.zeros, (None,)),
       name=f'fc{last}',
-    )(x)
-    if self.bn_last:
-      x = self._batch_norm(f'bn{last}', None, train)(x)
-    return x.astype(jnp.float32)
+    )
+    out_bn = self._batch_norm(f'bn{last}', None, train) if self.bn_last else None
+
+    def layers(y):
+      for fc, bn in hidden:
+        y = nn.relu(bn(fc(y)))
+      y = out(y)
+      return y if out_bn is None else out_bn(y)
+
+    if self.num_views == 1:
+      return layers(x).astype(jnp.float32)
+    views = x.reshape(-1, self.num_views, x.shape[-1])
+    y = jnp.stack([layers(views[:, v]) for v in range(self.num_views)], axis=1)
+    return y.reshape(x.shape[0], -1).astype(jnp.float32)
 
 
 class Pooling(nn.Module):
@@ -114,8 +134,16 @@ class Pooling(nn.Module):
     return jnp.power(jnp.sum(powered * weights, axis=1) / count, 1.0 / p)
 
 
+BN_STATS = ('joint', 'per_view')
+
+
+def _num_views(contrastive_config) -> int:
+  """`contrastive.bn_stats`: 'per_view' normalises each of the 2 views on its own."""
+  return 2 if contrastive_config.bn_stats == 'per_view' else 1
+
+
 def projector_from_config(contrastive_config, dtype=jnp.float32) -> Projector:
-  """Projector from `config.contrastive.projector`."""
+  """Projector from `config.contrastive.projector` and `contrastive.bn_stats`."""
   p = contrastive_config.projector
   return Projector(
     hidden=p.hidden,
@@ -123,6 +151,7 @@ def projector_from_config(contrastive_config, dtype=jnp.float32) -> Projector:
     num_layers=p.num_layers,
     use_bias_last=p.use_bias_last,
     bn_last=p.bn_last,
+    num_views=_num_views(contrastive_config),
     dtype=dtype,
   )
 
@@ -131,7 +160,11 @@ def predictor_from_config(contrastive_config, dtype=jnp.float32) -> Projector:
   """SimSiam predictor from `config.contrastive.predictor` (out = projector.out)."""
   p = contrastive_config.predictor
   return Projector(
-    hidden=p.hidden, out=contrastive_config.projector.out, num_layers=p.num_layers, dtype=dtype
+    hidden=p.hidden,
+    out=contrastive_config.projector.out,
+    num_layers=p.num_layers,
+    num_views=_num_views(contrastive_config),
+    dtype=dtype,
   )
 
 

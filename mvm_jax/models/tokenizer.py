@@ -66,6 +66,10 @@ def default_tokenizer_config() -> ml_collections.ConfigDict:
                        state_dict file; see `dalle_dvae.load_dalle_encoder`.
   workdir              kind 'vqvae' as a frozen tokenizer (VIMPAC): the workdir of the
                        VQ-VAE run (`configs/vqvae.py`) whose latest checkpoint to use.
+  extract_resize_short_side
+                       `tools.extract_tokens` resizes each frame's short side to this, then
+                       takes the centre data.crop_size square (VIMPAC's official extraction:
+                       160 then 128); 0: to crop_size (the crop spans the short side).
   """
   return ml_collections.ConfigDict(
     {
@@ -81,6 +85,7 @@ def default_tokenizer_config() -> ml_collections.ConfigDict:
       'dead_code_threshold': 1.0,
       'dalle_encoder': '',
       'workdir': '',
+      'extract_resize_short_side': 0,
     }
   )
 
@@ -424,6 +429,10 @@ def validate_tokenizer_config(cfg) -> None:
     raise ValueError(f'config.tokenizer.ema_decay must be in [0, 1), got {cfg.ema_decay!r}')
   if cfg.ema_eps < 0:
     raise ValueError(f'config.tokenizer.ema_eps must be >= 0, got {cfg.ema_eps!r}')
+  if cfg.get('extract_resize_short_side', 0) < 0:
+    raise ValueError(
+      f'config.tokenizer.extract_resize_short_side must be >= 0, got {cfg.extract_resize_short_side!r}'
+    )
 
 
 def vqvae_from_config(config, dtype: Dtype = jnp.float32) -> VQVAE:

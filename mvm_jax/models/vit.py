@@ -21,6 +21,10 @@ LN_EPS = 1e-6  # mae_st's LayerNorm epsilon.
 Dtype = Any
 
 dense_init = nn.initializers.xavier_uniform()
+# mae_st initialises the Conv3d patch projection with xavier-uniform on its [D, C·t·p·p]
+# view: fan-in C·t·p², fan-out D. On the 5-D kernel [t, p, p, C, D] Flax's default would
+# multiply the fan-out by the receptive field t·p² too (weights 5-13x too small).
+patch_embed_init = nn.initializers.xavier_uniform(in_axis=(0, 1, 2, 3), out_axis=4)
 embed_init = nn.initializers.truncated_normal(stddev=0.02)
 
 
@@ -92,7 +96,9 @@ def sincos_spatial(h: int, w: int, dim: int) -> np.ndarray:
 class SeparablePosEmbed(nn.Module):
   """Spatial (H'W') + temporal (T') + class position embeddings, as in mae_st.
 
-  kind='learned' (trunc-normal 0.02) or 'sincos' (fixed, not trained).
+  kind='learned' (trunc-normal 0.02) or 'sincos' (fixed, not trained). With
+  sin-cos and a single temporal token (frame-level models) the temporal term is
+  left out: at t = 0 it is the constant [0…0, 1…1], which would shift every token.
   Returns (tokens [N, D] in (t, h, w) order, class [1, D]).
   """
 
@@ -112,6 +118,8 @@ class SeparablePosEmbed(nn.Module):
     elif self.kind == 'sincos':
       spatial = jnp.asarray(sincos_spatial(gh, gw, self.dim))[None]
       temporal = jnp.asarray(sincos_1d(np.arange(gt), self.dim))[None]
+      if gt == 1:
+        temporal = jnp.zeros_like(temporal)
       cls = jnp.zeros((1, 1, self.dim), jnp.float32)
     else:
       raise ValueError(f'model.pos_embed must be "learned" or "sincos", got {self.kind!r}')
@@ -134,7 +142,7 @@ class PatchEmbed(nn.Module):
       strides=self.patch,
       padding='VALID',
       dtype=self.dtype,
-      kernel_init=partitioned(dense_init, (None, None, None, None, 'embed')),
+      kernel_init=partitioned(patch_embed_init, (None, None, None, None, 'embed')),
       bias_init=partitioned(nn.initializers.zeros, ('embed',)),
       name='proj',
     )(video)

@@ -41,6 +41,10 @@ def default_contrastive_config() -> ml_collections.ConfigDict:
   pooling               'mean' | 'max' | 'gem' | 'cls': features fed to the projector.
   gem_p, gem_learnable  GeM exponent and whether it is trained.
   projector             heads.Projector widths (ViC-MAE: D→4096→4096→128).
+  bn_stats              BatchNorm statistics of the projector (and SimSiam predictor):
+                        'joint' over both views together (VIMPAC's SyncBN sees both clips;
+                        the default) or 'per_view', each view on its own (ViC-MAE's official
+                        code calls its projector once per view; the ViC-MAE presets).
   predictor             SimSiam's predictor (hidden width, layers; out = projector.out).
   vicreg                weights λ (invariance), μ (variance), ν (covariance), γ, eps,
                         and l2_normalize (ViC-MAE Eq. 5 normalises before VICReg).
@@ -55,6 +59,7 @@ def default_contrastive_config() -> ml_collections.ConfigDict:
       gem_p=3.0,
       gem_learnable=True,
       projector=dict(hidden=4096, out=128, num_layers=3, use_bias_last=True, bn_last=False),
+      bn_stats='joint',
       predictor=dict(hidden=512, num_layers=2),
       vicreg=dict(invariance=25.0, variance=25.0, covariance=1.0, gamma=1.0, eps=1e-4, l2_normalize=False),
     )

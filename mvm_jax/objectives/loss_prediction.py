@@ -29,7 +29,9 @@ def default_hpm_config() -> ml_collections.ConfigDict:
                  False: random masks with the loss-prediction objective only (ablation).
     selection    'hard' mask the highest predicted loss (argmax) | 'easy' (argmin).
     alpha_manner 'easy_to_hard' α_0 → α_T | 'hard_to_easy' α_T → α_0 | 'fixed' α_T.
-    alpha_0, alpha_T  hard share of the masked patches at the start / end.
+    alpha_0, alpha_T  hard share of the masked patches at the start / end; floor(α·M) patches.
+    alpha_per_step False: α moves once per epoch, (epoch + 1) / E (official code);
+                 True: per step from α_0 (t / T).
     per_frame    same hard count in every temporal slice.
   Read by the EMA teacher (`models.ema.momentum_schedule`):
     ema_momentum → ema_momentum_final linearly over ema_momentum_epochs, then constant.
@@ -42,6 +44,7 @@ def default_hpm_config() -> ml_collections.ConfigDict:
       alpha_manner='easy_to_hard',
       alpha_0=0.0,
       alpha_T=0.5,
+      alpha_per_step=False,
       per_frame=False,
       ema_momentum=0.999,
       ema_momentum_final=0.9999,

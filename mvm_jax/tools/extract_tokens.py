@@ -160,6 +160,9 @@ def extract(
     mean=tuple(dc.mean),
     std=tuple(dc.std),
     short_side=decode_short_side(dc),
+    resize_short_side=int(config.tokenizer.get('extract_resize_short_side', 0))
+    if 'tokenizer' in config
+    else 0,
     frames_per_call=frames_per_call,
     tokenizer=str(tokenizer.description),
     overwrite=overwrite,

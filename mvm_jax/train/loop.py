@@ -52,6 +52,7 @@ class Experiment:
   batch_sharding: Any
   data_info: Any = None
   inputs: Any = None  # step.ModelInputs: the batch entry the model reads, and its preprocessing
+  steps_per_epoch: int = 1
 
 
 def schedule_lengths(config, samples_per_epoch: int) -> tuple[int, int]:
@@ -74,7 +75,7 @@ def build_experiment(config, *, samples_per_epoch: int, devices=None) -> Experim
     )
   total_steps, warmup_steps = schedule_lengths(config, samples_per_epoch)
   steps_per_epoch = max(1, samples_per_epoch // config.batch_size)
-  setup = model_setup.build_model_setup(config, total_steps)
+  setup = model_setup.build_model_setup(config, total_steps, steps_per_epoch)
   model = setup.model
   schedule = optimizer.make_schedule(config, total_steps, warmup_steps)
   tx = optimizer.make_optimizer(config, schedule)
@@ -120,6 +121,7 @@ def build_experiment(config, *, samples_per_epoch: int, devices=None) -> Experim
     state_shardings=shardings,
     batch_sharding=batch_sharding,
     inputs=setup.inputs,
+    steps_per_epoch=steps_per_epoch,
   )
 
 
@@ -196,7 +198,9 @@ def _write_images(exp: Experiment, workdir: str, step: int, batch: dict):
   def forward(params, teacher, video):
     predicted, hard = None, None
     if mask_policy.uses_teacher(c):
-      masks = mask_policy.teacher_masks(model, c.hpm, model.encoder.grid, c.masking.ratio, exp.total_steps)
+      masks = mask_policy.teacher_masks(
+        model, c.hpm, model.encoder.grid, c.masking.ratio, exp.total_steps, exp.steps_per_epoch
+      )
       mask, hard, _, predicted = masks(rng, step, video, teacher)
     else:
       mask = exp.masker(rng, video.shape[0])

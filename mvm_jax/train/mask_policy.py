@@ -25,10 +25,12 @@ def random_policy(masker) -> MaskPolicy:
   return policy
 
 
-def teacher_masks(model, hpm_config, grid, mask_ratio: float, total_steps: int):
+def teacher_masks(model, hpm_config, grid, mask_ratio: float, total_steps: int, steps_per_epoch: int):
   """HPM easy-to-hard masks: the teacher (`model.predict_losses` with the EMA
   params) predicts per-patch losses of the unmasked clip; α_t of the masked
   patches are the hardest by that prediction, the rest uniformly random.
+  α_t moves per epoch ((epoch + 1) / E, the official code) or, with
+  `hpm.alpha_per_step`, per step from α_0.
 
   Returns fn(rng, step, video, teacher) -> (Mask, hard [B, N] bool, α_t,
   predicted losses [B, N]).
@@ -38,7 +40,9 @@ def teacher_masks(model, hpm_config, grid, mask_ratio: float, total_steps: int):
 
   def masks(rng, step, video, teacher):
     predicted = model.apply({'params': teacher}, video, method=model.predict_losses)
-    alpha = hard_patch_masking.alpha_schedule(step, total_steps, h.alpha_0, h.alpha_T, h.alpha_manner)
+    alpha = hard_patch_masking.alpha_schedule(
+      step, total_steps, h.alpha_0, h.alpha_T, h.alpha_manner, None if h.alpha_per_step else steps_per_epoch
+    )
     mask, hard = hard_patch_masking.hard_patch_mask(
       rng, predicted, num_keep, alpha, selection=h.selection, per_frame=h.per_frame, grid=grid
     )
@@ -47,9 +51,11 @@ def teacher_masks(model, hpm_config, grid, mask_ratio: float, total_steps: int):
   return masks
 
 
-def hard_patch_policy(model, hpm_config, grid, mask_ratio: float, total_steps: int) -> MaskPolicy:
+def hard_patch_policy(
+  model, hpm_config, grid, mask_ratio: float, total_steps: int, steps_per_epoch: int
+) -> MaskPolicy:
   """`teacher_masks` as a policy; metrics hpm/alpha, hpm/hard_fraction."""
-  masks = teacher_masks(model, hpm_config, grid, mask_ratio, total_steps)
+  masks = teacher_masks(model, hpm_config, grid, mask_ratio, total_steps, steps_per_epoch)
 
   def policy(rng, step, video, teacher):
     mask, hard, alpha, _ = masks(rng, step, video, teacher)
@@ -63,8 +69,10 @@ def uses_teacher(config) -> bool:
   return 'loss_prediction' in config.objectives and bool(config.hpm.hard_masking)
 
 
-def make_mask_policy(config, model, masker, total_steps: int) -> MaskPolicy:
+def make_mask_policy(config, model, masker, total_steps: int, steps_per_epoch: int = 1) -> MaskPolicy:
   """HPM's teacher policy when configured, else `masker` (from `masking.make_masker`)."""
   if uses_teacher(config):
-    return hard_patch_policy(model, config.hpm, model.encoder.grid, config.masking.ratio, total_steps)
+    return hard_patch_policy(
+      model, config.hpm, model.encoder.grid, config.masking.ratio, total_steps, steps_per_epoch
+    )
   return random_policy(masker)

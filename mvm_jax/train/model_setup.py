@@ -52,12 +52,14 @@ class ModelSetup:
   description: str = ''
 
 
-def build_model_setup(config, total_steps: int) -> ModelSetup:
-  builders = {'mae': _mae_setup, 'vimpac': _vimpac_setup, 'vqvae': _vqvae_setup}
+def build_model_setup(config, total_steps: int, steps_per_epoch: int = 1) -> ModelSetup:
+  if config.model.name == 'mae':
+    return _mae_setup(config, total_steps, steps_per_epoch)
+  builders = {'vimpac': _vimpac_setup, 'vqvae': _vqvae_setup}
   return builders[config.model.name](config, total_steps)
 
 
-def _mae_setup(config, total_steps: int) -> ModelSetup:
+def _mae_setup(config, total_steps: int, steps_per_epoch: int) -> ModelSetup:
   model = mae_lib.mae_from_config(config)
   grid = model.encoder.grid
   masker = masking.make_masker(config.masking.kind, grid, config.masking.ratio)
@@ -70,7 +72,7 @@ def _mae_setup(config, total_steps: int) -> ModelSetup:
     model=model,
     inputs=ModelInputs(),
     masker=masker,
-    policy=mask_policy.make_mask_policy(config, model, masker, total_steps),
+    policy=mask_policy.make_mask_policy(config, model, masker, total_steps, steps_per_epoch),
     init_variables=init_variables,
     frozen={},
     grid=grid,

@@ -9,9 +9,17 @@ import optax
 NO_DECAY_TOKENS = ('pos_embed', 'cls_token', 'mask_token')
 
 
+def lr_batch(config) -> float:
+  """The batch of the lr rule: clips per step, or videos per step with
+  `optim.lr_batch_unit='videos'` (each video gives data.repeated_sampling clips)."""
+  if config.optim.get('lr_batch_unit', 'clips') == 'videos':
+    return config.batch_size / max(1, config.data.get('repeated_sampling', 1))
+  return config.batch_size
+
+
 def peak_learning_rate(config) -> float:
-  """lr = base_lr × global batch / 256 (the MAE linear scaling rule)."""
-  return config.optim.base_lr * config.batch_size / 256
+  """lr = base_lr × batch / 256 (the MAE linear scaling rule; `lr_batch`)."""
+  return config.optim.base_lr * lr_batch(config) / 256
 
 
 def make_schedule(config, total_steps: int, warmup_steps: int) -> optax.Schedule:
