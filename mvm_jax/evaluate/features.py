@@ -14,11 +14,14 @@ evaluators average their scores per record).
 
 Pooling: ``'mean'``: the mean of the patch tokens, then the encoder's final
 LayerNorm (as mae_st's classifier and our fine-tuning view; the MAE family's
-default); ``'cls'``: the [CLS] token after the final LayerNorm.
+default); ``'cls'``: the [CLS] token after the final LayerNorm; ``'tokens'``
+(:data:`TOKENS`, the attentive probe): no pooling, all L patch tokens after
+the final LayerNorm, [L, D] per clip in ``token_dtype`` (float16 or float32).
 
-The cache ``{workdir}/features_{split}.npz`` holds the arrays of
-:class:`Features` and a ``meta`` string (init_from, checkpoint step, pool,
-views, model and data config); it is reused when its meta matches.
+The cache ``{workdir}/features_{split}.npz`` (``tokens_{split}.npz`` for
+``'tokens'``) holds the arrays of :class:`Features` and a ``meta`` string
+(init_from, checkpoint step, pool, views, model and data config; and
+token_dtype for ``'tokens'``); it is reused when its meta matches.
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ from mvm_jax.evaluate.frozen import FrozenEncoder
 from mvm_jax.train import partitioning
 
 POOLS = ('mean', 'cls')
+# The unpooled mode of make_extract_fn / extract: every patch token, [N, L, D] (not one of
+# POOLS: the linear probe and k-NN need pooled features).
+TOKENS = 'tokens'
+TOKEN_DTYPES = ('float16', 'float32')
 # Data keys that change how fast features come, not what they are.
 _RUNTIME_DATA_KEYS = ('num_workers', 'prefetch', 'cache_decoded_videos', 'max_bad_fraction')
 LOG_EVERY_S = 30.0
@@ -51,7 +58,8 @@ class Features:
   """Features of one split, sorted by (view, index); one row per clip.
 
   Attributes:
-    features: float32 [N, D].
+    features: float32 [N, D]; with pool 'tokens' (:data:`TokenFeatures`),
+      float16 or float32 [N, L, D].
     labels: int32 [N].
     index: int32 [N], record index in the split's source (repeated for the
       eval views of a record with multi-view testing).
@@ -71,6 +79,10 @@ class Features:
 
   def __len__(self) -> int:
     return self.features.shape[0]
+
+
+# Features of pool 'tokens': ``.features`` is [N, L, D], the patch tokens of each clip.
+TokenFeatures = Features
 
 
 def validate_section(section, name: str) -> None:
@@ -97,10 +109,14 @@ def check_batch_size(config, batch_size: int, key: str) -> None:
     )
 
 
-def cache_meta(frozen: FrozenEncoder, split: str, pool: str, views: int) -> dict:
-  """What the cached features depend on; a cache with other meta is re-extracted."""
+def cache_meta(
+  frozen: FrozenEncoder, split: str, pool: str, views: int, token_dtype: str = 'float16'
+) -> dict:
+  """What the cached features depend on; a cache with other meta is re-extracted.
+  ``token_dtype`` is part of it for pool 'tokens' only."""
   c = frozen.config
   data = {k: v for k, v in c.data.to_dict().items() if k not in _RUNTIME_DATA_KEYS}
+  extra = {'token_dtype': token_dtype} if pool == TOKENS else {}
   return json.loads(
     json.dumps(
       dict(
@@ -112,25 +128,33 @@ def cache_meta(frozen: FrozenEncoder, split: str, pool: str, views: int) -> dict
         views=views,
         model=c.model.to_dict(),
         data=data,
+        **extra,
       ),
       default=list,
     )
   )
 
 
-def make_extract_fn(frozen: FrozenEncoder, pool: str):
+def make_extract_fn(frozen: FrozenEncoder, pool: str, token_dtype: str = 'float16'):
   """Jitted (params, batch) → {'features': f32 [B, V, D], and the batch's other
   entries}. ``batch['video']``: [B, T, H, W, 3], or [B, V, T, H, W, 3] with V
   views per sample (multi-view testing); V = 1 for the former. The batch is
   split over the data axes, the outputs replicated on every device (so every
-  host gets all features)."""
-  if pool not in POOLS:
-    raise ValueError(f'pool must be one of {POOLS}, got {pool!r}')
+  host gets all features). Pool 'tokens': 'features' is [B, V, L, D] in
+  ``token_dtype``, the L patch tokens after the final LayerNorm ([CLS] dropped)."""
+  if pool not in (*POOLS, TOKENS):
+    raise ValueError(f'pool must be one of {(*POOLS, TOKENS)}, got {pool!r}')
+  if pool == TOKENS and token_dtype not in TOKEN_DTYPES:
+    raise ValueError(f'token_dtype must be one of {TOKEN_DTYPES}, got {token_dtype!r}')
   encoder = frozen.encoder
 
   def extract(params, batch):
     video = batch['video']
     clips = video.reshape(-1, *video.shape[-4:])  # [B·V, T, H, W, 3]
+    if pool == TOKENS:
+      tokens = encoder.apply({'params': params}, clips)[:, 1:].astype(token_dtype)  # [B·V, L, D]
+      features = tokens.reshape(video.shape[0], -1, *tokens.shape[1:])
+      return {'features': features, **{k: v for k, v in batch.items() if k != 'video'}}
     if pool == 'mean':
       pooled = encoder.apply({'params': params}, clips, pool='mean')
     else:
@@ -228,32 +252,44 @@ def _fetch(result, progress) -> dict:
   """Valid rows of an output on the host, one row per (sample, view)."""
   host = jax.device_get(result)
   keep = host.pop('valid').astype(bool)
-  features = np.asarray(host.pop('features'))[keep]  # [n, V, D]
+  features = np.asarray(host.pop('features'))[keep]  # [n, V, D] (tokens: [n, V, L, D])
   out = {k: np.repeat(np.asarray(v)[keep], features.shape[1]) for k, v in host.items()}
-  out['features'] = features.reshape(-1, features.shape[-1])
+  out['features'] = features.reshape(-1, *features.shape[2:])
   progress.update(int(keep.sum()))
   return out
 
 
 def extract(
-  frozen: FrozenEncoder, split: str, *, pool: str, views: int, batch_size: int, extract_fn=None
+  frozen: FrozenEncoder,
+  split: str,
+  *,
+  pool: str,
+  views: int,
+  batch_size: int,
+  extract_fn=None,
+  token_dtype: str = 'float16',
+  make_loader=None,
 ) -> Features:
   """Features of ``split``: the centre-crop pass, plus ``views - 1`` augmented passes.
 
   Args:
     frozen: the encoder.
     split: the source's split ('train' / 'test').
-    pool: 'mean' (patch tokens) or 'cls'.
+    pool: 'mean' (patch tokens), 'cls' or 'tokens' (unpooled, [N, L, D]).
     views: passes over the split, >= 1.
     batch_size: global extraction batch; a multiple of the data-parallel
       device count and of the process count.
-    extract_fn: ``make_extract_fn(frozen, pool)``, when already compiled.
+    extract_fn: ``make_extract_fn(frozen, pool, token_dtype)``, when already compiled.
+    token_dtype: 'float16' or 'float32', the dtype of pool 'tokens'.
+    make_loader: stands in for ``pipeline.make_loader`` (same arguments and
+      results; e.g. one that replays the clips of an earlier pass).
   """
   c = frozen.config
   shard_index, shard_count = jax.process_index(), jax.process_count()
   host_batch_size = batch_size // shard_count
-  extract_fn = extract_fn or make_extract_fn(frozen, pool)
-  loader, info = pipeline.make_loader(
+  extract_fn = extract_fn or make_extract_fn(frozen, pool, token_dtype)
+  make_loader = make_loader or pipeline.make_loader
+  loader, info = make_loader(
     c.data,
     split=split,
     global_batch_size=batch_size,
@@ -281,7 +317,7 @@ def extract(
   if views > 1:
     data = copy.deepcopy(c.data)
     data.repeated_sampling = 1
-    loader, info = pipeline.make_loader(
+    loader, info = make_loader(
       data,
       split=split,
       global_batch_size=batch_size,
@@ -309,7 +345,7 @@ def extract(
   out = {k: np.concatenate([p[k] for p in passes]) for k in passes[0]}
   order = np.lexsort((out['index'], out['view']))  # stable: eval views stay in order
   features = Features(
-    features=out['features'][order].astype(np.float32),
+    features=out['features'][order].astype(token_dtype if pool == TOKENS else np.float32),
     labels=out['label'][order].astype(np.int32),
     index=out['index'][order].astype(np.int32),
     view=out['view'][order].astype(np.int32),
@@ -318,10 +354,10 @@ def extract(
   seconds = time.perf_counter() - start
   rate = progress.rate()
   logging.info(
-    'features %s: %d clips × %d-d in %.1f s%s; %d skipped.',
+    'features %s: %d clips × %s in %.1f s%s; %d skipped.',
     split,
     len(features),
-    features.features.shape[1],
+    '×'.join(map(str, features.features.shape[1:])),
     seconds,
     '' if math.isnan(rate) else f' ({rate:.1f} clips/s after the first batch)',
     sum(i.skipped.count for i in infos),
@@ -329,8 +365,10 @@ def extract(
   return features
 
 
-def cache_path(workdir: str, split: str) -> str:
-  return os.path.join(workdir, f'features_{split}.npz')
+def cache_path(workdir: str, split: str, pool: str = 'mean') -> str:
+  """``features_{split}.npz``; ``tokens_{split}.npz`` for pool 'tokens' (so the pooled
+  features of the linear probe and k-NN in the same workdir stay cached)."""
+  return os.path.join(workdir, f'{"tokens" if pool == TOKENS else "features"}_{split}.npz')
 
 
 def save(path: str, features: Features, meta: dict) -> None:
@@ -375,16 +413,25 @@ def load_or_extract(
   views: int,
   batch_size: int,
   extract_fn=None,
+  token_dtype: str = 'float16',
 ) -> Features:
   """Features of ``split`` from ``workdir``'s cache if it matches, else extracted and cached."""
-  path = cache_path(workdir, split)
-  meta = cache_meta(frozen, split, pool, views)
+  path = cache_path(workdir, split, pool)
+  meta = cache_meta(frozen, split, pool, views, token_dtype)
   cached = load_cached(path, meta)
   if cached is not None:
     logging.info('Reusing cached features %s (%d clips, step %d).', path, len(cached), frozen.step)
     return cached
   logging.info('Extracting %s features (%d view(s), pool=%s) into %s.', split, views, pool, path)
-  features = extract(frozen, split, pool=pool, views=views, batch_size=batch_size, extract_fn=extract_fn)
+  features = extract(
+    frozen,
+    split,
+    pool=pool,
+    views=views,
+    batch_size=batch_size,
+    extract_fn=extract_fn,
+    token_dtype=token_dtype,
+  )
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     save(path, features, meta)
