@@ -1,7 +1,9 @@
 """MAE-ST: spacetime masked autoencoder with pixel MSE (Feichtenhofer et al., 2022).
 
 Presets (`--config configs/mae_st.py:<preset>`):
-  tiny         CPU demo on the built-in clips: a few minutes on 2 cores.
+  tiny         CPU demo on the built-in clips: a few minutes on 2 cores; k-NN, ridge
+               probe and feature statistics on the labelled window splits every 100
+               steps against random-init and raw-pixel floors (`tiny_evaluators`).
   bench_small  16×112×112, ViT 384-d×12, decoder 256-d×4, mask 0.9, batch 8: the benchmark shape.
   vit_b, vit_l, vit_h
                Paper Table 5a: 16×224×224 (stride 4), patch 2×16×16, decoder 512-d×4,
@@ -16,6 +18,8 @@ its `blr` as base_lr). The patch projection is initialised as mae_st's Conv3d:
 xavier-uniform on the flattened [D, C·t·p·p] kernel.
 """
 
+import ml_collections
+
 from mvm_jax.config import base_config
 
 ENCODERS = {
@@ -23,6 +27,26 @@ ENCODERS = {
   'vit_l': dict(width=1024, depth=24, num_heads=16),
   'vit_h': dict(width=1280, depth=32, num_heads=16),
 }
+
+
+def tiny_evaluators(every_steps: int = 100) -> ml_collections.ConfigDict:
+  """`config.evaluators` on the built-in clips' labelled window splits (20 train, 20 test
+  records, 8 classes), read in-process: one decode per run, then about a second per
+  evaluation on 2 CPU cores (mvm_jax/evaluate/evaluators.py)."""
+  common = dict(
+    every_steps=every_steps,
+    data=dict(source='builtin', num_workers=0, hflip=False),
+    train_split='train_windows',
+    test_split='test_windows',
+    extract_batch_size=8,
+  )
+  return ml_collections.ConfigDict(
+    dict(
+      knn=dict(kind='knn', k=20, **common),
+      linear_probe=dict(kind='linear_probe', **common),
+      feature_stats=dict(kind='feature_stats', **common),
+    )
+  )
 
 
 def get_config(preset: str = 'tiny'):
@@ -49,6 +73,7 @@ def get_config(preset: str = 'tiny'):
     c.log_every_steps = 10
     c.checkpoint_every_steps = 100
     c.image_every_steps = 150
+    c.evaluators = tiny_evaluators()
   else:
     raise ValueError(
       f'configs/mae_st.py: unknown preset {preset!r}; known: tiny, bench_small, {", ".join(ENCODERS)}'

@@ -50,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
       pred_t_dim=8,  # frames the decoder predicts (one time slice per token when = T/t)
       pos_embed='learned',  # 'learned' separable (mae_st) or fixed 'sincos'
       norm_pix_loss=True,
+      norm_pix_eps=1e-6,  # norm-pix target: (x - mean) / sqrt(var + eps); mae_st: 1e-6
       dense_encoder=False,  # True: encoder sees mask tokens (MAE-ST Table 1 "w/ [M]")
       decoder_cls='learned',  # decoder [CLS]: its own token (mae_st) or 'encoder' (embedded encoder [CLS], image MAE)
       drop_path_rate=0.0,
@@ -101,6 +102,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.image_every_steps = 5000  # reconstruction PNGs (also written at the end)
   c.num_image_samples = 2
   c.peak_tflops_per_device = -1.0  # for MFU; <= 0: known accelerators by name, measured matmul peak on CPU
+  # Periodic evaluators of the encoder during pre-training, by name; empty = none. Each:
+  # dict(kind='knn' | 'linear_probe' | 'feature_stats', every_steps=K, data=dict(<config.data
+  # overrides: source keys, num_workers, ...; not the clip keys>), train_split, test_split,
+  # train_views, pool, extract_batch_size, <the kind's keys>), e.g. from the command line
+  # --config.evaluators='{"knn": {"kind": "knn", "every_steps": 100, "train_split": "train_windows",
+  # "test_split": "test_windows"}}'. Keys, metrics and outputs: mvm_jax/evaluate/evaluators.py.
+  c.evaluators = ml_collections.ConfigDict()
   return c
 
 
@@ -151,6 +159,10 @@ def validate(config, *, pretraining: bool = True) -> None:
   for key in ('log_every_steps', 'checkpoint_every_steps', 'image_every_steps', 'keep_checkpoints'):
     if config[key] <= 0:
       _fail(key, 'must be positive')
+  if pretraining:
+    from mvm_jax.evaluate import evaluators  # here: it imports this module
+
+    evaluators.validate(config)  # config.evaluators (after the mesh keys it builds a mesh from)
 
 
 def _validate_objectives(config) -> None:
@@ -234,6 +246,8 @@ def _validate_mae(config) -> None:
       _fail(f'model.{part}.num_heads', f'{m[part].num_heads} does not divide width {m[part].width}')
   if m.decoder_cls not in ('learned', 'encoder'):
     _fail('model.decoder_cls', f'{m.decoder_cls!r} is not "learned" or "encoder"')
+  if m.norm_pix_eps <= 0:
+    _fail('model.norm_pix_eps', f'{m.norm_pix_eps} must be > 0')
   if m.pos_embed not in ('learned', 'sincos'):
     _fail('model.pos_embed', f'{m.pos_embed!r} is not "learned" or "sincos"')
   if not 0.0 < config.masking.ratio < 1.0:

@@ -20,7 +20,9 @@ def denormalize(frames: np.ndarray, mean: Sequence[float], std: Sequence[float])
   return (np.clip(pixels, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def reconstruction_rows(pred, target, mask, grid, target_patch, norm_pix: bool):
+def reconstruction_rows(
+  pred, target, mask, grid, target_patch, norm_pix: bool, norm_pix_eps: float = NORM_PIX_EPS
+):
   """One sample's patches → (original, masked input, reconstruction) frames.
 
   pred, target: [N, P] (pred in norm-pix space if `norm_pix`); mask: [N], 1 = hidden.
@@ -31,7 +33,7 @@ def reconstruction_rows(pred, target, mask, grid, target_patch, norm_pix: bool):
   if norm_pix:
     mean = target.mean(-1, keepdims=True)
     var = target.var(-1, ddof=1, keepdims=True)
-    pred = pred * np.sqrt(var + NORM_PIX_EPS) + mean
+    pred = pred * np.sqrt(var + norm_pix_eps) + mean
   hidden = mask[:, None] > 0
   to_frames = lambda patches: np.asarray(vit.unpatchify(patches[None], grid, target_patch))[0]
   original = to_frames(target)
@@ -82,6 +84,7 @@ def write_reconstructions(
   num_samples: int,
   predicted_loss=None,
   hard=None,
+  norm_pix_eps: float = NORM_PIX_EPS,
 ) -> list[str]:
   """Write one PNG per sample: original frames / masked input (gray) / reconstruction.
 
@@ -94,7 +97,13 @@ def write_reconstructions(
   paths = []
   for i in range(min(num_samples, outputs['pred'].shape[0])):
     original, masked, recon = reconstruction_rows(
-      outputs['pred'][i], outputs['target'][i], outputs['mask'][i], grid, target_patch, norm_pix
+      outputs['pred'][i],
+      outputs['target'][i],
+      outputs['mask'][i],
+      grid,
+      target_patch,
+      norm_pix,
+      norm_pix_eps,
     )
     masked_u8 = denormalize(np.nan_to_num(masked, nan=0.0), mean, std)
     masked_u8[np.isnan(masked).any(-1)] = HIDDEN_GRAY

@@ -17,6 +17,8 @@ sys.path.insert(0, str(REPO))
 
 def micro_config():
   """A very small MAE-ST config (4×32×32 clips, 2-block ViT) on one device."""
+  import ml_collections
+
   from configs import mae_st
 
   c = mae_st.get_config('tiny')
@@ -31,6 +33,7 @@ def micro_config():
   c.checkpoint_every_steps = 2
   c.image_every_steps = 100
   c.async_checkpointing = False
+  c.evaluators = ml_collections.ConfigDict()  # none (the tiny preset's evaluators: tests/test_evaluators.py)
   return c
 
 
@@ -51,6 +54,7 @@ MICRO_FLAGS = [
   '--config.model.decoder.num_heads=2',
   '--config.batch_size=8',
   '--config.mesh.shape=(1,1,1)',
+  '--config.evaluators={}',
 ]
 
 

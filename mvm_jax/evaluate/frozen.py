@@ -59,6 +59,27 @@ class TokenFeatureEncoder:
     return jnp.concatenate([cls[:, None], x], axis=1)
 
 
+@dataclasses.dataclass(frozen=True)
+class PixelFeatureEncoder:
+  """Raw pixels as the evaluations see an encoder (the raw-pixel baseline): no parameters.
+
+  `apply({'params': {}}, video [B, T, H, W, 3])` returns the flattened t×p×p×3
+  patch vectors [B, N, t·p·p·3] (ordered as `vit.patchify`); `pool='mean'` gives
+  [B, t·p·p·3], their mean over the N spacetime patches.
+  """
+
+  patch: tuple[int, int, int]
+
+  def apply(self, variables, video, pool=None):
+    del variables
+    patches = vit.patchify(video.astype(jnp.float32), self.patch)
+    if pool == 'mean':
+      return jnp.mean(patches, axis=1)
+    if pool is not None:
+      raise ValueError(f'pool must be None or "mean", got {pool!r}')
+    return patches
+
+
 @dataclasses.dataclass
 class FrozenEncoder:
   """An encoder with parameters placed on a mesh, and where they came from.
@@ -72,6 +93,8 @@ class FrozenEncoder:
     mesh: the device mesh from ``config.mesh``.
     step: the checkpoint's step; 0 for a random initialisation.
     init_from: absolute path of the pre-training workdir; '' for random init.
+    description: what `describe` says instead, when set (e.g. the running
+      pre-training's encoder, or the raw-pixel baseline).
   """
 
   config: ml_collections.ConfigDict
@@ -81,8 +104,11 @@ class FrozenEncoder:
   mesh: Any
   step: int
   init_from: str
+  description: str = ''
 
   def describe(self) -> str:
+    if self.description:
+      return self.description
     if self.init_from:
       return f'init_from={self.init_from}, step {self.step}'
     return f"init_from='' (random init, seed {self.config.seed})"
@@ -148,6 +174,90 @@ def _pick(params: dict, like: dict, path: str = 'encoder') -> dict:
   return out
 
 
+@dataclasses.dataclass
+class EncoderTemplate:
+  """An evaluated encoder built from a resolved config and placed on a mesh, before its parameters.
+
+  `with_params` wraps parameters of the pre-training model (a checkpoint's, or
+  a running pre-training's current ones), `random_init` makes fresh ones.
+
+  Attributes:
+    config: the resolved config.
+    encoder: as `FrozenEncoder.encoder`.
+    mesh: the device mesh.
+    abstract: the trainable parameters' shapes (unboxed `jax.ShapeDtypeStruct` tree).
+    shardings: NamedSharding of each trainable parameter.
+    key: where those parameters sit in the pre-training model's params
+      ('encoder' for MAE, 'backbone' for VIMPAC).
+    init: rng → boxed trainable parameters.
+    fixed: parameters that are never trained (VIMPAC's tokenizer variables,
+      placed), merged in as `{key: ..., 'tokenizer': fixed}`; None for a ViT.
+    fixed_shardings: their shardings.
+  """
+
+  config: ml_collections.ConfigDict
+  encoder: Any
+  mesh: Any
+  abstract: Any
+  shardings: Any
+  key: str
+  init: Any
+  fixed: Any = None
+  fixed_shardings: Any = None
+
+  def _frozen(self, trainable, step: int, init_from: str, description: str = '') -> FrozenEncoder:
+    params, shardings = trainable, self.shardings
+    if self.fixed is not None:
+      params = {self.key: trainable, 'tokenizer': self.fixed}
+      shardings = {self.key: self.shardings, 'tokenizer': self.fixed_shardings}
+    return FrozenEncoder(
+      self.config, self.encoder, params, shardings, self.mesh, int(step), init_from, description
+    )
+
+  def with_params(self, params: dict, step: int, init_from: str, description: str = '') -> FrozenEncoder:
+    """Around the pre-training model's ``params`` (their ``key`` sub-tree, placed as
+    ``shardings``; a no-op for arrays already placed so)."""
+    if self.key not in params:
+      raise ValueError(f'the parameters have no {self.key!r} sub-tree (keys: {sorted(params)})')
+    picked = _pick(params[self.key], self.abstract, self.key)
+    with partitioning.sharding_context(self.mesh):
+      trainable = jax.device_put(picked, self.shardings)
+    return self._frozen(trainable, step, init_from, description)
+
+  def random_init(self, seed: int, description: str = '') -> FrozenEncoder:
+    """Freshly initialised parameters from ``PRNGKey(seed)``, step 0, ``init_from=''``."""
+    rng = jax.random.PRNGKey(seed)
+    with partitioning.sharding_context(self.mesh):
+      init_fn = jax.jit(lambda r: nn.unbox(self.init(r)), out_shardings=self.shardings)
+      # Run once: on CPU, XLA's backend optimisation would take most of the
+      # (many seconds of) compile time of the random-number code.
+      cpu = self.mesh.devices.flat[0].platform == 'cpu'
+      trainable = init_fn.lower(rng).compile({'xla_backend_optimization_level': 0} if cpu else None)(rng)
+    return self._frozen(trainable, 0, '', description)
+
+
+def template(resolved: ml_collections.ConfigDict, mesh) -> EncoderTemplate:
+  """The encoder ``resolved.model`` describes (no drop path), on ``mesh``.
+
+  Raises:
+    mvm_jax.config.ConfigError: the model has no video encoder (a VQ-VAE run).
+  """
+  if resolved.model.name == 'vimpac':
+    return _vimpac_template(resolved, mesh)
+  if resolved.model.name != 'mae':
+    raise config_lib.ConfigError(
+      f'config.init_from: a {resolved.model.name!r} run has no video encoder to evaluate'
+    )
+  video_shape = mae_lib.video_shape(resolved)
+  encoder = vit.encoder_from_config(resolved.model, video_shape, drop_path_rate=0.0)
+  example = jnp.zeros((1, *video_shape, 3), jnp.float32)
+  init = lambda r: encoder.init(r, example)['params']
+  with partitioning.sharding_context(mesh):
+    boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
+    shardings = partitioning.logical_to_sharding(boxed, mesh)
+  return EncoderTemplate(resolved, encoder, mesh, _unbox(boxed), shardings, 'encoder', init)
+
+
 def load(config: ml_collections.ConfigDict, devices=None) -> FrozenEncoder:
   """Resolve the config, build the encoder and place its parameters on the mesh.
 
@@ -158,36 +268,25 @@ def load(config: ml_collections.ConfigDict, devices=None) -> FrozenEncoder:
   resolved = resolve_config(config)
   config_lib.validate(resolved, pretraining=False)
   mesh = partitioning.make_mesh(resolved.mesh, devices)
-  if resolved.model.name == 'vimpac':
-    return _load_vimpac(resolved, mesh)
-  if resolved.model.name != 'mae':
-    raise config_lib.ConfigError(
-      f'config.init_from: a {resolved.model.name!r} run has no video encoder to evaluate'
+  t = template(resolved, mesh)
+  if resolved.init_from:
+    step, params = runs.load_pretrained(resolved.init_from)
+    frozen = t.with_params(params, int(step), resolved.init_from)
+  else:
+    frozen = t.random_init(resolved.seed)
+  if t.fixed is None:
+    logging.info('Frozen encoder: %s; mesh %s.', frozen.describe(), dict(mesh.shape))
+  else:
+    logging.info(
+      'Frozen VIMPAC backbone: %s, tokens by %s; mesh %s.',
+      frozen.describe(),
+      t.encoder.tokenizer.description,
+      dict(mesh.shape),
     )
-  video_shape = mae_lib.video_shape(resolved)
-  encoder = vit.encoder_from_config(resolved.model, video_shape, drop_path_rate=0.0)
-  rng = jax.random.PRNGKey(resolved.seed)
-  example = jnp.zeros((1, *video_shape, 3), jnp.float32)
-  init = lambda r: encoder.init(r, example)['params']
-  with partitioning.sharding_context(mesh):
-    boxed = jax.eval_shape(init, rng)
-    shardings = partitioning.logical_to_sharding(boxed, mesh)
-    if resolved.init_from:
-      step, params = runs.load_pretrained(resolved.init_from)
-      params = jax.device_put(_pick(params['encoder'], _unbox(boxed)), shardings)
-    else:
-      step = 0
-      init_fn = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)
-      # Run once: on CPU, XLA's backend optimisation would take most of the
-      # (many seconds of) compile time of the random-number code.
-      cpu = mesh.devices.flat[0].platform == 'cpu'
-      params = init_fn.lower(rng).compile({'xla_backend_optimization_level': 0} if cpu else None)(rng)
-  frozen = FrozenEncoder(resolved, encoder, params, shardings, mesh, int(step), resolved.init_from)
-  logging.info('Frozen encoder: %s; mesh %s.', frozen.describe(), dict(mesh.shape))
   return frozen
 
 
-def _load_vimpac(resolved, mesh) -> FrozenEncoder:
+def _vimpac_template(resolved, mesh) -> EncoderTemplate:
   """The backbone of a VIMPAC run behind the run's frozen tokenizer (`config.tokenizer`)."""
   from mvm_jax import frozen_tokenizer
   from mvm_jax.models import factorized
@@ -195,26 +294,33 @@ def _load_vimpac(resolved, mesh) -> FrozenEncoder:
   tok = frozen_tokenizer.load_frozen_tokenizer(resolved)
   backbone = factorized.backbone_from_config(resolved)
   tokens = jnp.zeros((1,) + factorized.token_shape_from_config(resolved), jnp.int32)
-  rng = jax.random.PRNGKey(resolved.seed)
   init = lambda r: backbone.init(r, tokens)['params']
   with partitioning.sharding_context(mesh):
-    boxed = jax.eval_shape(init, rng)
+    boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
     backbone_shardings = partitioning.logical_to_sharding(boxed, mesh)
-    if resolved.init_from:
-      step, params = runs.load_pretrained(resolved.init_from)
-      backbone_params = jax.device_put(
-        _pick(params['backbone'], _unbox(boxed), 'backbone'), backbone_shardings
-      )
-    else:
-      step = 0
-      backbone_params = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=backbone_shardings)(rng)
   replicated = partitioning.replicated(mesh)
   tok_shardings = jax.tree.map(lambda _: replicated, tok.variables)
-  params = {'backbone': backbone_params, 'tokenizer': jax.device_put(tok.variables, tok_shardings)}
-  shardings = {'backbone': backbone_shardings, 'tokenizer': tok_shardings}
-  encoder = TokenFeatureEncoder(backbone, tok)
-  frozen = FrozenEncoder(resolved, encoder, params, shardings, mesh, int(step), resolved.init_from)
-  logging.info(
-    'Frozen VIMPAC backbone: %s, tokens by %s; mesh %s.', frozen.describe(), tok.description, dict(mesh.shape)
+  return EncoderTemplate(
+    resolved,
+    TokenFeatureEncoder(backbone, tok),
+    mesh,
+    _unbox(boxed),
+    backbone_shardings,
+    'backbone',
+    init,
+    fixed=jax.device_put(tok.variables, tok_shardings),
+    fixed_shardings=tok_shardings,
   )
-  return frozen
+
+
+def raw_pixels(resolved: ml_collections.ConfigDict, mesh) -> FrozenEncoder:
+  """The raw-pixel baseline as a `FrozenEncoder` (pool 'mean' only): per clip, the mean
+  over its spacetime patches of the normalized patch vector, t·p·p·3 values; patches
+  of the model's (t, p, p) (VIMPAC: one frame × its tokenizer's downsampling)."""
+  m = resolved.model
+  if m.name == 'vimpac':
+    patch = (1, resolved.vimpac.downsample, resolved.vimpac.downsample)
+  else:
+    patch = (m.t_patch_size, m.patch_size, m.patch_size)
+  description = f'raw pixels (mean {patch[0]}×{patch[1]}×{patch[2]} patch)'
+  return FrozenEncoder(resolved, PixelFeatureEncoder(patch), {}, {}, mesh, 0, '', description)

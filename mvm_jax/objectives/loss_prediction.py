@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mvm_jax import objectives
-from mvm_jax.objectives.pixel_mse import masked_mean, per_patch_mse
+from mvm_jax.objectives.pixel_mse import NORM_PIX_EPS, masked_mean, per_patch_mse
 
 TARGETS = ('relative_bce', 'absolute_mse')
 BCE_EPS = 1e-6  # inside the log, as in the official code
@@ -126,6 +126,7 @@ def make_loss_prediction(config):
   mean over samples) and, for relative_bce, hpm/valid_pairs (global count).
   """
   norm_pix = bool(config.model.norm_pix_loss)
+  eps = float(config.model.get('norm_pix_eps', NORM_PIX_EPS))
   target_kind = config.hpm.loss_predictor_target
   if target_kind not in TARGETS:
     raise ValueError(f'config.hpm.loss_predictor_target={target_kind!r}; valid: {TARGETS}')
@@ -133,7 +134,7 @@ def make_loss_prediction(config):
   def loss_prediction(outputs, batch):
     del batch
     mask = outputs['mask'].astype(jnp.float32)
-    true_loss = jax.lax.stop_gradient(per_patch_mse(outputs['pred'], outputs['target'], norm_pix))
+    true_loss = jax.lax.stop_gradient(per_patch_mse(outputs['pred'], outputs['target'], norm_pix, eps))
     pred_loss = outputs['pred_loss'].astype(jnp.float32)
     metrics = {}
     if target_kind == 'relative_bce':

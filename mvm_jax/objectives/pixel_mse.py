@@ -9,17 +9,21 @@ from mvm_jax import objectives
 NORM_PIX_EPS = 1e-6
 
 
-def normalize_patches(target):
-  """Per-patch standardisation (mae_st norm-pix: unbiased variance + 1e-6). [..., P] → [..., P]."""
+def normalize_patches(target, eps: float = NORM_PIX_EPS):
+  """Per-patch standardisation (mae_st norm-pix: unbiased variance + eps, 1e-6). [..., P] → [..., P].
+
+  A larger `eps` (`model.norm_pix_eps`) keeps flat, low-contrast patches from
+  being blown up to unit variance (their target is then mostly noise).
+  """
   mean = target.mean(axis=-1, keepdims=True)
   var = target.var(axis=-1, ddof=1, keepdims=True)
-  return (target - mean) / jnp.sqrt(var + NORM_PIX_EPS)
+  return (target - mean) / jnp.sqrt(var + eps)
 
 
-def per_patch_mse(pred, target, norm_pix: bool):
+def per_patch_mse(pred, target, norm_pix: bool, eps: float = NORM_PIX_EPS):
   """[B, N, P] × [B, N, P] → [B, N] mean squared error per patch."""
   if norm_pix:
-    target = normalize_patches(target)
+    target = normalize_patches(target, eps)
   return jnp.mean(jnp.square(pred - target), axis=-1)
 
 
@@ -31,10 +35,11 @@ def masked_mean(values, mask):
 @objectives.register('pixel_mse')
 def make_pixel_mse(config):
   norm_pix = bool(config.model.norm_pix_loss)
+  eps = float(config.model.get('norm_pix_eps', NORM_PIX_EPS))
 
   def pixel_mse(outputs, batch):
     del batch
-    loss = masked_mean(per_patch_mse(outputs['pred'], outputs['target'], norm_pix), outputs['mask'])
+    loss = masked_mean(per_patch_mse(outputs['pred'], outputs['target'], norm_pix, eps), outputs['mask'])
     return loss, {}
 
   return pixel_mse

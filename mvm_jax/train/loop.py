@@ -23,6 +23,7 @@ from clu import metric_writers, periodic_actions
 from mvm_jax import config as config_lib
 from mvm_jax import objectives, visualize
 from mvm_jax.data import pipeline
+from mvm_jax.evaluate import evaluators as evaluators_lib
 from mvm_jax.models import ema, heads
 from mvm_jax.train import checkpointing, flops, mask_policy, model_setup, optimizer, partitioning
 from mvm_jax.train import state as state_lib
@@ -222,6 +223,7 @@ def _write_images(exp: Experiment, workdir: str, step: int, batch: dict):
     n,
     predicted_loss=predicted,
     hard=hard,
+    norm_pix_eps=c.model.norm_pix_eps,
   )
 
 
@@ -283,7 +285,9 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
     if step % config.image_every_steps == 0 or step == exp.total_steps:
       _write_images(exp, workdir, step, batch)
 
-  return fit(exp, loader, workdir, after_step=[images], stop_after_steps=stop_after_steps)
+  suite = evaluators_lib.build(config, workdir, exp.mesh, exp.total_steps)  # None without config.evaluators
+  evaluate = [] if suite is None else [lambda step: suite(step, exp.state.params)]
+  return fit(exp, loader, workdir, after_step=[images], evaluate=evaluate, stop_after_steps=stop_after_steps)
 
 
 def fit(
@@ -292,6 +296,7 @@ def fit(
   workdir: str,
   *,
   after_step: Sequence[Callable[[int, dict], None]] = (),
+  evaluate: Sequence[Callable[[int], Optional[dict]]] = (),
   stop_after_steps: Optional[int] = None,
 ) -> dict:
   """The training loop shared by pre-training and fine-tuning.
@@ -301,7 +306,10 @@ def fit(
   metrics with progress/ETA/MFU, saves checkpoints (and on SIGTERM), stops on
   a non-finite loss keeping the last good checkpoint. `after_step` callbacks
   get (step, global batch) on the chief process after each step (pictures,
-  evaluation); they read `exp.state`.
+  evaluation); they read `exp.state`. `evaluate` hooks get (step) on every
+  process after each step (collective work, e.g. the evaluators' feature
+  extraction) and return scalars for the run's metric writer at that step, or
+  None; their wall time is left out of the step time.
   """
   config, data_info = exp.config, exp.data_info
   os.makedirs(workdir, exist_ok=True)
@@ -400,6 +408,12 @@ def fit(
       exp.state = state
       stop = preemption.requested or (stop_after_steps is not None and step - start_step >= stop_after_steps)
       ckpt.save(step, state.without_frozen(), data_state, force=stop or step == exp.total_steps)
+      hooks_start = time.perf_counter()
+      for hook in evaluate:
+        scalars = hook(step)
+        if scalars:
+          writer.write_scalars(step, scalars)
+      last_log_time += time.perf_counter() - hooks_start
       if is_chief:
         for callback in after_step:
           callback(step, batch)
