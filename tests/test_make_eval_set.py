@@ -207,6 +207,30 @@ def test_motion_is_what_the_label_says(specs, assets):
     assert vx == pytest.approx(dx * speed[pace], abs=0.1), (spec, vy, vx)
 
 
+def test_background_pans_so_the_two_halves_of_a_video_differ(specs, assets):
+  """The crop window moves over the footage (a camera pan): frame t is the footage at the
+  corner round(start + v·t), the pan is within BG_PAN_SPEED (or the fastest the footage fits),
+  and over the video it travels far enough that its halves show different background."""
+  lo, hi = mes.BG_PAN_SPEED
+  for spec in specs['train'][:20]:
+    speed = float(np.hypot(spec.bg_vy, spec.bg_vx))
+    assert speed <= hi + 1e-6
+    video = assets.backgrounds[spec.background]
+    height, width = video.shape[1:3]
+    capped = abs(spec.bg_vy) * (T - 1) >= height - 64 - 1 or abs(spec.bg_vx) * (T - 1) >= width - 64 - 1
+    assert speed >= lo - 1e-6 or capped
+    assert speed * (T - 1) > 20  # px: the two halves of the video see different footage
+    frames = video[spec.bg_start : spec.bg_start + T]
+    if spec.bg_reverse:
+      frames = frames[::-1]
+    t = T - 1
+    y, x = round(spec.bg_y + spec.bg_vy * t), round(spec.bg_x + spec.bg_vx * t)
+    want = frames[t, y : y + 64, x : x + 64]
+    if spec.bg_flip:
+      want = want[:, ::-1]
+    np.testing.assert_array_equal(mes.render_background(spec, assets, T)[t], want)
+
+
 def test_mpeg4_fallback_encoder_round_trips(specs, assets, tmp_path):
   clip = mes.render_clip(specs['test'][0], assets, T)
   path = str(tmp_path / 'clip.mp4')

