@@ -4,6 +4,9 @@ Presets (`--config configs/mae_st.py:<preset>`):
   tiny         CPU demo on the built-in clips: a few minutes on 2 cores; k-NN, ridge
                probe and feature statistics on the labelled window splits every 100
                steps against random-init and raw-pixel floors (`tiny_evaluators`).
+  small_data   pre-training on the 600 train clips of `tools.make_eval_set --out runs/eval_set`
+               (8×64² at stride 2, ViT 128-d×4, 1500 steps) with evaluators on its digit and
+               motion labels every 250 steps; see README "Does pre-training help?".
   bench_small  16×112×112, ViT 384-d×12, decoder 256-d×4, mask 0.9, batch 8: the benchmark shape.
   vit_b, vit_l, vit_h
                Paper Table 5a: 16×224×224 (stride 4), patch 2×16×16, decoder 512-d×4,
@@ -49,6 +52,65 @@ def tiny_evaluators(every_steps: int = 100) -> ml_collections.ConfigDict:
   )
 
 
+# Where `python -m mvm_jax.tools.make_eval_set --out runs/eval_set` writes the labelled clips
+# the `small_data` presets pre-train on (train split) and evaluate on (train / test splits).
+EVAL_SET = 'runs/eval_set'
+
+
+def eval_set_evaluators(every_steps: int, eval_set: str = EVAL_SET) -> ml_collections.ConfigDict:
+  """`config.evaluators` on both label families of a `tools.make_eval_set` set: k-NN and the
+  ridge probe on the digit (appearance, 10 classes) and on its motion (8 classes), and the
+  feature statistics of the appearance labels; 600 train / 240 test clips, no flips."""
+
+  def family(kind: str) -> dict:
+    data = dict(
+      source='csv',
+      path=f'{eval_set}/{kind}/{{split}}.csv',
+      class_names_file=f'{eval_set}/{kind}/class_names.txt',
+      num_workers=0,
+      hflip=False,
+    )
+    return dict(
+      every_steps=every_steps, data=data, train_split='train', test_split='test', extract_batch_size=40
+    )
+
+  return ml_collections.ConfigDict(
+    dict(
+      knn_appearance=dict(kind='knn', k=20, **family('appearance')),
+      probe_appearance=dict(kind='linear_probe', **family('appearance')),
+      stats_appearance=dict(kind='feature_stats', **family('appearance')),
+      knn_motion=dict(kind='knn', k=20, **family('motion')),
+      probe_motion=dict(kind='linear_probe', **family('motion')),
+    )
+  )
+
+
+def small_data(c, eval_set: str = EVAL_SET):
+  """The `small_data` clip, model and loop settings shared by every method's preset: the
+  train split of a `tools.make_eval_set` set (600 clips of 32 frames), 8 frames at stride 2
+  (a 16-frame span, so two clips of one video can differ), 64² crops, patch 2×8×8 (256 tokens),
+  ViT 128-d×4 with a 64-d×2 decoder, batch 16, lr 1e-3, evaluators every 250 steps."""
+  c.data.update(
+    source='csv',
+    path=f'{eval_set}/appearance/{{split}}.csv',  # the labels are not read by pre-training
+    num_frames=8,
+    sampling_rate=2,
+    crop_size=64,
+    num_workers=2,
+    cache_decoded_videos=600,
+  )
+  c.model.update(patch_size=8, pred_t_dim=4)
+  c.model.encoder.update(width=128, depth=4, num_heads=4)
+  c.model.decoder.update(width=64, depth=2, num_heads=4)
+  c.batch_size = 16
+  c.optim.base_lr = 1e-3 * 256 / 16  # lr 1e-3 at batch 16
+  c.log_every_steps = 25
+  c.checkpoint_every_steps = 250
+  c.image_every_steps = 500
+  c.evaluators = eval_set_evaluators(250, eval_set)
+  return c
+
+
 def get_config(preset: str = 'tiny'):
   c = base_config()
   if preset in ENCODERS:
@@ -74,8 +136,11 @@ def get_config(preset: str = 'tiny'):
     c.checkpoint_every_steps = 100
     c.image_every_steps = 150
     c.evaluators = tiny_evaluators()
+  elif preset == 'small_data':
+    small_data(c)
+    c.total_steps, c.warmup_steps = 1500, 100
   else:
     raise ValueError(
-      f'configs/mae_st.py: unknown preset {preset!r}; known: tiny, bench_small, {", ".join(ENCODERS)}'
+      f'configs/mae_st.py: unknown preset {preset!r}; known: tiny, small_data, bench_small, {", ".join(ENCODERS)}'
     )
   return c

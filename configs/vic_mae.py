@@ -19,6 +19,8 @@ Every preset follows the released code where the paper is silent:
 Presets (`--config configs/vic_mae.py:<preset>`):
   tiny          CPU demo on the built-in clips: 64² frames, patch 8, ViT 128-d×4;
                 InfoNCE weight 0.5 so the contrastive term moves within 300 steps.
+  small_data    frames of the `tools.make_eval_set` clips (64², patch 8, ViT 128-d×4), 1500 steps,
+                evaluators on one frame per clip (motion cannot be read from one frame).
   vit_b         released-code recipe: ViT-B/16 frames 224², mask 0.5, decoder
                 512-d×8, sin-cos position embeddings, projector 4096-4096-128,
                 loss 0.97·recon + 0.03·InfoNCE, AdamW (0.9, 0.95), base lr 1.5e-4,
@@ -31,7 +33,9 @@ Ablations: `--config.contrastive.pooling=max|gem|cls`,
 `--config.data.frame_pair_mode=continuous --config.data.frame_pair_gap=8`.
 """
 
-from mvm_jax.config import base_config
+from mvm_jax.config import base_config, sibling_config
+
+mae_st = sibling_config(__file__, 'mae_st')
 
 
 def _frames(c, size: int, patch: int):
@@ -59,9 +63,19 @@ def get_config(preset: str = 'tiny'):
     c.checkpoint_every_steps = 100
     c.image_every_steps = 150
     return c
+  if preset == 'small_data':
+    mae_st.small_data(c)  # source, loop and evaluator settings; then frames, not clips
+    _frames(c, 64, 8)
+    c.data.repeated_sampling = 1
+    c.contrastive.projector.update(hidden=256, out=64)
+    c.objectives = {'pixel_mse': 0.5, 'infonce': 0.5}
+    c.optim.clip_grad_norm = 1.0
+    c.total_steps, c.warmup_steps = 1500, 100
+    return c
   if preset not in ('vit_b', 'vit_b_paper', 'mae_simsiam', 'mae_vicreg'):
     raise ValueError(
-      f'configs/vic_mae.py: unknown preset {preset!r}; known: tiny, vit_b, vit_b_paper, mae_simsiam, mae_vicreg'
+      f'configs/vic_mae.py: unknown preset {preset!r}; known: tiny, small_data, vit_b, vit_b_paper, '
+      'mae_simsiam, mae_vicreg'
     )
   _frames(c, 224, 16)
   c.data.update(num_workers=8, repeated_sampling=1)

@@ -4,6 +4,8 @@ Presets (`--config configs/vimpac.py:<preset>`):
   tiny        CPU demo on the built-in clips: 4 frames of 64² → 4×8×8 tokens, 2 layers × 64.
   small       Table 10 'Small' (analysis model): 6 layers × 512, 8 heads, MLP 2048 (29.4M).
   base        Table 10 'Base': 12 × 768, 12 heads, MLP 3072 (119.7M).
+  small_data  the `tools.make_eval_set` clips (8 frames of 64² → 8×8×8 tokens of a VQ-VAE trained
+              by configs/vqvae.py:small_data into runs/eval_set_vqvae), 128-d×4, 1000 steps.
   large_half  Table 10 'Large-Half' (final model): 24 × 1024, 16 heads of dim 32, MLP 2048 (210.1M).
 Paper recipe (Table 11, pre-training): 5 frames at 128² (2 FPS, short side resized
 to 160 then the centre 128² as the official extraction, no flip) → 5×16×16 DALL-E tokens, K = 5 blocks (≈14.5% masked), AdamW (0.9, 0.98),
@@ -25,8 +27,10 @@ New sections (read by mvm_jax.models.factorized and mvm_jax.block_masking):
 import ml_collections
 
 from mvm_jax import block_masking
-from mvm_jax.config import base_config
+from mvm_jax.config import base_config, sibling_config
 from mvm_jax.models import tokenizer
+
+mae_st = sibling_config(__file__, 'mae_st')
 
 BACKBONES = {
   'small': dict(width=512, depth=6, num_heads=8, large_half=False),
@@ -115,6 +119,33 @@ def get_config(preset: str = 'tiny'):
     c.log_every_steps = 10
     c.checkpoint_every_steps = 100
     c.image_every_steps = 150
+  elif preset == 'small_data':
+    # Tokens on the fly from configs/vqvae.py:small_data trained first into runs/eval_set_vqvae;
+    # the clip and model sizes of mae_st:small_data (8 frames at stride 2 of 64² → 8×8×8 tokens).
+    c.data.update(
+      source='csv',
+      path='runs/eval_set/appearance/{split}.csv',
+      num_frames=8,
+      crop_size=64,
+      sampling_rate=2,
+      num_workers=2,
+      cache_decoded_videos=600,
+      target_fps=0.0,
+    )
+    c.vimpac.update(width=128, depth=4, num_heads=4, dropout=0.1, vocab_size=256)
+    c.tokenizer.update(kind='vqvae', workdir='runs/eval_set_vqvae')
+    c.masking.num_blocks = 4
+    c.masking.ratio = round(block_masking.expected_block_mask_ratio((8, 8, 8), 4), 4)
+    c.contrastive.projector.update(hidden=256, out=64)
+    c.batch_size = 16
+    c.total_steps, c.warmup_steps = 1000, 60
+    c.optim.base_lr = 1e-3 * 256 / 16
+    c.log_every_steps = 25
+    c.checkpoint_every_steps = 250
+    c.image_every_steps = 500
+    c.evaluators = mae_st.eval_set_evaluators(250)
   else:
-    raise ValueError(f'configs/vimpac.py: unknown preset {preset!r}; known: tiny, {", ".join(BACKBONES)}')
+    raise ValueError(
+      f'configs/vimpac.py: unknown preset {preset!r}; known: tiny, small_data, {", ".join(BACKBONES)}'
+    )
   return c

@@ -9,6 +9,8 @@ extract the tokens once with `python -m mvm_jax.tools.extract_tokens`.
 
 Presets (`--config configs/vqvae.py:<preset>`):
   tiny  CPU demo on the built-in clips: 64² frames → 8×8 codes of 256, a few minutes.
+  small_data  tiny's tokenizer on the frames of `tools.make_eval_set --out runs/eval_set`
+        (train split), 400 steps: the tokenizer step of `vimpac.py:small_data`.
   base  8192 codes of 256-d (DALL-E's vocabulary size), 128² frames → 16×16 codes;
         our recipe (not from the paper): AdamW 3e-4, batch 256 clips × 2 frames.
 
@@ -50,6 +52,23 @@ def get_config(preset: str = 'tiny'):
     c.log_every_steps = 10
     c.checkpoint_every_steps = 100
     c.image_every_steps = 150
+  elif preset == 'small_data':  # the tokenizer of vimpac.py:small_data: tiny's, on the eval set's frames
+    c.tokenizer.update(codebook_size=256, code_dim=32, widths=(16, 32, 64), num_res_blocks=1)
+    c.data.update(
+      source='csv',
+      path='runs/eval_set/appearance/{split}.csv',
+      crop_size=64,
+      num_frames=2,
+      sampling_rate=15,
+      num_workers=2,
+      cache_decoded_videos=600,
+    )
+    c.batch_size = 16
+    c.total_steps, c.warmup_steps = 400, 20
+    c.optim.base_lr = 2e-3 * 256 / 16
+    c.log_every_steps = 25
+    c.checkpoint_every_steps = 200
+    c.image_every_steps = 200
   else:
-    raise ValueError(f'configs/vqvae.py: unknown preset {preset!r}; known: tiny, base')
+    raise ValueError(f'configs/vqvae.py: unknown preset {preset!r}; known: tiny, small_data, base')
   return c
