@@ -97,16 +97,21 @@ SPLITS = ('train', 'test')
 OUTPUTS = ('videos', 'appearance', 'motion', 'clips.csv', 'info.json', 'preview.png')
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('out', None, 'Directory to write the evaluation set into.')
-flags.DEFINE_integer('num_train', 600, 'Train clips.')
-flags.DEFINE_integer('num_test', 240, 'Test clips.')
-flags.DEFINE_integer('seed', 0, 'Random seed: the clips are a deterministic function of the flags.')
-flags.DEFINE_integer('num_frames', 32, 'Frames per clip (32: a 16-frame sample with sampling_rate 2 fits).')
-flags.DEFINE_list('speeds', [str(s) for s in DEFAULT_SPEEDS], 'The two motion speeds, px per frame.')
-flags.DEFINE_integer('crf', CRF, 'H.264 constant rate factor (lower: better quality, bigger files).')
-flags.DEFINE_bool('overwrite', False, 'Replace an existing build under --out (only the files it writes).')
-flags.DEFINE_float('report_every_s', 2.0, 'Seconds between progress lines.')
-flags.mark_flag_as_required('out')
+
+
+def define_flags() -> None:
+  """The command line's flags; defined when run as a program, so that importing this module
+  next to other tools (pack_videos also has --overwrite) defines nothing."""
+  flags.DEFINE_string('out', None, 'Directory to write the evaluation set into.')
+  flags.DEFINE_integer('num_train', 600, 'Train clips.')
+  flags.DEFINE_integer('num_test', 240, 'Test clips.')
+  flags.DEFINE_integer('seed', 0, 'Random seed: the clips are a deterministic function of the flags.')
+  flags.DEFINE_integer('num_frames', 32, 'Frames per clip (32: a 16-frame sample with sampling_rate 2 fits).')
+  flags.DEFINE_list('speeds', [str(s) for s in DEFAULT_SPEEDS], 'The two motion speeds, px per frame.')
+  flags.DEFINE_integer('crf', CRF, 'H.264 constant rate factor (lower: better quality, bigger files).')
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing build under --out (only the files it writes).')
+  flags.DEFINE_float('report_every_s', 2.0, 'Seconds between progress lines.')
+  flags.mark_flag_as_required('out')
 
 
 def motion_class_names(num_speeds: int = 2) -> tuple[str, ...]:
@@ -876,4 +881,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
