@@ -85,20 +85,21 @@ def eval_set_evaluators(every_steps: int, eval_set: str = EVAL_SET) -> ml_collec
   )
 
 
+def eval_set_source(data, eval_set: str = EVAL_SET):
+  """`config.data` reads the train split of a `tools.make_eval_set` set (its labels unused),
+  all 600 videos decoded once per worker."""
+  data.update(
+    source='csv', path=f'{eval_set}/appearance/{{split}}.csv', num_workers=2, cache_decoded_videos=600
+  )
+
+
 def small_data(c, eval_set: str = EVAL_SET):
   """The `small_data` clip, model and loop settings shared by every method's preset: the
   train split of a `tools.make_eval_set` set (600 clips of 32 frames), 8 frames at stride 2
   (a 16-frame span, so two clips of one video can differ), 64² crops, patch 2×8×8 (256 tokens),
   ViT 128-d×4 with a 64-d×2 decoder, batch 16, lr 1e-3, evaluators every 250 steps."""
-  c.data.update(
-    source='csv',
-    path=f'{eval_set}/appearance/{{split}}.csv',  # the labels are not read by pre-training
-    num_frames=8,
-    sampling_rate=2,
-    crop_size=64,
-    num_workers=2,
-    cache_decoded_videos=600,
-  )
+  eval_set_source(c.data, eval_set)
+  c.data.update(num_frames=8, sampling_rate=2, crop_size=64)
   c.model.update(patch_size=8, pred_t_dim=4)
   c.model.encoder.update(width=128, depth=4, num_heads=4)
   c.model.decoder.update(width=64, depth=2, num_heads=4)

@@ -122,16 +122,8 @@ def get_config(preset: str = 'tiny'):
   elif preset == 'small_data':
     # Tokens on the fly from configs/vqvae.py:small_data trained first into runs/eval_set_vqvae;
     # the clip and model sizes of mae_st:small_data (8 frames at stride 2 of 64² → 8×8×8 tokens).
-    c.data.update(
-      source='csv',
-      path='runs/eval_set/appearance/{split}.csv',
-      num_frames=8,
-      crop_size=64,
-      sampling_rate=2,
-      num_workers=2,
-      cache_decoded_videos=600,
-      target_fps=0.0,
-    )
+    mae_st.eval_set_source(c.data)
+    c.data.update(num_frames=8, crop_size=64, sampling_rate=2, target_fps=0.0)
     c.vimpac.update(width=128, depth=4, num_heads=4, dropout=0.1, vocab_size=256)
     c.tokenizer.update(kind='vqvae', workdir='runs/eval_set_vqvae')
     c.masking.num_blocks = 4

@@ -20,8 +20,11 @@ Pictures: original frames above their reconstructions.
 
 import ml_collections
 
-from mvm_jax.config import base_config
+from mvm_jax.config import base_config, sibling_config
 from mvm_jax.models import tokenizer
+
+
+mae_st = sibling_config(__file__, 'mae_st')
 
 
 def get_config(preset: str = 'tiny'):
@@ -54,15 +57,8 @@ def get_config(preset: str = 'tiny'):
     c.image_every_steps = 150
   elif preset == 'small_data':  # the tokenizer of vimpac.py:small_data: tiny's, on the eval set's frames
     c.tokenizer.update(codebook_size=256, code_dim=32, widths=(16, 32, 64), num_res_blocks=1)
-    c.data.update(
-      source='csv',
-      path='runs/eval_set/appearance/{split}.csv',
-      crop_size=64,
-      num_frames=2,
-      sampling_rate=15,
-      num_workers=2,
-      cache_decoded_videos=600,
-    )
+    mae_st.eval_set_source(c.data)
+    c.data.update(crop_size=64, num_frames=2, sampling_rate=15)
     c.batch_size = 16
     c.total_steps, c.warmup_steps = 400, 20
     c.optim.base_lr = 2e-3 * 256 / 16
