@@ -9,8 +9,8 @@ run: its backbone's token outputs) are extracted once, cached in the workdir
 LayerNorm + linear classifier (mvm_jax/evaluate/attentive_probe.py).
 `init_from` works as in configs/linear_probe.py: a pre-training workdir (MAE
 family: mae_st, hpm, vic_mae, mae_hpm_infonce runs; or VIMPAC) gives
-`config.model` and the clip keys of `config.data`; '' = the random-init baseline
-of the preset's model shape.
+`config.model` and the clip keys of `config.data`; 'random:RUN' = the random-init
+baseline with RUN's settings, '' = with this preset's model shape.
 
 Presets (`--config configs/attentive_probe.py:<preset>`):
   tiny      the built-in clips on a CPU in minutes; model shape of mae_st:tiny
@@ -35,7 +35,8 @@ Keys of `config.attentive`:
                       n - 1 passes with the training augmentation (random crops).
   extract_batch_size  clips per token-extraction step (global).
   train_split, test_split
-                      splits of config.data.source to train on and to test on.
+                      splits of config.data.source to train on and to test on; '' = the
+                      source's, as in configs/linear_probe.py.
   token_dtype         'float16' (half the cache) or 'float32': how the tokens are cached.
   max_cache_gib       refuse (before building the encoder) a split whose tokens would
                       take more GiB than this: records × views × L × D × dtype bytes.
@@ -66,8 +67,8 @@ def get_config(preset: str = 'tiny'):
     attentive = dict(
       train_views=4,  # 20 train windows (2 or 4 per class): add 3 augmented passes
       extract_batch_size=8,
-      train_split='train_windows',
-      test_split='test_windows',
+      train_split='',  # the source's, as in configs/linear_probe.py
+      test_split='',
       token_dtype='float16',
       max_cache_gib=1.0,
       num_queries=1,

@@ -3,8 +3,9 @@
   python -m mvm_jax.finetune --config configs/finetune.py:tiny --config.init_from=<pre-training workdir> --workdir DIR
 
 `init_from` = a pre-training workdir: the model (and clip shape) come from
-that run's config.json, the encoder weights from its latest checkpoint; ''
-fine-tunes from a random initialisation (the baseline).
+that run's config.json, the encoder weights from its latest checkpoint;
+'random:RUN' fine-tunes from a random initialisation with RUN's model and clip
+settings (the baseline), '' from one of this preset's.
 
 Presets:
   tiny           built-in clips on a CPU, a few minutes: the built-in window splits
@@ -46,8 +47,10 @@ def finetune_section() -> ml_collections.ConfigDict:
       mask_ratio=0.0,  # > 0: drop this share of tokens at the start, cosine-decayed to 0 (Table 11: 0.5)
       eval_every_steps=1000,
       eval_batch_size=16,  # clips (views) per evaluation batch
-      train_split='train',  # splits of config.data.source to fine-tune on / to test on
-      test_split='test',
+      # Splits of config.data.source to fine-tune on / to test on; '' = the source's: builtin
+      # 'train_windows' / 'test_windows', else 'train' / 'test' ('val' without a 'test').
+      train_split='',
+      test_split='',
     )
   )
 
@@ -70,7 +73,6 @@ def get_config(preset: str = 'tiny'):
     c.total_steps, c.warmup_steps = 100, 10
     c.optim.base_lr = 1e-3 * 256 / 16
     c.finetune.update(drop_path=0.0, dropout=0.0, layer_decay=0.75, mixup_prob=0.5, eval_every_steps=50)
-    c.finetune.update(train_split='train_windows', test_split='test_windows')
     c.data.update(randaugment_ops=2, eval_temporal_views=2, eval_spatial_views=3)
     c.data.hflip = False  # a mirrored clip moves the other way: flips blur forward vs reversed
     c.checkpoint_every_steps = 50

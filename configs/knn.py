@@ -5,7 +5,8 @@
 
 Cosine similarity of L2-normalised features, votes weighted exp(sim / τ),
 τ = 0.07, k ∈ {10, 20, 100, 200} (clipped to the train-set size).
-`init_from` works as in configs/linear_probe.py ('' = random-init baseline).
+`init_from` works as in configs/linear_probe.py ('random:RUN' = the random-init baseline
+with RUN's model and clip settings).
 With the same --workdir as the linear probe, cached features are shared
 (when pool and train_views agree).
 
@@ -23,7 +24,8 @@ Keys of `config.knn`:
   train_views         passes over the train split for the memory bank (1 = centre crop).
   extract_batch_size  clips per feature-extraction step (global).
   train_split, test_split
-                      splits of config.data.source for the memory bank and the queries.
+                      splits of config.data.source for the memory bank and the queries;
+                      '' = the source's, as in configs/linear_probe.py.
   ks                  neighbour counts; report_k: the k of the summary and confusion PNG.
   temperature         τ.
 """
@@ -41,9 +43,8 @@ def get_config(preset: str = 'tiny'):
   if preset == 'tiny':
     c = _pretrain_config('tiny')
     c.data.hflip = False  # a mirrored clip moves the other way: flips blur forward vs reversed
-    knn = dict(
-      pool='mean', train_views=4, extract_batch_size=8, train_split='train_windows', test_split='test_windows'
-    )
+    # Splits '': the source's (builtin: 'train_windows' / 'test_windows').
+    knn = dict(pool='mean', train_views=4, extract_batch_size=8, train_split='', test_split='')
   elif preset == 'kinetics':
     c = _pretrain_config('vit_l')
     c.data.update(num_workers=8)

@@ -5,8 +5,10 @@
 
 `init_from` is a pre-training workdir: `config.model` and the clip keys of
 `config.data` (num_frames, crop_size, sampling_rate, mean, std) are taken from
-its config.json, the encoder from its latest checkpoint. `init_from=''` probes
-a randomly initialised encoder of the preset's model shape (the baseline).
+its config.json, the encoder from its latest checkpoint. The random-init
+baseline: `init_from='random:RUN'` probes a randomly initialised encoder with
+the model and clip keys of the run in RUN (compare like with like);
+`init_from=''` one of this preset's model and clip keys.
 The rest of `config.data` (source, workers), `config.mesh` and `config.seed`
 come from this file.
 
@@ -30,7 +32,10 @@ Keys of `config.probe`:
                       n - 1 passes with the training augmentation (random crops).
   extract_batch_size  clips per feature-extraction step (global).
   train_split, test_split
-                      splits of config.data.source to train on and to test on.
+                      splits of config.data.source to train on and to test on; '' = the
+                      source's: builtin 'train_windows' / 'test_windows'; csv (a
+                      '{split}' path), folder, tfds: 'train' / 'test' ('val' when
+                      there is no 'test'; mvm_jax/evaluate/features.py default_split).
   optimizer           'lars' or 'sgd' (with momentum); no weight decay.
   base_lr             lr = base_lr × batch / 256 (batch clipped to the train-set size).
   momentum, batch_size, epochs, warmup_epochs
@@ -53,8 +58,8 @@ def get_config(preset: str = 'tiny'):
       pool='mean',
       train_views=4,  # 20 train windows (2 or 4 per class): add 3 augmented passes
       extract_batch_size=8,
-      train_split='train_windows',
-      test_split='test_windows',
+      train_split='',  # the source's: builtin 'train_windows' / 'test_windows', else 'train' / 'test'
+      test_split='',
       optimizer='sgd',
       base_lr=0.8,  # lr 0.1 at batch 32
       momentum=0.9,

@@ -3,7 +3,7 @@
   python -m mvm_jax.attentive_probe --config configs/attentive_probe.py:tiny \
     --config.init_from=/tmp/mae_tiny --workdir /tmp/mae_tiny/attentive_probe
   python -m mvm_jax.attentive_probe --config configs/attentive_probe.py:tiny \
-    --config.init_from= --workdir /tmp/random_attentive   # random-init baseline
+    --config.init_from=random:/tmp/mae_tiny --workdir /tmp/random_attentive   # random init, that run's settings
 
 The model (and clip shape) come from the pre-training run in init_from.
 All patch tokens are cached in --workdir (tokens_{split}.npz) and reused by

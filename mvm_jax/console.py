@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from absl import logging
+import contextlib
+import os
+import sys
+from typing import Mapping, Optional
+
+from absl import app, flags, logging
+
+# jax.distributed.initialize() argument -> (environment variable, type). jax 0.10 reads only the first.
+DISTRIBUTED_ENV = {
+  'coordinator_address': ('JAX_COORDINATOR_ADDRESS', str),
+  'num_processes': ('JAX_NUM_PROCESSES', int),
+  'process_id': ('JAX_PROCESS_ID', int),
+}
 
 
 class _QuietLibraries:
@@ -31,3 +43,104 @@ def log_runtime() -> None:
     jax.process_index(),
     jax.process_count(),
   )
+
+
+def define_distributed_flags() -> None:
+  """--distributed and the three multi-host settings it reads (flag, else environment variable)."""
+  flags.DEFINE_bool(
+    'distributed',
+    False,
+    'Join a multi-host run with jax.distributed.initialize(): coordinator, process count and id from '
+    '--coordinator_address/--num_processes/--process_id, else JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/'
+    'JAX_PROCESS_ID, else detected (SLURM, Cloud TPU); see launch/README.md.',
+  )
+  flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (with --distributed).')
+  flags.DEFINE_integer('num_processes', None, 'How many processes join (with --distributed).', lower_bound=1)
+  flags.DEFINE_integer('process_id', None, "This process's index, 0 .. num_processes-1 (with --distributed).")
+
+
+def distributed_args(flag_values: Mapping[str, Optional[object]], environ: Mapping[str, str]) -> dict:
+  """The set ones of {'coordinator_address': str, 'num_processes': int, 'process_id': int}: a flag's
+  value, else its environment variable. Raises app.UsageError naming a variable that is not an integer."""
+  out = {}
+  for name, (var, kind) in DISTRIBUTED_ENV.items():
+    value = flag_values.get(name)
+    if value is None and environ.get(var, '').strip():
+      try:
+        value = kind(environ[var].strip())
+      except ValueError:
+        raise app.UsageError(f'{var}={environ[var]!r} is not an integer') from None
+    if value is not None:
+      out[name] = value
+  return out
+
+
+def initialize_distributed(flag_values=None, environ=None) -> None:
+  """Call jax.distributed.initialize() if --distributed (or one of its settings) is given.
+
+  Settings not given by a flag or variable are left to JAX's cluster detection
+  (SLURM, Cloud TPU, ...); if that finds none either, a one-line usage error
+  names what to set instead of JAX's bare 'Number of processes must be defined.'
+  """
+  import jax
+
+  fv = flags.FLAGS if flag_values is None else flag_values
+  values = {name: getattr(fv, name) for name in DISTRIBUTED_ENV}
+  if not fv.distributed and all(v is None for v in values.values()):
+    return
+  kwargs = distributed_args(values, os.environ if environ is None else environ)
+  try:
+    jax.distributed.initialize(**kwargs)
+  except ValueError as e:  # a missing or inconsistent setting
+    missing = [f'{var} (or --{name})' for name, (var, _) in DISTRIBUTED_ENV.items() if name not in kwargs]
+    if 'defined' in str(e) and missing:
+      raise app.UsageError(
+        f'--distributed: no cluster detected and not set: {", ".join(missing)}; see launch/README.md'
+      ) from None
+    raise app.UsageError(f'--distributed: {e}') from None
+
+
+def exit_now(message: str, code: int = 1) -> None:
+  """Print `message` to stderr and end the process at once, without waiting for other threads.
+
+  For a checkpoint write that failed: orbax's threads that wait for the rest of
+  that write never finish, so a normal exit (which joins them) would hang.
+  """
+  print(message, file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  logging.flush()
+  os._exit(code)
+
+
+@contextlib.contextmanager
+def run_errors_as_messages():
+  """Around an entry point's run: the errors a user can act on end the program with one line.
+
+  A data setting (list file, root, class names) is a usage error naming the key;
+  a checkpoint that does not read back or cannot be written, and a data worker
+  process that died, end with a message that says what happened and what to do.
+  Data workers' shared memory is released however the run ends.
+  """
+  from mvm_jax.data import pipeline
+  from mvm_jax.data.sources import SourceError
+  from mvm_jax.train import checkpointing
+
+  try:
+    yield
+  except SourceError as e:
+    raise app.UsageError(str(e)) from None
+  except checkpointing.CheckpointError as e:  # no checkpoint reads back: says which and why
+    raise SystemExit(f'error: {e}') from None
+  except checkpointing.CheckpointWriteError as e:  # orbax's threads of the failed write never end
+    pipeline.release_shared_memory()
+    exit_now(f'error: {e}')
+  except RuntimeError as e:
+    if 'Worker process was terminated' not in str(e):  # Grain: a data worker process died
+      raise
+    raise SystemExit(
+      f'error: a data worker process died ({e}); exit code -9 is a kill, often the out-of-memory '
+      'killer: lower data.num_workers, data.prefetch or data.cache_decoded_videos. The checkpoints are '
+      'intact: rerun the same command to resume.'
+    ) from None
+  finally:
+    pipeline.release_shared_memory()  # data workers' batches: nothing left at exit

@@ -3,7 +3,7 @@
   python -m mvm_jax.knn --config configs/knn.py:tiny \
     --config.init_from=/tmp/mae_tiny --workdir /tmp/mae_tiny/knn
   python -m mvm_jax.knn --config configs/knn.py:tiny \
-    --config.init_from= --workdir /tmp/random_knn          # random-init baseline
+    --config.init_from=random:/tmp/mae_tiny --workdir /tmp/random_knn   # random init, that run's settings
 
 The model (and clip shape) come from the pre-training run in init_from.
 Features are cached in --workdir and reused by a rerun (or by

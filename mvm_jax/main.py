@@ -19,11 +19,7 @@ config_flags.DEFINE_config_file(
   'config', None, 'Config file and preset, e.g. configs/mae_st.py:tiny.', lock_config=True
 )
 flags.DEFINE_string('workdir', None, 'Where checkpoints, TensorBoard events and pictures go.')
-flags.DEFINE_bool(
-  'distributed',
-  False,
-  'Call jax.distributed.initialize() (multi-host; coordinator from the environment, see launch/).',
-)
+console.define_distributed_flags()
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -31,10 +27,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   console.quiet_library_logs()
-  import jax  # after flag parsing, as Grain and jax.distributed expect
-
-  if flags.FLAGS.distributed:
-    jax.distributed.initialize()
+  console.initialize_distributed()  # imports jax after flag parsing, as Grain and jax.distributed expect
   from mvm_jax import config as config_lib
   from mvm_jax.train import loop
 
@@ -43,7 +36,8 @@ def main(argv):
   except config_lib.ConfigError as e:
     raise app.UsageError(str(e)) from None
   console.log_runtime()
-  result = loop.train_and_evaluate(flags.FLAGS.config, os.path.expanduser(flags.FLAGS.workdir))
+  with console.run_errors_as_messages():
+    result = loop.train_and_evaluate(flags.FLAGS.config, os.path.expanduser(flags.FLAGS.workdir))
   logging.info('Done at step %d. Outputs in %s', result['step'], flags.FLAGS.workdir)
 
 

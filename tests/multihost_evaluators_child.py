@@ -30,7 +30,7 @@ def main():
   from mvm_jax.train import loop
 
   c = micro_config()
-  c.total_steps = 4  # stopped at 2: the pictures of the last step do not work multi-host yet
+  c.total_steps = 4  # stopped at 2: the evaluation of a step mid-run
   c.mesh.shape = (-1, 1, 1)
   c.evaluators = mae_st.tiny_evaluators(every_steps=2)
   scalars = {}

@@ -367,13 +367,13 @@ def test_two_processes_evaluate_together_and_only_the_first_writes(tmp_path):
   the same metrics; only process 0 writes the history, floors and picture."""
   import subprocess
   import sys
-  import time
 
   import multihost_evaluators_child
-  from test_multihost import REPO, free_port
+  import processes
+  from test_multihost import REPO
 
   workdir = tmp_path / 'run'
-  port = free_port()
+  port = processes.free_port()
   env = dict(
     os.environ, XLA_FLAGS='--xla_backend_optimization_level=0', JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3'
   )
@@ -387,17 +387,7 @@ def test_two_processes_evaluate_together_and_only_the_first_writes(tmp_path):
   def tails():
     return '\n'.join(f'--- child {i}:\n{err.read_text()[-3000:]}' for i, (_, err) in enumerate(logs))
 
-  deadline = time.monotonic() + 600
-  try:
-    while any(p.poll() is None for p in procs):
-      if any(p.poll() not in (None, 0) for p in procs) or time.monotonic() > deadline:
-        pytest.fail(f'children: exit codes {[p.poll() for p in procs]}\n{tails()}')
-      time.sleep(0.5)
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
+  processes.wait_all(procs, tails, 600, 'children')
   results = []
   for out, _ in logs:
     lines = [line for line in out.read_text().splitlines() if line.startswith('RESULT ')]

@@ -365,3 +365,38 @@ def test_export_from_workdir_then_import_cli(video_mae, tmp_path, capsys):
     assert list(again) == list(state_dict)
     for key, value in again.items():
       np.testing.assert_array_equal(value, state_dict[key])
+
+
+def test_mae_st_vit_of_a_pretraining_run_notes_the_missing_head_and_num_classes_adds_one(
+  video_mae, tmp_path, capsys
+):
+  config, model, params, _, _ = video_mae
+  from mvm_jax.train import checkpointing
+
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  ckpt = checkpointing.Checkpointer(str(workdir / 'checkpoints'), keep=1, every_steps=1, asynchronous=False)
+  ckpt.save(2, {'step': np.int32(2), 'params': params}, {}, force=True)
+  ckpt.close()
+  m = config.model
+  patch = (m.t_patch_size, m.patch_size, m.patch_size)
+
+  bare = export_cli.export(str(workdir), 'mae_st_vit', str(tmp_path / 'vit.pth'))
+  assert 'note: no classifier head' in capsys.readouterr().out and 'head.weight' not in bare
+  grid = model.encoder.grid
+  ref = TorchMaeSt(m.encoder.width, m.encoder.depth, m.encoder.num_heads, patch, grid, num_classes=5)
+  with pytest.raises(RuntimeError, match='head.weight'):
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in bare.items()}, strict=True)
+
+  out = tmp_path / 'vit5.safetensors'
+  state_dict = export_cli.export(str(workdir), 'mae_st_vit', str(out), num_classes=5)
+  assert 'zero-initialised [5, 32] classifier' in capsys.readouterr().out
+  from safetensors.torch import load_file
+
+  ref.load_state_dict(load_file(str(out)), strict=True)
+  assert not ref.head.weight.any() and not ref.head.bias.any() and tuple(ref.head.weight.shape) == (5, 32)
+  for key, value in bare.items():
+    np.testing.assert_array_equal(state_dict[key], value)
+  with pytest.raises(ValueError, match='format mae_st_vit, not'):
+    export_cli.export(str(workdir), 'mae_st', str(tmp_path / 'x.pth'), num_classes=5)

@@ -10,12 +10,11 @@ train step. Here we check the shards against single-process loaders.
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
-import time
 
 import multihost_child
+import processes
 import numpy as np
 import pytest
 
@@ -27,15 +26,9 @@ TRAIN_STEPS = 2
 TIMEOUT_S = 300  # the CPU is shared; alone, the two processes take about 40 s
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def run_two_processes(tmp_path) -> list[dict]:
   """Starts both children, waits for both; kills both on a timeout or a failure."""
-  port = free_port()
+  port = processes.free_port()
   # One CPU device per process; lower LLVM optimization: compiles faster.
   env = dict(
     os.environ, XLA_FLAGS='--xla_backend_optimization_level=0', JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3'
@@ -55,20 +48,7 @@ def run_two_processes(tmp_path) -> list[dict]:
   def tails() -> str:
     return '\n'.join(f'--- child {i} stderr:\n{err.read_text()[-3000:]}' for i, (_, err) in enumerate(logs))
 
-  deadline = time.monotonic() + TIMEOUT_S
-  try:
-    while any(p.poll() is None for p in procs):
-      if any(p.poll() not in (None, 0) for p in procs):
-        pytest.fail(f'a child failed (exit codes {[p.poll() for p in procs]})\n{tails()}')
-      if time.monotonic() > deadline:
-        pytest.fail(f'children still running after {TIMEOUT_S} s\n{tails()}')
-      time.sleep(0.5)
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
-  assert [p.returncode for p in procs] == [0, 0], tails()
+  processes.wait_all(procs, tails, TIMEOUT_S, 'children')
   results = []
   for out, _ in logs:
     lines = [line for line in out.read_text().splitlines() if line.startswith('RESULT ')]

@@ -55,6 +55,7 @@ import numpy as np
 from mvm_jax.data import decode
 from mvm_jax.data import sampling
 from mvm_jax.data import sources
+from mvm_jax.data import transforms
 from mvm_jax.data.sampling import ClipSampler
 
 SOURCES = ('builtin', 'csv', 'folder', 'tfds', 'tokens')
@@ -133,6 +134,11 @@ def default_data_config() -> ml_collections.ConfigDict:
       # Stop with an error when more than this fraction of the (at least 8)
       # distinct records tried so far failed to decode; 1.0: never.
       max_bad_fraction=0.5,
+      # A video (record range) shorter than a clip's span, (num_frames - 1) x
+      # sampling_rate + 1 frames ('clip', 'clip_pair'): 'loop' the clip within it,
+      # 'pad' (from its first frame, repeat its last), or 'skip' it. Counted
+      # (data/short_videos) and logged once per run; each video at debug level.
+      short_videos='loop',
     )
   )
 
@@ -176,6 +182,8 @@ def validate_data_config(dc) -> None:
     _fail('std', f'must be positive, got {tuple(dc.std)}')
   if not 0 <= dc.max_bad_fraction <= 1:
     _fail('max_bad_fraction', f'must be in [0, 1], got {dc.max_bad_fraction!r}')
+  if dc.get('short_videos', 'loop') not in transforms.SHORT_VIDEOS:
+    _fail('short_videos', f'{dc.short_videos!r} is not one of {transforms.SHORT_VIDEOS}')
   if dc.decode_short_side < -1:
     _fail('decode_short_side', f'must be -1 (auto), 0 (native) or positive, got {dc.decode_short_side}')
   if not isinstance(dc.randaugment_ops, int) or dc.randaugment_ops < 0:
@@ -261,6 +269,7 @@ def make_sampler(data_config, *, train: bool) -> sampling.Sampler:
     randaugment_ops=dc.randaugment_ops,
     randaugment_magnitude=float(dc.randaugment_magnitude),
     randaugment_magnitude_std=float(dc.randaugment_magnitude_std),
+    short_videos=dc.get('short_videos', 'loop'),
   )
   views = {} if train else dict(temporal_views=dc.eval_temporal_views, spatial_views=dc.eval_spatial_views)
   if dc.sampling == 'clip':
@@ -308,6 +317,59 @@ class SkipLog:
     return f'SkipLog(count={self.count}, paths={sorted(self.paths)})'
 
 
+_SHORT_VIDEOS_LOGGED = False  # the once-per-run message (per process)
+_SHORT_VIDEO_EFFECT = {
+  'loop': 'loop within them',
+  'pad': 'start at their first frame and repeat their last',
+  'skip': 'are left out',
+}
+
+
+class ShortVideoLog:
+  """Counts the distinct videos shorter than the clip span (``data.short_videos``).
+
+  Main process, as :class:`SkipLog`. The first one of the run is logged as a
+  warning, once per process; every new one at debug level.
+
+  Attributes:
+    mode: ``data.short_videos``.
+    paths: short video -> its length (in clip positions).
+  """
+
+  def __init__(self, mode: str = 'loop'):
+    self._lock = threading.Lock()
+    self.mode = mode
+    self.paths: dict[str, int] = {}
+
+  @property
+  def count(self) -> int:
+    return len(self.paths)
+
+  def add(self, path: str, length: int, span: int) -> None:
+    global _SHORT_VIDEOS_LOGGED
+    with self._lock:
+      if path in self.paths:
+        return
+      self.paths[path] = length
+      first = not _SHORT_VIDEOS_LOGGED
+      _SHORT_VIDEOS_LOGGED = True
+    logging.debug('Short video (%d frames, clip span %d): %s', length, span, path)
+    if first:
+      logging.warning(
+        'Videos shorter than the clip span of %d frames ((num_frames - 1) x sampling_rate + 1), e.g. %s '
+        '(%d frames): their clips %s (data.short_videos=%r; loop, pad or skip). Counted as '
+        'data/short_videos; logged once per run, each video at debug level (--verbosity=1).',
+        span,
+        path,
+        length,
+        _SHORT_VIDEO_EFFECT[self.mode],
+        self.mode,
+      )
+
+  def __repr__(self) -> str:
+    return f'ShortVideoLog(mode={self.mode!r}, count={self.count})'
+
+
 @dataclasses.dataclass(frozen=True)
 class LoaderInfo:
   """What a caller needs to know about a loader.
@@ -321,6 +383,7 @@ class LoaderInfo:
     batch_size: host-local batch size b.
     global_batch_size: b * shard_count.
     skipped: records skipped for unreadable files, filled while iterating.
+    short: videos shorter than the clip span (data.short_videos), filled while iterating.
   """
 
   num_records: int
@@ -332,6 +395,7 @@ class LoaderInfo:
   batch_size: int
   global_batch_size: int
   skipped: SkipLog
+  short: ShortVideoLog = dataclasses.field(default_factory=ShortVideoLog)
 
 
 class _SampleRecord:
@@ -351,7 +415,16 @@ class _SampleRecord:
     index = int(index)
     record = self._source[index]
     try:
-      video = self._sampler(record, rng, cache=self._cache)
+      video, short = self._sampler.sample(record, rng, cache=self._cache)
+    except sampling.ShortVideoError as e:  # data.short_videos='skip': no sample
+      shape = (0, *self._sampler.sample_shape)
+      return {
+        'video': np.zeros(shape, np.float32),
+        'label': np.zeros((0,), np.int32),
+        'index': np.zeros((0,), np.int32),
+        'short': (e.path, e.length, e.span),
+        'record': index,
+      }
     except decode.VideoDecodeError as e:
       s = self._sampler
       return {
@@ -362,11 +435,14 @@ class _SampleRecord:
         'record': index,
       }
     k = video.shape[0]
-    return {
+    out = {
       'video': video,
       'label': np.full((k,), record.label, np.int32),
       'index': np.full((k,), index, np.int32),
     }
+    if short is not None:
+      out['short'] = (str(record.path), short, self._sampler.clip_span)
+    return out
 
 
 class BadDataError(RuntimeError):
@@ -386,9 +462,17 @@ class _Unstack(grain.experimental.FlatMapTransform):
   :class:`BadDataError`. Checked until every record was tried once.
   """
 
-  def __init__(self, max_fan_out: int, skipped: SkipLog, num_records: int, max_bad_fraction: float = 1.0):
+  def __init__(
+    self,
+    max_fan_out: int,
+    skipped: SkipLog,
+    num_records: int,
+    max_bad_fraction: float = 1.0,
+    short: ShortVideoLog | None = None,
+  ):
     self.max_fan_out = max_fan_out
     self._skipped = skipped
+    self._short = short if short is not None else ShortVideoLog()
     self._num_records = num_records
     self._consecutive_failures = 0
     self._max_bad_fraction = max_bad_fraction
@@ -417,6 +501,18 @@ class _Unstack(grain.experimental.FlatMapTransform):
       self._tried = None
 
   def flat_map(self, element):
+    if 'short' in element:
+      self._short.add(*element['short'])
+      if 'record' in element:  # left out (data.short_videos='skip'): tried, not bad
+        self._count_record(int(element['record']), None)
+        self._consecutive_failures += 1
+        if self._consecutive_failures > 2 * self._num_records:
+          raise RuntimeError(
+            f'{self._consecutive_failures} videos in a row were left out as shorter than the clip span '
+            f"(data.short_videos='skip'; the shard has {self._num_records} records), last: "
+            f'{element["short"][0]}; lower data.num_frames or data.sampling_rate, or use loop / pad'
+          )
+        return []
     if 'error' in element:
       self._skipped.add(*element['error'])
       self._count_record(int(element['record']), element['error'][1])
@@ -498,12 +594,12 @@ def make_loader(
     source = build_source(data_config, split)
   sampler = make_sampler(data_config, train=train)
   k = sampler.num_samples
-  skipped = SkipLog()
+  skipped, short = SkipLog(), ShortVideoLog(sampler.short_videos)
   ds, shard_records = grain_dataset(
     data_config,
     source,
     _SampleRecord(source, sampler, data_config.cache_decoded_videos),
-    lambda shard_records: _Unstack(k, skipped, shard_records, data_config.max_bad_fraction),
+    lambda shard_records: _Unstack(k, skipped, shard_records, data_config.max_bad_fraction, short),
     batch_size=batch_size,
     seed=seed,
     shard_index=shard_index,
@@ -520,8 +616,36 @@ def make_loader(
     batch_size=batch_size,
     global_batch_size=global_batch_size,
     skipped=skipped,
+    short=short,
   )
   return ds, info
+
+
+def release_shared_memory() -> None:
+  """Unlink now the shared memory of worker batches no longer in use.
+
+  Grain unlinks a batch's shared memory when its array is collected, in a
+  background thread; arrays caught in reference cycles, or deletions still
+  queued at exit, are left over (Python's resource tracker then warns of
+  "leaked shared_memory objects"). Call after closing the iterators, at the end
+  of a program: collects them and waits for the deletions; later ones are
+  synchronous until a new multi-worker iterator starts.
+  """
+  import gc
+
+  gc.collect()
+  try:
+    from grain._src.python.ipc import shared_memory_array
+
+    array = shared_memory_array.SharedMemoryArray
+    with array._lock:
+      pool = array._del_thread_pool
+      array._del_thread_pool = array._outstanding_del_requests = None
+  except (ImportError, AttributeError):  # another grain: its own clean-up applies
+    return
+  if pool is not None:
+    pool.close()
+    pool.join()
 
 
 def host_batch_size(global_batch_size: int, shard_count: int, seed: int) -> int:

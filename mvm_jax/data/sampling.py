@@ -34,6 +34,12 @@ limit is not applied.
 
 A record with ``reverse=True`` has each temporal view reversed in time after
 sampling.
+
+A video (its record's range) shorter than a clip's span ('clip', 'clip_pair':
+``(num_frames - 1) * sampling_rate + 1`` positions) is sampled as
+``short_videos`` says: 'loop' (the clip loops within it), 'pad' (from its
+first frame, its last frame repeated) or 'skip' (:meth:`Sampler.sample` raises
+:class:`ShortVideoError`; the loader leaves the record out).
 """
 
 from __future__ import annotations
@@ -45,6 +51,14 @@ import numpy as np
 from mvm_jax.data import decode
 from mvm_jax.data import transforms
 from mvm_jax.data.sources import VideoRecord
+
+
+class ShortVideoError(Exception):
+  """A video shorter than the clip span, with ``short_videos='skip'``: it gives no sample."""
+
+  def __init__(self, path: str, length: int, span: int):
+    super().__init__(f'{path}: {length} frames, shorter than the clip span of {span}')
+    self.path, self.length, self.span = path, length, span
 
 
 def read_frames(
@@ -86,6 +100,8 @@ class Sampler:
     randaugment_ops: RandAugment ops per view after the crop (training;
       0: off), at ``randaugment_magnitude`` (0 .. 10) with Gaussian noise of
       std ``randaugment_magnitude_std`` (:mod:`~mvm_jax.data.randaugment`).
+    short_videos: a video shorter than :attr:`clip_span`: 'loop', 'pad' or
+      'skip' (see the module doc).
   """
 
   crop_size: int
@@ -101,8 +117,14 @@ class Sampler:
   randaugment_ops: int = 0
   randaugment_magnitude: float = 9.0
   randaugment_magnitude_std: float = 0.5
+  short_videos: str = 'loop'
 
   # --- subclass interface ---
+
+  @property
+  def clip_span(self) -> int:
+    """Positions one clip spans (a shorter video loops, pads or is skipped); 0: no such rule."""
+    return 0
 
   @property
   def sample_shape(self) -> tuple[int, ...]:
@@ -187,7 +209,17 @@ class Sampler:
     *,
     cache: decode.VideoCache | None = None,
   ) -> np.ndarray:
-    """Samples the record.
+    """Samples the record: float32 [k, *sample_shape] (see :meth:`sample`)."""
+    return self.sample(record, rng, cache=cache)[0]
+
+  def sample(
+    self,
+    record: VideoRecord,
+    rng: np.random.Generator | None = None,
+    *,
+    cache: decode.VideoCache | None = None,
+  ) -> tuple[np.ndarray, int | None]:
+    """Samples the record; also says whether it is shorter than :attr:`clip_span`.
 
     Args:
       record: the video.
@@ -196,14 +228,19 @@ class Sampler:
         decodes the record's whole frame range once; same result as without.
 
     Returns:
-      float32 [k, *sample_shape].
+      (float32 [k, *sample_shape], the video's length in positions if it is shorter
+      than the clip span, else None).
 
     Raises:
       decode.VideoDecodeError: the file cannot be decoded.
+      ShortVideoError: a short video and ``short_videos='skip'``.
     """
     if self.train and rng is None:
       raise ValueError(f'{type(self).__name__}(train=True) needs an rng')
     timeline = self.timeline(record)
+    short = timeline.length if timeline.length < self.clip_span else None
+    if short is not None and self.short_videos == 'skip':
+      raise ShortVideoError(str(record.path), short, self.clip_span)
     indices = self.timeline_indices(timeline, rng)
     k, t = indices.shape[0], indices.shape[-1]
     frame_range = (timeline.start, timeline.stop)
@@ -220,7 +257,7 @@ class Sampler:
           clip = transforms.reverse_time(clip)
         n = self._spatial_views
         views[i, v * n : (v + 1) * n] = transforms.normalize(self._crops(clip, rng), self.mean, self.std)
-    return out
+    return out, short
 
   def _crops(self, clip: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
     """uint8 [T, H, W, 3] -> uint8 [spatial_views, T, S, S, 3]."""
@@ -298,10 +335,13 @@ class ClipSampler(_SingleClipSampler):
   num_frames: int
   sampling_rate: int
 
+  @property
+  def clip_span(self) -> int:
+    return (self.num_frames - 1) * self.sampling_rate + 1
+
   def _clip(self, length, rng, view, num_views):
-    return transforms.temporal_indices(
-      0, length, self.num_frames, self.sampling_rate, rng, view=view, num_views=num_views
-    )
+    n, rate, short = self.num_frames, self.sampling_rate, self.short_videos
+    return transforms.temporal_indices(0, length, n, rate, rng, view=view, num_views=num_views, short=short)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,13 +379,23 @@ class ClipPairSampler(Sampler):
     return (2, self.num_frames, self.crop_size, self.crop_size, 3)
 
   @property
+  def clip_span(self) -> int:
+    return (self.num_frames - 1) * self.sampling_rate + 1
+
+  @property
   def _needs_fps(self) -> bool:
     return self.target_fps > 0 or self.max_distance_s > 0
 
   def _positions(self, timeline, rng):
     max_distance = timeline.positions_in(self.max_distance_s) if self.max_distance_s > 0 else None
     return transforms.clip_pair_indices(
-      0, timeline.length, self.num_frames, self.sampling_rate, rng, max_distance=max_distance
+      0,
+      timeline.length,
+      self.num_frames,
+      self.sampling_rate,
+      rng,
+      max_distance=max_distance,
+      short=self.short_videos,
     )
 
 

@@ -29,6 +29,7 @@ import csv
 import dataclasses
 import functools
 import importlib.util
+import json
 import os
 import pathlib
 import re
@@ -277,12 +278,18 @@ def read_class_names(path: str) -> ClassNames:
   Either one name a line (line i, blank lines skipped, is label i), or every
   line ``<id> <name>`` / ``<id>,<name>`` (e.g. UCF101's ``classInd.txt``):
   labels then follow the ids in increasing order and list files refer to a
-  class by its id.
+  class by its id. A JSON file (``labels.json``: the text starts with ``[`` or
+  ``{``) is a list of names (label i is item i), or a map id → name
+  (``{"0": "zero", ...}``) or name → id (``{"zero": 0, ...}``), read like the
+  ``<id> <name>`` lines.
 
   Raises:
-    SourceError: missing, unreadable or empty file, or a repeated name.
+    SourceError: missing, unreadable or empty file, invalid JSON, or a repeated name or id.
   """
   lines = _read_lines(path, 'class_names_file', 'class names file')
+  text = '\n'.join(lines).strip()
+  if text.startswith(('[', '{')):
+    return _json_class_names(path, text)
   rows = [(n, line.strip()) for n, line in enumerate(lines, 1) if line.strip()]
   if not rows:
     raise SourceError('class_names_file', f'class names file {path!r} is empty')
@@ -302,6 +309,40 @@ def read_class_names(path: str) -> ClassNames:
       raise SourceError('class_names_file', f'{path}:{n}: class {name!r} repeats line {seen[name]}')
     seen[name] = n
   return ClassNames(names, label_of_id)
+
+
+def _json_class_names(path: str, text: str) -> ClassNames:
+  """A JSON list of names, or a map id → name / name → id (see :func:`read_class_names`)."""
+
+  def fail(why: str):
+    raise SourceError('class_names_file', f'{path!r}: {why}')
+
+  try:
+    data = json.loads(text)
+  except json.JSONDecodeError as e:
+    fail(f'invalid JSON ({e})')
+  if isinstance(data, list):
+    if not data or not all(isinstance(n, str) and n.strip() for n in data):
+      fail('a JSON list of class names needs non-empty strings')
+    pairs = list(enumerate(n.strip() for n in data))
+  elif isinstance(data, dict) and data:
+    ids_to_names = all(_INTEGER.fullmatch(k.strip()) and isinstance(v, str) for k, v in data.items())
+    if ids_to_names:
+      pairs = sorted((int(k), v.strip()) for k, v in data.items())
+    elif all(isinstance(v, int) and not isinstance(v, bool) for v in data.values()):
+      pairs = sorted((v, k.strip()) for k, v in data.items())
+    else:
+      fail('a JSON object maps class ids to names ({"0": "name", ...}) or names to ids ({"name": 0, ...})')
+  else:
+    fail('expected a JSON list of class names or an object of ids and names')
+  names = tuple(name for _, name in pairs)
+  ids = [class_id for class_id, _ in pairs]
+  if len(set(ids)) != len(ids):
+    fail('repeats a class id')
+  repeated = sorted({n for n in names if names.count(n) > 1})
+  if repeated:
+    fail(f'class {repeated[0]!r} appears twice')
+  return ClassNames(names, {class_id: i for i, class_id in enumerate(ids)})
 
 
 def _read_lines(path: str, key: str, what: str) -> list[str]:

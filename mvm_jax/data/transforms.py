@@ -18,7 +18,9 @@ views (multi-view testing).
   position. If ``L`` is shorter than the span, the clip *loops* inside the
   range (index ``start + (offset + i * rate) mod L``, with ``offset``
   uniform in ``[0, L)`` when training and ``L * view // num_views`` when
-  evaluating).
+  evaluating), or with ``short='pad'`` starts at the range's first frame
+  and repeats its last one (``start + min(i * rate, L - 1)``; see
+  ``config.data.short_videos``).
 - :func:`segment_indices` (SSv2 style): the range is cut into ``n`` equal
   integer segments ``[start + j * L // n, start + (j + 1) * L // n)``; one
   frame per segment, uniform in training, the segment centre in evaluation
@@ -133,9 +135,19 @@ def _num_offsets(length: int, span: int) -> tuple[int, bool]:
   return length, False
 
 
-def _clip_at(frame_start: int, length: int, offset: int, num_frames: int, sampling_rate: int) -> np.ndarray:
-  """int64 [num_frames]: the clip starting ``offset`` frames into the range (loops)."""
+# What a clip does in a range shorter than its span (config.data.short_videos); 'skip' is the
+# sampler's (the record gives no sample), the index rules loop for it.
+SHORT_VIDEOS = ('loop', 'pad', 'skip')
+
+
+def _clip_at(
+  frame_start: int, length: int, offset: int, num_frames: int, sampling_rate: int, pad: bool = False
+) -> np.ndarray:
+  """int64 [num_frames]: the clip starting ``offset`` frames into the range (loops; ``pad``:
+  repeats the range's last frame instead)."""
   steps = offset + sampling_rate * np.arange(num_frames, dtype=np.int64)
+  if pad:
+    return frame_start + np.minimum(steps, length - 1)
   return frame_start + steps % length
 
 
@@ -148,6 +160,7 @@ def temporal_indices(
   *,
   view: int = 0,
   num_views: int = 1,
+  short: str = 'loop',
 ) -> np.ndarray:
   """Frame indices of one clip inside ``[frame_start, frame_stop)``.
 
@@ -155,6 +168,7 @@ def temporal_indices(
     rng: random start when given (training); else deterministic (eval).
     view / num_views: (eval) clip ``view`` of ``num_views`` evenly spread
       clips; ``num_views=1``: the centred clip.
+    short: a range shorter than the span: 'loop' (default) or 'pad' (see module doc).
 
   Returns:
     int64 [num_frames], increasing unless the clip loops (see module doc).
@@ -162,6 +176,8 @@ def temporal_indices(
   length = _check_range(frame_start, frame_stop)
   span = _clip_span(num_frames, sampling_rate)
   count, fits = _num_offsets(length, span)
+  if not fits and short == 'pad':
+    return _clip_at(frame_start, length, 0, num_frames, sampling_rate, pad=True)
   if rng is not None:
     offset = rng.integers(0, count)
   elif fits:
@@ -232,6 +248,7 @@ def clip_pair_indices(
   rng: np.random.Generator | None = None,
   *,
   max_distance: int | None = None,
+  short: str = 'loop',
 ) -> np.ndarray:
   """Two clips of one range (VIMPAC), first frames <= ``max_distance`` apart.
 
@@ -239,12 +256,17 @@ def clip_pair_indices(
     max_distance: most frames between the two clips' first frames; None:
       unlimited (independent uniform starts).
     rng: random pair when given (training); else deterministic (eval).
+    short: a range shorter than a clip's span: 'loop' (default) or 'pad' (both clips
+      from the first frame, the last one repeated).
 
   Returns:
     int64 [2, num_frames].
   """
   length = _check_range(frame_start, frame_stop)
-  count, _ = _num_offsets(length, _clip_span(num_frames, sampling_rate))
+  count, fits = _num_offsets(length, _clip_span(num_frames, sampling_rate))
+  if not fits and short == 'pad':
+    clip = _clip_at(frame_start, length, 0, num_frames, sampling_rate, pad=True)
+    return np.stack([clip, clip])
   offsets = _offset_pair(count, max_distance, rng)
   return np.stack([_clip_at(frame_start, length, o, num_frames, sampling_rate) for o in offsets])
 

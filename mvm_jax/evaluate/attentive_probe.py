@@ -255,8 +255,8 @@ def validate(config) -> None:
   for key in ('train_views', 'extract_batch_size', 'num_queries', 'num_heads', 'batch_size', 'epochs'):
     if not isinstance(a[key], int) or a[key] < 1:
       raise ConfigError(f'config.{SECTION}.{key}: must be a positive integer, got {a[key]!r}')
-  for key in ('train_split', 'test_split'):
-    if not isinstance(a[key], str) or not a[key]:
+  for key in features_lib.SPLIT_KEYS:  # '' = the source's (features.default_split)
+    if not isinstance(a[key], str):
       raise ConfigError(f'config.{SECTION}.{key}: must name a split of config.data.source, got {a[key]!r}')
   if a.token_dtype not in features_lib.TOKEN_DTYPES:
     raise ConfigError(
@@ -329,6 +329,7 @@ def run(config, workdir: str) -> dict:
   Returns the results (as in results.json, plus 'summary': the one-line summary).
   """
   validate(config)
+  features_lib.resolve_splits(config, SECTION)
   a = config[SECTION]
   features_lib.check_batch_size(config, a.extract_batch_size, f'{SECTION}.extract_batch_size')
   check_encoder(config)

@@ -22,8 +22,7 @@ def main(argv, evaluator: str) -> None:
   import jax  # after flag parsing, as Grain and jax.distributed expect
 
   FLAGS = flags.FLAGS
-  if FLAGS.distributed:
-    jax.distributed.initialize()
+  console.initialize_distributed()
   from mvm_jax.config import ConfigError
 
   module = importlib.import_module(f'mvm_jax.evaluate.{evaluator}')
@@ -34,10 +33,11 @@ def main(argv, evaluator: str) -> None:
     raise app.UsageError(str(e)) from None
   console.log_runtime()
   logging.info('Config:\n%s', config)
-  try:
-    results = module.run(config, workdir)
-  except (ConfigError, FileNotFoundError) as e:
-    raise app.UsageError(str(e)) from None
+  with console.run_errors_as_messages():
+    try:
+      results = module.run(config, workdir)
+    except (ConfigError, FileNotFoundError) as e:  # one line naming the key or file
+      raise app.UsageError(str(e)) from None
   if jax.process_index() == 0:
     print(results['summary'], flush=True)
 
@@ -47,9 +47,5 @@ def define_flags(help_config: str) -> None:
 
   config_flags.DEFINE_config_file('config', None, help_config, lock_config=True)
   flags.DEFINE_string('workdir', None, 'Where features_{split}.npz, results.json and the confusion PNG go.')
-  flags.DEFINE_bool(
-    'distributed',
-    False,
-    'Call jax.distributed.initialize() (multi-host; coordinator from the environment, see launch/).',
-  )
+  console.define_distributed_flags()
   flags.mark_flags_as_required(['config', 'workdir'])

@@ -29,7 +29,8 @@ Keys of every section (:data:`COMMON`):
                       sampling_rate, mean, std: the run's). Pair sampling
                       (frame_pair, clip_pair) becomes 'clip' unless set here.
   train_split, test_split
-                      splits of that source: fit / memory bank on the first, score the second.
+                      splits of that source: fit / memory bank on the first, score the second
+                      ('' = the source's, see mvm_jax/evaluate/features.py default_split).
   train_views         passes over train_split (1 = centre crop; n > 1 adds n - 1
                       augmented passes).
   pool                'mean' (patch tokens, then the final LayerNorm) or 'cls'.
@@ -437,6 +438,8 @@ class Evaluator:
     self.config = copy.deepcopy(run_config)
     self.config.unlock()
     self.config.data = eval_data_config(run_config.data, section.data, f'evaluators.{name}')
+    for key, role in features_lib.SPLIT_KEYS.items():  # '' = the source's split
+      section[key] = section[key] or features_lib.default_split(self.config.data, role)
 
   @classmethod
   def check(cls, section, key: str) -> None:

@@ -87,15 +87,65 @@ TokenFeatures = Features
 
 def validate_section(section, name: str) -> None:
   """Check the feature keys of ``config.<name>``: pool, train_views,
-  extract_batch_size, train_split, test_split."""
+  extract_batch_size, train_split, test_split ('' = the source's, see :func:`default_split`)."""
   if section.pool not in POOLS:
     raise ConfigError(f'config.{name}.pool: {section.pool!r} is not one of {POOLS}')
   for key in ('train_views', 'extract_batch_size'):
     if not isinstance(section[key], int) or section[key] < 1:
       raise ConfigError(f'config.{name}.{key}: must be a positive integer, got {section[key]!r}')
-  for key in ('train_split', 'test_split'):
-    if not isinstance(section[key], str) or not section[key]:
+  for key in SPLIT_KEYS:
+    if not isinstance(section[key], str):
       raise ConfigError(f'config.{name}.{key}: must name a split of config.data.source, got {section[key]!r}')
+
+
+# An evaluation section's split keys and their roles; '' = the source's split for that role.
+SPLIT_KEYS = {'train_split': 'train', 'test_split': 'test'}
+
+
+def default_split(data_config, role: str) -> str:
+  """The split an empty split key means, for role 'train' or 'test', by ``data_config.source``:
+  builtin: 'train_windows' / 'test_windows' (its labelled evaluation splits); otherwise 'train',
+  and 'test', or 'val' when a csv list ``{split}`` path or a folder has 'val' but no 'test'."""
+  if data_config.source == 'builtin':
+    return f'{role}_windows'
+  if role == 'train':
+    return 'train'
+  path = os.path.expanduser(data_config.path)
+
+  def exists(split: str) -> bool:
+    if data_config.source == 'csv':
+      return '{split}' in path and os.path.isfile(path.replace('{split}', split))
+    return data_config.source == 'folder' and os.path.isdir(os.path.join(path, split))
+
+  return 'val' if exists('val') and not exists('test') else 'test'
+
+
+def resolve_splits(config, name: str) -> None:
+  """Fill the empty split keys of ``config.<name>`` (:data:`SPLIT_KEYS`) from the source
+  (:func:`default_split`) and check that each split opens, before anything compiles.
+
+  Raises:
+    ConfigError: one line naming the key, the split and why it does not open.
+  """
+  section, data = config[name], config.data
+  if data.source == 'csv' and '{split}' not in data.path:
+    logging.warning(
+      'config.data.path=%r has no {split}: every split (config.%s.train_split, test_split) reads this '
+      'one list, so the test clips are the train clips',
+      data.path,
+      name,
+    )
+  for key, role in SPLIT_KEYS.items():
+    split = section[key] or default_split(data, role)
+    if data.source != 'tokens':
+      try:
+        pipeline.build_source(data, split)
+      except (ValueError, FileNotFoundError) as e:  # sources.SourceError names the data key
+        how = '' if section[key] else f" (empty: the {data.source} source's {role} split)"
+        raise ConfigError(f'config.{name}.{key}={split!r}{how}: {e}') from None
+    if not section[key]:
+      logging.info("config.%s.%s: %r (the %s source's %s split).", name, key, split, data.source, role)
+    section[key] = split
 
 
 def check_batch_size(config, batch_size: int, key: str) -> None:

@@ -24,7 +24,7 @@ from absl import logging
 from mvm_jax import config as config_lib
 from mvm_jax import runs
 from mvm_jax.data import pipeline
-from mvm_jax.evaluate import frozen, mixup, report
+from mvm_jax.evaluate import features, frozen, mixup, report
 from mvm_jax.models import factorized
 from mvm_jax.models import mae as mae_lib
 from mvm_jax.train import loop, optimizer, partitioning
@@ -91,7 +91,7 @@ def make_finetune_step(model, tx, schedule, config, num_classes: int, total_step
       'loss': loss,
       'train/top1_vs_mixed_argmax': jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1)),
       'grad_norm': optax.tree.norm(grads),
-      'lr': schedule(state.step),
+      'lr': schedule(state.step),  # this update's lr of the peak group (head: layer-decay scale 1)
     }
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -123,7 +123,7 @@ def build_experiment(config, *, num_classes: int, samples_per_epoch: int, device
   state, shardings = state_lib.create_sharded_state(
     lambda r: {'params': init_params(r)}, tx, mesh, rng, frozen=frozen_variables
   )
-  if config.init_from:
+  if frozen.pretrained_run(config.init_from):  # not for '' or 'random:RUN' (random init)
     step, pretrained = runs.load_pretrained(config.init_from)
     weights = frozen._pick(pretrained[backbone], abstract[backbone], backbone)
     params = dict(state.params, **{backbone: jax.device_put(weights, shardings.params[backbone])})
@@ -189,43 +189,61 @@ def evaluate(exp: loop.Experiment, split: str | None = None) -> dict:
     return jax.nn.softmax(exp.model.apply({'params': params}, x))
 
   with partitioning.sharding_context(exp.mesh):
-    predict = jax.jit(probabilities)
-  scores, labels, index = [], [], []
+    predict = jax.jit(probabilities, out_shardings=exp.batch_sharding)
+  # Every process runs the same number of steps (padded; the shards may differ by a record),
+  # keeps the probabilities of its own rows, and all rows are gathered at the end.
+  from jax.experimental import multihost_utils
+
   local = batch_size // jax.process_count()
-  for host_batch in loader:
-    video = np.asarray(host_batch['video'])
-    views = 1
-    if video.ndim == 6:  # [b, V, T, H, W, C] multi-view
-      views = video.shape[1]
-      video = video.reshape((-1,) + video.shape[2:])
-    n = video.shape[0]
-    for start in range(0, n, local):
-      chunk = video[start : start + local]
-      valid = chunk.shape[0]
-      if valid < local:
-        chunk = np.concatenate([chunk, np.zeros((local - valid,) + chunk.shape[1:], chunk.dtype)])
-      global_chunk = jax.make_array_from_process_local_data(exp.batch_sharding, chunk)
-      probs = jax.experimental.multihost_utils.process_allgather(
-        predict(exp.state.params, exp.state.frozen, global_chunk), tiled=True
-      )
-      scores.append(np.asarray(probs)[:valid])
-    labels.append(np.repeat(np.asarray(host_batch['label']), views))
-    index.append(np.repeat(np.asarray(host_batch['index']), views))
-  video_scores, video_labels = report.aggregate_views(
-    np.concatenate(scores), np.concatenate(labels), np.concatenate(index)
-  )
+  steps = math.ceil(math.ceil(info.num_records / jax.process_count()) / local)
+  d = config.data
+  views = d.eval_temporal_views * d.eval_spatial_views
+  rows = local * views  # per step and process, padded
+  sample_shape = (d.num_frames, d.crop_size, d.crop_size, 3)  # until a batch shows it
+  scores, labels, index, valid = [], [], [], []
+  iterator = iter(loader)
+  try:
+    for _ in range(steps):
+      host_batch = next(iterator, None)
+      if host_batch is None:
+        host_batch = {'video': np.zeros((0, *sample_shape), np.float32), 'label': [], 'index': []}
+      video = np.asarray(host_batch['video'])
+      video = video.reshape((-1,) + video.shape[-4:])  # [b * V, T, H, W, C], views of a clip together
+      sample_shape, n = video.shape[1:], video.shape[0]
+      video = np.concatenate([video, np.zeros((rows - n, *sample_shape), video.dtype)])
+      for key, out in (('label', labels), ('index', index)):
+        out.append(np.pad(np.repeat(np.asarray(host_batch[key], np.int32), views), (0, rows - n)))
+      valid.append(np.arange(rows) < n)
+      for start in range(0, rows, local):
+        chunk = jax.make_array_from_process_local_data(exp.batch_sharding, video[start : start + local])
+        probs = predict(exp.state.params, exp.state.frozen, chunk)
+        probs = multihost_utils.global_array_to_host_local_array(probs, exp.mesh, exp.batch_sharding.spec)
+        scores.append(np.asarray(probs))  # [local, classes]: this process's rows
+  finally:
+    iterator.close()
+  gathered = multihost_utils.process_allgather(
+    {
+      'scores': np.concatenate(scores),
+      'label': np.concatenate(labels),
+      'index': np.concatenate(index),
+      'valid': np.concatenate(valid).astype(np.int32),
+    }
+  )  # [processes, steps * rows, ...]
+  keep = np.asarray(gathered['valid']).reshape(-1).astype(bool)
+  scores = np.asarray(gathered['scores']).reshape(keep.shape[0], -1)[keep]
+  labels, index = (np.asarray(gathered[k]).reshape(-1)[keep] for k in ('label', 'index'))
+  video_scores, video_labels = report.aggregate_views(scores, labels, index)
   metrics = report.classification_metrics(video_scores, video_labels, info.num_classes)
-  metrics['views_per_video'] = int(round(len(np.concatenate(index)) / max(1, len(video_labels))))
+  metrics['views_per_video'] = int(round(len(index) / max(1, len(video_labels))))
   metrics['class_names'] = list(info.class_names)
   return metrics
 
 
 def finetune_and_evaluate(config, workdir: str, *, stop_after_steps=None) -> dict:
   """Fine-tune per `config` (resumable), then test with multi-view; writes results.json + confusion PNG."""
-  import jax.experimental.multihost_utils  # noqa: F401  (used in evaluate)
-
   config = frozen.resolve_config(config)
   validate(config)
+  features.resolve_splits(config, 'finetune')
   loader, data_info = pipeline.make_loader(
     config.data,
     split=config.finetune.train_split,
@@ -240,12 +258,14 @@ def finetune_and_evaluate(config, workdir: str, *, stop_after_steps=None) -> dic
   )
   exp.data_info = data_info
 
-  def periodic_eval(step, batch):
+  def periodic_eval(step, batch):  # on every process: evaluate() is collective
     if step % config.finetune.eval_every_steps == 0 and step != exp.total_steps:
       m = evaluate(exp)
       logging.info('step %d: test top1 %.2f top5 %.2f', step, m['top1'], m['top5'])
+      return {'test/top1': m['top1'], 'test/top5': m['top5']}
+    return None
 
-  result = loop.fit(exp, loader, workdir, after_step=[periodic_eval], stop_after_steps=stop_after_steps)
+  result = loop.fit(exp, loader, workdir, hooks=[periodic_eval], stop_after_steps=stop_after_steps)
   if result['step'] < exp.total_steps:
     return result
   metrics = evaluate(exp)

@@ -7,6 +7,9 @@ everything else (data source and loader settings, mesh, seed, the evaluator's
 own section) comes from the evaluation config. With ``init_from=''`` the
 encoder is randomly initialised (seed ``config.seed``) in the shape that
 ``config.model`` gives: the baseline a pre-trained encoder should beat.
+With ``init_from='random:RUN'`` it is randomly initialised too, but with the
+model and clip keys of the pre-training run in RUN, as ``init_from=RUN``
+takes them: the baseline that compares like with like.
 """
 
 from __future__ import annotations
@@ -33,6 +36,18 @@ from mvm_jax.train import partitioning
 CLIP_KEYS = ('num_frames', 'crop_size', 'sampling_rate', 'mean', 'std')
 # Sections a VIMPAC run brings along (its backbone and the tokenizer that makes its input).
 VIMPAC_SECTIONS = ('vimpac', 'tokenizer', 'masking')
+# init_from='random:RUN': random init with the model and clip keys of the run in RUN.
+RANDOM_LIKE = 'random:'
+
+
+def settings_run(init_from: str) -> str:
+  """The run whose model and clip settings ``init_from`` takes ('' for none): RUN of 'RUN' or 'random:RUN'."""
+  return init_from[len(RANDOM_LIKE) :] if init_from.startswith(RANDOM_LIKE) else init_from
+
+
+def pretrained_run(init_from: str) -> str:
+  """The run whose weights ``init_from`` loads: '' for '' and for 'random:RUN'."""
+  return '' if init_from.startswith(RANDOM_LIKE) else init_from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +107,8 @@ class FrozenEncoder:
     param_shardings: the NamedSharding of each parameter.
     mesh: the device mesh from ``config.mesh``.
     step: the checkpoint's step; 0 for a random initialisation.
-    init_from: absolute path of the pre-training workdir; '' for random init.
+    init_from: absolute path of the pre-training workdir; '' for random init, 'random:RUN'
+      (RUN absolute) for random init with RUN's model and clip settings.
     description: what `describe` says instead, when set (e.g. the running
       pre-training's encoder, or the raw-pixel baseline).
   """
@@ -109,6 +125,8 @@ class FrozenEncoder:
   def describe(self) -> str:
     if self.description:
       return self.description
+    if self.init_from.startswith(RANDOM_LIKE):
+      return f'random init (seed {self.config.seed}) with the settings of {settings_run(self.init_from)}'
     if self.init_from:
       return f'init_from={self.init_from}, step {self.step}'
     return f"init_from='' (random init, seed {self.config.seed})"
@@ -125,17 +143,22 @@ def _flat(tree: dict, prefix: str = '') -> dict:
 
 
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A copy of ``config`` whose model and clip keys come from ``config.init_from``'s run.
+  """A copy of ``config`` whose model and clip keys come from ``config.init_from``'s run
+  (RUN of ``init_from='random:RUN'`` too); ``init_from`` made absolute.
 
   Raises:
     FileNotFoundError: ``init_from`` is not a workdir with a ``config.json``.
   """
   resolved = copy.deepcopy(config)
   resolved.unlock()
-  if not config.init_from:
+  run_dir = settings_run(config.init_from)
+  if not run_dir:
+    if config.init_from:
+      raise config_lib.ConfigError("config.init_from: 'random:' needs the run to copy: 'random:RUN'")
     return resolved
-  resolved.init_from = os.path.abspath(os.path.expanduser(config.init_from))
-  run = runs.load_config(resolved.init_from)
+  run_dir = os.path.abspath(os.path.expanduser(run_dir))
+  resolved.init_from = RANDOM_LIKE + run_dir if config.init_from.startswith(RANDOM_LIKE) else run_dir
+  run = runs.load_config(run_dir)
   resolved.model = run.model
   if run.model.name == 'vimpac':
     for key in VIMPAC_SECTIONS:
@@ -146,7 +169,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   theirs = _flat({'model': resolved.model.to_dict(), 'data': resolved.data.to_dict()})
   changed = [f'{k}={v!r}' for k, v in theirs.items() if k in ours and ours[k] != v]
   if changed:
-    logging.info('From %s/config.json (over this config): %s', resolved.init_from, ', '.join(changed))
+    logging.info('From %s/config.json (over this config): %s', run_dir, ', '.join(changed))
   return resolved
 
 
@@ -269,11 +292,12 @@ def load(config: ml_collections.ConfigDict, devices=None) -> FrozenEncoder:
   config_lib.validate(resolved, pretraining=False)
   mesh = partitioning.make_mesh(resolved.mesh, devices)
   t = template(resolved, mesh)
-  if resolved.init_from:
+  if pretrained_run(resolved.init_from):
     step, params = runs.load_pretrained(resolved.init_from)
     frozen = t.with_params(params, int(step), resolved.init_from)
   else:
     frozen = t.random_init(resolved.seed)
+    frozen.init_from = resolved.init_from  # '' or 'random:RUN'
   if t.fixed is None:
     logging.info('Frozen encoder: %s; mesh %s.', frozen.describe(), dict(mesh.shape))
   else:

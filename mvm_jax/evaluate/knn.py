@@ -101,6 +101,7 @@ def run(config, workdir: str) -> dict:
   Returns the results (as in results.json, plus 'summary': the one-line summary).
   """
   validate(config)
+  features_lib.resolve_splits(config, 'knn')
   c = config.knn
   features_lib.check_batch_size(config, c.extract_batch_size, 'knn.extract_batch_size')
   frozen = frozen_lib.load(config)

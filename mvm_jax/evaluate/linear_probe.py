@@ -154,6 +154,7 @@ def run(config, workdir: str) -> dict:
   Returns the results (as in results.json, plus 'summary': the one-line summary).
   """
   validate(config)
+  features_lib.resolve_splits(config, 'probe')
   p = config.probe
   features_lib.check_batch_size(config, p.extract_batch_size, 'probe.extract_batch_size')
   frozen = frozen_lib.load(config)

@@ -42,10 +42,10 @@ Layout under ``--out``::
 Read a label family with the ``csv`` source, e.g. for the linear probe::
 
   --config.data.source=csv --config.data.path=DIR/motion/{split}.csv
-  --config.data.class_names_file=DIR/motion/class_names.txt
-  --config.probe.train_split=train --config.probe.test_split=test --config.data.hflip=False
+  --config.data.class_names_file=DIR/motion/class_names.txt --config.data.hflip=False
 
-(``hflip=False``: a mirrored clip moves the other way.) The pixels are a
+(the probe reads the source's 'train' and 'test' splits; ``hflip=False``: a
+mirrored clip moves the other way.) The pixels are a
 deterministic function of the flags (same seed, same clips before encoding).
 Rerunning into a complete build with the same flags only says so; a build
 with other flags or an unfinished one needs ``--overwrite``.
@@ -852,7 +852,7 @@ def build(
     log(
       f'{family}: --config.data.source=csv --config.data.path={out}/{family}/{{split}}.csv '
       f'--config.data.class_names_file={out}/{family}/class_names.txt '
-      '(splits train / test, e.g. --config.probe.train_split=train --config.probe.test_split=test)'
+      '(splits train / test: the probe, k-NN and fine-tune defaults)'
     )
   return info
 

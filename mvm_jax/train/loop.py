@@ -174,29 +174,51 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def _first_samples(exp: Experiment, x, n: int, batch_ndim: int):
+  """The first `n` samples of the global batch array `x` (rank `batch_ndim`, or one more for
+  [B, V, ...] view pairs: their first view), replicated on every device so that every process
+  can read them (a collective: call on all)."""
+
+  def take(x):
+    return (x[:, 0] if x.ndim == batch_ndim + 1 else x)[:n]
+
+  with partitioning.sharding_context(exp.mesh):
+    return jax.jit(take, out_shardings=partitioning.replicated(exp.mesh))(x)
+
+
+def _replicated_jit(exp: Experiment, fn):
+  """jit `fn` with replicated outputs: the picture forwards, read back on every process."""
+  return jax.jit(fn, out_shardings=partitioning.replicated(exp.mesh))
+
+
 def _write_images(exp: Experiment, workdir: str, step: int, batch: dict):
   """Reconstructions of the first samples of `batch` (first view of pairs) with
   a fixed random mask, or for HPM the teacher's mask at this step, beside
-  the teacher's predicted-loss heat map."""
+  the teacher's predicted-loss heat map.
+
+  Runs on every process (the global batch and the state may span all hosts);
+  only the chief writes the PNGs. Returns their paths on the chief, None elsewhere."""
   c = exp.config
   if c.model.name == 'vimpac':
     return _write_token_images(exp, workdir, step, batch)
-  video = jax.device_get(batch['video'])
-  if video.ndim == 6:
-    video = video[:, 0]
-  n = min(c.num_image_samples, video.shape[0])
-  video = video[:n]
+  n = min(c.num_image_samples, batch['video'].shape[0])
+  video = _first_samples(exp, batch['video'], n, batch_ndim=5)  # [n, T, H, W, C]
   rng = jax.random.PRNGKey(c.seed + 1)
-  model = exp.model
+  model, s = exp.model, exp.state
+  is_chief = jax.process_index() == 0
   if c.model.name == 'vqvae':
-    variables = {'params': exp.state.params, **exp.state.model_state}
     with partitioning.sharding_context(exp.mesh):
-      recon = jax.device_get(jax.jit(lambda v, x: model.apply(v, x)['recon'])(variables, video))
+      recon = _replicated_jit(exp, lambda p, ms, x: model.apply({'params': p, **ms}, x)['recon'])(
+        s.params, s.model_state, video
+      )
+    video, recon = jax.device_get((video, recon))
+    if not is_chief:
+      return None
     return visualize.write_frame_reconstructions(
       os.path.join(workdir, 'images'), step, video, recon, c.data.mean, c.data.std
     )
 
-  def forward(params, teacher, video):
+  def forward(params, model_state, teacher, video):
     predicted, hard = None, None
     if mask_policy.uses_teacher(c):
       masks = mask_policy.teacher_masks(
@@ -205,12 +227,15 @@ def _write_images(exp: Experiment, workdir: str, step: int, batch: dict):
       mask, hard, _, predicted = masks(rng, step, video, teacher)
     else:
       mask = exp.masker(rng, video.shape[0])
-    variables = {'params': params, **exp.state.model_state}
-    outputs = model.apply(variables, video, mask)
+    outputs = model.apply({'params': params, **model_state}, video, mask)
     return {k: outputs[k] for k in ('pred', 'target', 'mask')}, predicted, hard
 
   with partitioning.sharding_context(exp.mesh):
-    outputs, predicted, hard = jax.device_get(jax.jit(forward)(exp.state.params, exp.state.teacher, video))
+    outputs, predicted, hard = jax.device_get(
+      _replicated_jit(exp, forward)(s.params, s.model_state, s.teacher, video)
+    )
+  if not is_chief:
+    return None
   return visualize.write_reconstructions(
     os.path.join(workdir, 'images'),
     step,
@@ -230,13 +255,10 @@ def _write_images(exp: Experiment, workdir: str, step: int, batch: dict):
 def _write_token_images(exp: Experiment, workdir: str, step: int, batch: dict):
   """VIMPAC: for the first samples (first view), the code map, the masked input
   and the predicted codes with right/wrong marks (and the frames when the step
-  tokenizes pixels), with a fixed block mask."""
+  tokenizes pixels), with a fixed block mask. On every process; the chief writes."""
   c, inputs = exp.config, exp.inputs
-  x = jax.device_get(batch[inputs.key])
-  if x.ndim == inputs.sample_ndim + 1:
-    x = x[:, 0]
-  n = min(c.num_image_samples, x.shape[0])
-  x = x[:n]
+  n = min(c.num_image_samples, batch[inputs.key].shape[0])
+  x = _first_samples(exp, batch[inputs.key], n, batch_ndim=inputs.sample_ndim)
   rng = jax.random.PRNGKey(c.seed + 1)
   pad_id = exp.model.model.backbone.special_tokens.pad_id
 
@@ -248,17 +270,30 @@ def _write_token_images(exp: Experiment, workdir: str, step: int, batch: dict):
 
   s = exp.state
   with partitioning.sharding_context(exp.mesh):
-    tokens, mask, predicted = jax.device_get(jax.jit(forward)(s.params, s.model_state, s.frozen, x))
+    tokens, mask, predicted = jax.device_get(
+      _replicated_jit(exp, forward)(s.params, s.model_state, s.frozen, x)
+    )
+  if jax.process_index() != 0:
+    return None
   frames = None
   if inputs.preprocess is not None:
-    frames = visualize.denormalize(x, c.data.mean, c.data.std)
+    frames = visualize.denormalize(jax.device_get(x), c.data.mean, c.data.std)
   return visualize.write_token_predictions(
     os.path.join(workdir, 'images'), step, tokens, mask, predicted, c.vimpac.vocab_size, frames
   )
 
 
+# Metrics logged as their value at the log step, not the mean over the window since the last log.
+LAST_VALUE_METRICS = ('lr',)
+
+
 def _mean_metrics(history: list[dict]) -> dict:
-  return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+  """The mean of each metric over the steps since the last log; 'lr' is the logged step's (the lr
+  its update used: schedule(step - 1); with layer decay, the peak group's, the head's)."""
+  return {
+    k: float(history[-1][k]) if k in LAST_VALUE_METRICS else float(np.mean([h[k] for h in history]))
+    for k in history[0]
+  }
 
 
 def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] = None) -> dict:
@@ -285,9 +320,11 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
     if step % config.image_every_steps == 0 or step == exp.total_steps:
       _write_images(exp, workdir, step, batch)
 
+  hooks = [images]
   suite = evaluators_lib.build(config, workdir, exp.mesh, exp.total_steps)  # None without config.evaluators
-  evaluate = [] if suite is None else [lambda step: suite(step, exp.state.params)]
-  return fit(exp, loader, workdir, after_step=[images], evaluate=evaluate, stop_after_steps=stop_after_steps)
+  if suite is not None:
+    hooks.append(lambda step, batch: suite(step, exp.state.params))
+  return fit(exp, loader, workdir, hooks=hooks, stop_after_steps=stop_after_steps)
 
 
 def fit(
@@ -295,8 +332,7 @@ def fit(
   loader,
   workdir: str,
   *,
-  after_step: Sequence[Callable[[int, dict], None]] = (),
-  evaluate: Sequence[Callable[[int], Optional[dict]]] = (),
+  hooks: Sequence[Callable[[int, dict], Optional[dict]]] = (),
   stop_after_steps: Optional[int] = None,
 ) -> dict:
   """The training loop shared by pre-training and fine-tuning.
@@ -304,11 +340,11 @@ def fit(
   Resumes from the latest checkpoint in `workdir/checkpoints` (state and data
   iterator position), runs `exp.train_step` to `exp.total_steps`, logs
   metrics with progress/ETA/MFU, saves checkpoints (and on SIGTERM), stops on
-  a non-finite loss keeping the last good checkpoint. `after_step` callbacks
-  get (step, global batch) on the chief process after each step (pictures,
-  evaluation); they read `exp.state`. `evaluate` hooks get (step) on every
-  process after each step (collective work, e.g. the evaluators' feature
-  extraction) and return scalars for the run's metric writer at that step, or
+  a non-finite loss keeping the last good checkpoint. `hooks` get (step,
+  global batch of that step) on every process after each step and read
+  `exp.state` (pictures, periodic evaluation: work on global arrays and
+  collectives, so every process must enter them; only the chief writes
+  files). They return scalars for the run's metric writer at that step, or
   None; their wall time is left out of the step time.
   """
   config, data_info = exp.config, exp.data_info
@@ -335,11 +371,33 @@ def fit(
     asynchronous=config.async_checkpointing,
   )
   data_iter = iter(loader)
+  try:
+    return _resume_and_train(exp, workdir, ckpt, writer, data_iter, hooks, stop_after_steps)
+  except BaseException:
+    _close_quietly(ckpt, writer)  # a checkpoint in flight is finished (or named as failed)
+    raise
+  finally:
+    if hasattr(data_iter, 'close'):
+      data_iter.close()  # stops data workers and releases their shared memory
+
+
+def _close_quietly(ckpt, writer) -> None:
+  """Close after an error without hiding it: a failure here is logged."""
+  for close in (ckpt.close, writer.close):
+    try:
+      close()
+    except Exception as e:  # noqa: BLE001
+      logging.error('While stopping: %s', e)
+
+
+def _resume_and_train(exp, workdir, ckpt, writer, data_iter, hooks, stop_after_steps) -> dict:
+  """`fit` after setup: resume from the newest readable checkpoint, train, close `ckpt` and `writer`."""
+  config, data_info = exp.config, exp.data_info
   state = exp.state
-  latest = ckpt.latest_step()
-  if latest is not None:
-    abstract = state_lib.abstract_with_shardings(state.without_frozen(), exp.state_shardings.without_frozen())
-    restored, data_state = ckpt.restore(latest, abstract)
+  abstract = state_lib.abstract_with_shardings(state.without_frozen(), exp.state_shardings.without_frozen())
+  found = ckpt.restore_latest(abstract)  # the newest that reads back; CheckpointError if none does
+  if found is not None:
+    latest, restored, data_state = found
     state = restored.replace(frozen=state.frozen)
     data_iter.set_state(data_state)
     logging.info('Resumed from checkpoint at step %d.', latest)
@@ -400,6 +458,8 @@ def fit(
             'data/skipped_videos': float(data_info.skipped.count),
           }
         )
+        if getattr(data_info, 'short', None) is not None:
+          scalars['data/short_videos'] = float(data_info.short.count)
         if peak:
           scalars['perf/mfu'] = step_flops / seconds_per_step / peak
         writer.write_scalars(step, scalars)
@@ -409,14 +469,11 @@ def fit(
       stop = preemption.requested or (stop_after_steps is not None and step - start_step >= stop_after_steps)
       ckpt.save(step, state.without_frozen(), data_state, force=stop or step == exp.total_steps)
       hooks_start = time.perf_counter()
-      for hook in evaluate:
-        scalars = hook(step)
+      for hook in hooks:
+        scalars = hook(step, batch)
         if scalars:
           writer.write_scalars(step, scalars)
       last_log_time += time.perf_counter() - hooks_start
-      if is_chief:
-        for callback in after_step:
-          callback(step, batch)
       if stop:
         logging.info('Stopping at step %d (checkpoint saved).', step)
         break
