@@ -54,6 +54,7 @@ Keys of `config.attentive`:
 import ml_collections
 
 from mvm_jax.config import sibling_config
+from mvm_jax.evaluate.attentive_probe import HEAD_DEFAULTS
 
 
 def _pretrain_config(preset: str):
@@ -65,20 +66,12 @@ def get_config(preset: str = 'tiny'):
     c = _pretrain_config('tiny')
     c.data.hflip = False  # a mirrored clip moves the other way: flips blur forward vs reversed
     attentive = dict(
+      HEAD_DEFAULTS,  # token_dtype float16, 1 query, 4 heads, no MLP, lr 1e-3 at batch 16, 50 epochs
       train_views=4,  # 20 train windows (2 or 4 per class): add 3 augmented passes
       extract_batch_size=8,
       train_split='',  # the source's, as in configs/linear_probe.py
       test_split='',
-      token_dtype='float16',
       max_cache_gib=1.0,
-      num_queries=1,
-      num_heads=4,
-      mlp_ratio=0.0,
-      base_lr=1.6e-2,  # lr 1e-3 at batch 16
-      weight_decay=0.05,
-      batch_size=16,
-      epochs=50,
-      warmup_epochs=5,
     )
   elif preset == 'kinetics':
     c = _pretrain_config('vit_l')

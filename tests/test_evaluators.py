@@ -153,6 +153,9 @@ _KNN = dict(kind='knn', every_steps=2, train_split='train_windows', test_split='
     (dict(_KNN, kind='linear_probe', l2_grid=()), 'config.evaluators.e.l2_grid'),
     (dict(_KNN, kind='linear_probe', holdout_fraction=1.0), 'config.evaluators.e.holdout_fraction'),
     (dict(_KNN, kind='feature_stats', split='val'), 'config.evaluators.e.split'),
+    (dict(_KNN, kind='attentive_probe', num_heads=0), 'config.evaluators.e.num_heads'),
+    (dict(_KNN, kind='attentive_probe', token_dtype='int8'), 'config.evaluators.e.token_dtype'),
+    (dict(_KNN, kind='attentive_probe', warmup_epochs=50), 'config.evaluators.e.warmup_epochs'),
   ],
 )
 def test_invalid_sections_fail_validation_naming_the_key(section, key):
@@ -329,6 +332,40 @@ def test_pretraining_runs_evaluators_writes_outputs_and_resumes_without_new_base
     assert curves[tag][0] == [3, 4], tag
   assert curves['eval/knn/top1_random_init'][1] == [baselines['knn']['random_init']['top1']] * 2
   assert curves['eval/linear_probe/top1'][1] == [h['metrics']['linear_probe/top1'] for h in history]
+
+
+@pytest.mark.slow
+def test_the_attentive_probe_evaluator_trains_on_the_tokens_of_each_encoder(tmp_path, monkeypatch):
+  """The run's, the random-init and the raw-pixel encoders' patch tokens [N, L, D] go to the
+  attentive probe's fit_and_score; its top-1 is what the evaluator reports."""
+  from mvm_jax.evaluate import attentive_probe
+  from mvm_jax.train import loop
+
+  c = micro_config()
+  c.total_steps = 2
+  common = dict(_KNN, data=dict(source='builtin', num_workers=0, hflip=False), extract_batch_size=8)
+  c.evaluators = ml_collections.ConfigDict(
+    {'att': dict(common, kind='attentive_probe', epochs=3, warmup_epochs=1)}
+  )
+  seen = []
+  fit = attentive_probe.fit_and_score
+
+  def recording(train, test, section, seed=0):
+    result = fit(train, test, section, seed)
+    seen.append((train.features.shape, test.features.shape, train.features.dtype, result['top1']))
+    return result
+
+  monkeypatch.setattr(attentive_probe, 'fit_and_score', recording)
+  loop.train_and_evaluate(c, str(tmp_path))
+  # 4×32² clips, patch 2×8×8: L = 2·4·4 = 32 tokens; width 32 (ViT), 2·8·8·3 = 384 (pixels).
+  shapes = sorted((train, test) for train, test, _, _ in seen)
+  assert shapes == sorted([((20, 32, 32), (20, 32, 32))] * 2 + [((20, 32, 384), (20, 32, 384))])
+  assert {dtype for _, _, dtype, _ in seen} == {np.dtype('float16')}
+  with open(tmp_path / 'evaluators' / 'baselines.json') as f:
+    baselines = json.load(f)['att']
+  history = ev.read_history(str(tmp_path / 'evaluators' / 'history.jsonl'))
+  reported = sorted([history[-1]['metrics']['att/top1'], *(baselines[b]['top1'] for b in ev.BASELINES)])
+  assert reported == sorted(top1 for *_, top1 in seen)
 
 
 @pytest.mark.slow

@@ -247,31 +247,55 @@ def fit_and_score(train: TokenFeatures, test: TokenFeatures, section, seed: int 
   }
 
 
+# The head's and its training's keys, with the defaults of the periodic evaluator
+# (mvm_jax/evaluate/evaluators.py 'attentive_probe'; configs/attentive_probe.py:tiny).
+HEAD_DEFAULTS = dict(
+  token_dtype='float16',
+  num_queries=1,
+  num_heads=4,
+  mlp_ratio=0.0,
+  base_lr=1.6e-2,  # lr 1e-3 at batch 16
+  weight_decay=0.05,
+  batch_size=16,
+  epochs=50,
+  warmup_epochs=5,
+)
+
+
+def validate_head(section, name: str) -> None:
+  """Raise ConfigError naming ``config.<name>.<key>`` for an invalid key of :data:`HEAD_DEFAULTS`."""
+  for key in ('num_queries', 'num_heads', 'batch_size', 'epochs'):
+    if isinstance(section[key], bool) or not isinstance(section[key], int) or section[key] < 1:
+      raise ConfigError(f'config.{name}.{key}: must be a positive integer, got {section[key]!r}')
+  if section.token_dtype not in features_lib.TOKEN_DTYPES:
+    raise ConfigError(
+      f'config.{name}.token_dtype: {section.token_dtype!r} is not one of {features_lib.TOKEN_DTYPES}'
+    )
+  if not section.base_lr > 0:
+    raise ConfigError(f'config.{name}.base_lr: must be positive, got {section.base_lr!r}')
+  for key in ('weight_decay', 'mlp_ratio'):
+    if not section[key] >= 0:
+      raise ConfigError(f'config.{name}.{key}: must be >= 0, got {section[key]!r}')
+  if not isinstance(section.warmup_epochs, int) or not 0 <= section.warmup_epochs < section.epochs:
+    raise ConfigError(
+      f'config.{name}.warmup_epochs: {section.warmup_epochs!r} is outside [0, {name}.epochs={section.epochs})'
+    )
+
+
 def validate(config) -> None:
   """Raise ConfigError naming the key of an invalid ``config.attentive`` value."""
   if SECTION not in config:
     raise ConfigError(f'config.{SECTION}: missing (see configs/attentive_probe.py)')
   a = config[SECTION]
-  for key in ('train_views', 'extract_batch_size', 'num_queries', 'num_heads', 'batch_size', 'epochs'):
+  validate_head(a, SECTION)
+  for key in ('train_views', 'extract_batch_size'):
     if not isinstance(a[key], int) or a[key] < 1:
       raise ConfigError(f'config.{SECTION}.{key}: must be a positive integer, got {a[key]!r}')
   for key in features_lib.SPLIT_KEYS:  # '' = the source's (features.default_split)
     if not isinstance(a[key], str):
       raise ConfigError(f'config.{SECTION}.{key}: must name a split of config.data.source, got {a[key]!r}')
-  if a.token_dtype not in features_lib.TOKEN_DTYPES:
-    raise ConfigError(
-      f'config.{SECTION}.token_dtype: {a.token_dtype!r} is not one of {features_lib.TOKEN_DTYPES}'
-    )
-  for key in ('base_lr', 'max_cache_gib'):
-    if not a[key] > 0:
-      raise ConfigError(f'config.{SECTION}.{key}: must be positive, got {a[key]!r}')
-  for key in ('weight_decay', 'mlp_ratio'):
-    if not a[key] >= 0:
-      raise ConfigError(f'config.{SECTION}.{key}: must be >= 0, got {a[key]!r}')
-  if not isinstance(a.warmup_epochs, int) or not 0 <= a.warmup_epochs < a.epochs:
-    raise ConfigError(
-      f'config.{SECTION}.warmup_epochs: {a.warmup_epochs!r} is outside [0, {SECTION}.epochs={a.epochs})'
-    )
+  if not a.max_cache_gib > 0:
+    raise ConfigError(f'config.{SECTION}.max_cache_gib: must be positive, got {a.max_cache_gib!r}')
 
 
 def token_shape(resolved) -> tuple[int, int]:

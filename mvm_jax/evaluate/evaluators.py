@@ -20,7 +20,8 @@ and redraws ``{workdir}/images/evaluators.png`` (a panel per metric vs step,
 dashed lines for the floors).
 
 Keys of every section (:data:`COMMON`):
-  kind                one of :data:`KINDS` ('knn', 'linear_probe', 'feature_stats').
+  kind                one of :data:`KINDS` ('knn', 'linear_probe', 'attentive_probe',
+                      'feature_stats').
   every_steps         evaluate at multiples of this step (and at the last step).
   data                overrides of the run's ``config.data`` for the labelled
                       held-out data: the source keys (source, path with ``{split}``,
@@ -50,6 +51,11 @@ Kinds and their own keys (metrics in brackets):
                  standardized features (seconds, no SGD): l2_grid (λ = l2 × rows;
                  with several, the best on a held-out part of the train records, by
                  ``holdout_fraction``, is refitted on all of them).
+  attentive_probe
+                 [top1, %] the attentive probe (configs/attentive_probe.py) on the
+                 patch tokens, trained at each evaluation (tens of seconds on a CPU for
+                 600 clips of 64 tokens): token_dtype, num_queries, num_heads,
+                 mlp_ratio, base_lr, weight_decay, batch_size, epochs, warmup_epochs.
   feature_stats  [effective_rank, between_class_share] of the features of
                  ``split`` ('train', 'test' or 'both'): exp of the entropy of the
                  normalized singular values of the centred features, and
@@ -86,6 +92,7 @@ from absl import logging
 
 from mvm_jax.config import ConfigError
 from mvm_jax.data import pipeline
+from mvm_jax.evaluate import attentive_probe as attentive_probe_lib
 from mvm_jax.evaluate import features as features_lib
 from mvm_jax.evaluate import frozen as frozen_lib
 from mvm_jax.evaluate import knn as knn_lib
@@ -385,17 +392,21 @@ class FeatureCache:
     pool: str,
     batch_size: int,
     keep_decoded_mb: float = 0.0,
+    token_dtype: str = 'float16',
   ):
-    """Features of ``split`` of ``config.data`` (an evaluator's) by ``frozen``'s encoder.
-    The raw-pixel encoder always pools by the mean."""
-    if isinstance(frozen.encoder, frozen_lib.PixelFeatureEncoder):
+    """Features of ``split`` of ``config.data`` (an evaluator's) by ``frozen``'s encoder;
+    pool 'tokens' (:data:`features.TOKENS`): the patch tokens [N, L, D] in ``token_dtype``.
+    The raw-pixel encoder pools by the mean (its tokens: the patch vectors)."""
+    if isinstance(frozen.encoder, frozen_lib.PixelFeatureEncoder) and pool != features_lib.TOKENS:
       pool = 'mean'
-    key = (frozen.describe(), frozen.step, _data_key(config.data), split, views, pool)
+    dtype = token_dtype if pool == features_lib.TOKENS else 'float32'
+    key = (frozen.describe(), frozen.step, _data_key(config.data), split, views, pool, dtype)
     if key not in self._features:
       frozen = dataclasses.replace(frozen, config=config)
-      fn_key = (id(frozen.encoder), pool)
+      fn_key = (id(frozen.encoder), pool, dtype)
       if fn_key not in self._extract_fns:  # holds the encoder too, so its id stays unique
-        self._extract_fns[fn_key] = (frozen.encoder, features_lib.make_extract_fn(frozen, pool))
+        extract_fn = features_lib.make_extract_fn(frozen, pool, token_dtype)
+        self._extract_fns[fn_key] = (frozen.encoder, extract_fn)
       self._features[key] = features_lib.extract(
         frozen,
         split,
@@ -403,6 +414,7 @@ class FeatureCache:
         views=views,
         batch_size=batch_size,
         extract_fn=self._extract_fns[fn_key][1],
+        token_dtype=token_dtype,
         make_loader=self.clips.loader(keep_decoded_mb),
       )
     return self._features[key]
@@ -453,6 +465,9 @@ class Evaluator:
     """Metrics of ``frozen``'s encoder: {metric: value}. Runs on every process."""
     raise NotImplementedError
 
+  # The features this kind reads: None = the section's pool; features.TOKENS = the patch tokens.
+  POOL: str | None = None
+
   def features(self, frozen, split: str, views: int = 1) -> features_lib.Features:
     s = self.section
     return self.cache.get(
@@ -460,9 +475,10 @@ class Evaluator:
       self.config,
       split,
       views=views,
-      pool=s.pool,
+      pool=self.POOL or s.pool,
       batch_size=s.extract_batch_size,
       keep_decoded_mb=s.keep_decoded_mb,
+      token_dtype=s.get('token_dtype', 'float16'),
     )
 
   def train_and_test(self, frozen) -> tuple[features_lib.Features, features_lib.Features]:
@@ -542,6 +558,28 @@ class LinearProbeEvaluator(Evaluator):
     scores, labels = report.aggregate_views(scores, test.labels, test.index)
     logging.info('eval %s, %s: ridge l2 %g (of %s)', self.name, frozen.describe(), l2, tuple(s.l2_grid))
     return {'top1': report.topk_accuracy(scores, labels, 1)}
+
+
+@register('attentive_probe')
+class AttentiveProbeEvaluator(Evaluator):
+  """Attentive probe top-1 (%): a learned-query cross-attention head + linear classifier
+  trained on the frozen patch tokens (evaluate/attentive_probe.py ``fit_and_score``; the
+  head's keys as in configs/attentive_probe.py). Its floors: the random-init encoder's
+  tokens, and the raw patch vectors as tokens. ``pool`` is not used."""
+
+  DEFAULTS = dict(attentive_probe_lib.HEAD_DEFAULTS)
+  METRICS = ('top1',)
+  POOL = features_lib.TOKENS
+
+  @classmethod
+  def check(cls, section, key):
+    super().check(section, key)
+    attentive_probe_lib.validate_head(section, key)
+
+  def evaluate(self, frozen, step):
+    train, test = self.train_and_test(frozen)
+    result = attentive_probe_lib.fit_and_score(train, test, self.section, seed=self.config.seed)
+    return {'top1': result['top1']}
 
 
 @register('feature_stats')

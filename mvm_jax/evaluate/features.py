@@ -202,7 +202,8 @@ def make_extract_fn(frozen: FrozenEncoder, pool: str, token_dtype: str = 'float1
     video = batch['video']
     clips = video.reshape(-1, *video.shape[-4:])  # [B·V, T, H, W, 3]
     if pool == TOKENS:
-      tokens = encoder.apply({'params': params}, clips)[:, 1:].astype(token_dtype)  # [B·V, L, D]
+      tokens = encoder.apply({'params': params}, clips)  # [B·V, prefix + L, D]
+      tokens = tokens[:, getattr(encoder, 'prefix_tokens', 1) :].astype(token_dtype)  # [B·V, L, D]
       features = tokens.reshape(video.shape[0], -1, *tokens.shape[1:])
       return {'features': features, **{k: v for k, v in batch.items() if k != 'video'}}
     if pool == 'mean':

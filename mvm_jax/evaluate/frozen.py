@@ -84,6 +84,7 @@ class PixelFeatureEncoder:
   """
 
   patch: tuple[int, int, int]
+  prefix_tokens = 0  # no [CLS] before the patch tokens (the ViT encoders have 1)
 
   def apply(self, variables, video, pool=None):
     del variables
