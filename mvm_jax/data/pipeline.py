@@ -100,6 +100,12 @@ def default_data_config() -> ml_collections.ConfigDict:
       randaugment_ops=0,
       randaugment_magnitude=9.0,
       randaugment_magnitude_std=0.5,
+      # Colour distortion per view (training; transforms.color_jitter): strength s of
+      # brightness / contrast / saturation (±0.8 s) and hue (±0.2 s turn), then grayscale
+      # with this probability. 0: off (MAE-ST: colour jitter hurts MAE; ViC-MAE Table 6:
+      # an ablation; it stops a contrastive term from matching views by colour alone).
+      color_jitter=0.0,
+      grayscale_prob=0.0,
       repeated_sampling=4,  # k clips per decoded video (training; eval uses 1)
       # Per-record sampler (mvm_jax.data.sampling.SAMPLERS), video per sample:
       # 'clip' [T, S, S, 3] (T frames sampling_rate apart), 'segment' [T, S, S, 3]
@@ -191,6 +197,10 @@ def validate_data_config(dc) -> None:
   for key, lo, hi in (('randaugment_magnitude', 0, 10), ('randaugment_magnitude_std', 0, float('inf'))):
     if isinstance(dc[key], bool) or not isinstance(dc[key], (int, float)) or not lo <= dc[key] <= hi:
       _fail(key, f'must be a number in [{lo}, {hi}], got {dc[key]!r}')
+  for key, hi in (('color_jitter', float('inf')), ('grayscale_prob', 1.0)):
+    value = dc.get(key, 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= hi:
+      _fail(key, f'must be a number in [0, {hi}], got {value!r}')
   _validate_sampling(dc)
 
 
@@ -270,6 +280,8 @@ def make_sampler(data_config, *, train: bool) -> sampling.Sampler:
     randaugment_magnitude=float(dc.randaugment_magnitude),
     randaugment_magnitude_std=float(dc.randaugment_magnitude_std),
     short_videos=dc.get('short_videos', 'loop'),
+    color_jitter=float(dc.get('color_jitter', 0.0)),
+    grayscale_prob=float(dc.get('grayscale_prob', 0.0)),
   )
   views = {} if train else dict(temporal_views=dc.eval_temporal_views, spatial_views=dc.eval_spatial_views)
   if dc.sampling == 'clip':

@@ -102,6 +102,9 @@ class Sampler:
       std ``randaugment_magnitude_std`` (:mod:`~mvm_jax.data.randaugment`).
     short_videos: a video shorter than :attr:`clip_span`: 'loop', 'pad' or
       'skip' (see the module doc).
+    color_jitter / grayscale_prob: colour distortion of each view (training;
+      :func:`~mvm_jax.data.transforms.color_jitter`), drawn per view: the two
+      clips of a pair get their own.
   """
 
   crop_size: int
@@ -118,6 +121,8 @@ class Sampler:
   randaugment_magnitude: float = 9.0
   randaugment_magnitude_std: float = 0.5
   short_videos: str = 'loop'
+  color_jitter: float = 0.0
+  grayscale_prob: float = 0.0
 
   # --- subclass interface ---
 
@@ -272,6 +277,8 @@ class Sampler:
         randaugment_ops=self.randaugment_ops,
         randaugment_magnitude=self.randaugment_magnitude,
         randaugment_magnitude_std=self.randaugment_magnitude_std,
+        color_jitter_strength=self.color_jitter,
+        grayscale_prob=self.grayscale_prob,
       )
       return view[None]
     return transforms.eval_views(clip, crop_size=self.crop_size, num_crops=self._spatial_views)

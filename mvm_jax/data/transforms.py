@@ -426,13 +426,17 @@ def train_view(
   randaugment_ops: int = 0,
   randaugment_magnitude: float = 9.0,
   randaugment_magnitude_std: float = 0.5,
+  color_jitter_strength: float = 0.0,
+  grayscale_prob: float = 0.0,
 ) -> np.ndarray:
-  """Random resized crop + random horizontal flip (p=0.5 when ``flip``) + RandAugment.
+  """Random resized crop + random horizontal flip (p=0.5 when ``flip``) + RandAugment
+  + colour jitter.
 
   RandAugment (:func:`~mvm_jax.data.randaugment.rand_augment`, each op with
   p=0.5) runs on the cropped frames when ``randaugment_ops > 0``, drawing its
   ops once for the clip from ``rng`` after the crop and flip draws (0: no
-  draws, the same crops and flips as without it).
+  draws, the same crops and flips as without it). :func:`color_jitter` comes
+  last, with its draws after all of those.
 
   uint8 [T, H, W, 3] -> uint8 [T, crop_size, crop_size, 3].
   """
@@ -448,7 +452,48 @@ def train_view(
       magnitude=randaugment_magnitude,
       magnitude_std=randaugment_magnitude_std,
     )
+  if color_jitter_strength > 0 or grayscale_prob > 0:
+    out = color_jitter(out, rng, color_jitter_strength, grayscale_prob)
   return out
+
+
+# Luma weights (ITU-R BT.601) and the RGB <-> YIQ matrices: a hue shift is a rotation of (I, Q).
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
+
+
+def color_jitter(
+  frames: np.ndarray, rng: np.random.Generator, strength: float, grayscale_prob: float
+) -> np.ndarray:
+  """SimCLR-style colour distortion of one view, the same for all its frames.
+
+  Brightness, contrast and saturation factors uniform in [1 - 0.8 s, 1 + 0.8 s] and a
+  hue rotation uniform in ±0.2 s of a turn (in YIQ space), for strength s, applied in
+  that order; then, with probability ``grayscale_prob``, the luma on all three
+  channels. ``strength`` 0 draws no jitter numbers, ``grayscale_prob`` 0 no grayscale
+  number (so turning either on leaves the other draws of ``rng`` unchanged).
+  ViC-MAE's colour augmentations are this kind (its Table 6 ablation).
+
+  uint8 [T, H, W, 3] -> uint8 [T, H, W, 3].
+  """
+  x = frames.astype(np.float32) / 255.0
+  if strength > 0:
+    low, high = max(0.0, 1 - 0.8 * strength), 1 + 0.8 * strength
+    brightness, contrast, saturation = rng.uniform(low, high, size=3)
+    hue = rng.uniform(-0.2 * strength, 0.2 * strength)
+    x = x * brightness
+    x = (x - float(np.mean(x @ _LUMA))) * contrast + float(np.mean(x @ _LUMA))
+    gray = (x @ _LUMA)[..., None]
+    x = gray + (x - gray) * saturation
+    angle = 2 * np.pi * hue
+    rotation = np.array(
+      [[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]], np.float32
+    )
+    x = x @ (_YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ).T
+  if grayscale_prob > 0 and rng.random() < grayscale_prob:
+    x = np.repeat((x @ _LUMA)[..., None], 3, axis=-1)
+  return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
 
 
 def eval_view(frames: np.ndarray, *, crop_size: int, resize_short_side: int = 0) -> np.ndarray:

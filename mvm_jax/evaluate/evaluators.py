@@ -613,11 +613,13 @@ class FeatureStatsEvaluator(Evaluator):
 
 def eval_data_config(run_data, overrides, key: str) -> ml_collections.ConfigDict:
   """The run's ``config.data`` with an evaluator's ``data`` overrides (``key``: e.g.
-  'evaluators.knn'). The clip keys stay the run's; pair sampling becomes 'clip'."""
+  'evaluators.knn'). The clip keys stay the run's; pair sampling becomes 'clip', and the
+  run's colour distortion (a pretext augmentation) is off unless set here."""
   data = copy.deepcopy(run_data)
   data.unlock()
   if data.sampling in PAIR_SAMPLINGS:
     data.sampling = 'clip'
+  data.update(color_jitter=0.0, grayscale_prob=0.0)
   for name, value in dict(overrides or {}).items():
     if name not in data:
       raise ConfigError(f'config.{key}.data.{name}: not a config.data key')
