@@ -58,9 +58,10 @@ EVAL_SET = 'runs/eval_set'
 
 
 def eval_set_evaluators(every_steps: int, eval_set: str = EVAL_SET) -> ml_collections.ConfigDict:
-  """`config.evaluators` on both label families of a `tools.make_eval_set` set: k-NN and the
-  ridge probe on the digit (appearance, 10 classes) and on its motion (8 classes), and the
-  feature statistics of the appearance labels; 600 train / 240 test clips, no flips."""
+  """`config.evaluators` on both label families of a `tools.make_eval_set` set: k-NN, the
+  ridge probe and the attentive probe on the digit (appearance, 10 classes) and on its motion
+  (8 classes), and the feature statistics of the appearance labels; 600 train / 240 test
+  clips, no flips."""
 
   def family(kind: str) -> dict:
     data = dict(
@@ -79,8 +80,10 @@ def eval_set_evaluators(every_steps: int, eval_set: str = EVAL_SET) -> ml_collec
       knn_appearance=dict(kind='knn', k=20, **family('appearance')),
       probe_appearance=dict(kind='linear_probe', **family('appearance')),
       stats_appearance=dict(kind='feature_stats', **family('appearance')),
+      attentive_appearance=dict(kind='attentive_probe', **family('appearance')),
       knn_motion=dict(kind='knn', k=20, **family('motion')),
       probe_motion=dict(kind='linear_probe', **family('motion')),
+      attentive_motion=dict(kind='attentive_probe', **family('motion')),
     )
   )
 
