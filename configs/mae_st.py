@@ -120,6 +120,9 @@ def get_config(preset: str = 'tiny'):
   if preset in ENCODERS:
     c.model.encoder.update(ENCODERS[preset])
     c.model.dtype = 'bfloat16'
+    # config.mesh stays base_config's (-1, 1, 1), pure data parallel: sized for v5p-128 (8 clips a chip;
+    # ViT-L 15%, ViT-H 20% of HBM), fits from v5p-32 up; on v5e-256 use (32, 8, 1). Measured with
+    # tools.aot_compile: launch/README.md "Sizing with ahead-of-time compilation".
     c.log_every_steps = 100
     c.checkpoint_every_steps = 2000
   elif preset == 'bench_small':

@@ -64,9 +64,11 @@ class Projector(nn.Module):
     if self.num_layers < 1:
       raise ValueError(f'Projector.num_layers={self.num_layers} must be >= 1')
     last = self.num_layers - 1
+    # Every kernel has an axis named 'embed' (sharded over fsdp): a 4096×4096 hidden kernel
+    # must not be replicated over fsdp.
     hidden = [
       (
-        vit.dense(self.hidden, ('embed' if i == 0 else None, 'mlp'), f'fc{i}', self.dtype),
+        vit.dense(self.hidden, ('embed', 'mlp'), f'fc{i}', self.dtype),
         self._batch_norm(f'bn{i}', 'mlp', train),
       )
       for i in range(last)
@@ -75,7 +77,9 @@ class Projector(nn.Module):
       self.out,
       use_bias=self.use_bias_last,
       dtype=self.dtype,
-      kernel_init=vit.partitioned(vit.dense_init, ('embed' if last == 0 else 'mlp', None)),
+      kernel_init=vit.partitioned(
+        vit.dense_init, ('embed', None) if last == 0 else ('mlp', 'embed')
+      ),  # as an MLP's fc2
       bias_init=vit.partitioned(nn.initializers.zeros, (None,)),
       name=f'fc{last}',
     )

@@ -17,8 +17,9 @@ KNOWN_PEAK_TFLOPS = (
   ('L4', 121.0),
   ('A10', 125.0),
   ('TPU v6', 918.0),
-  ('TPU v5p', 459.0),
-  ('TPU v5', 197.0),
+  ('TPU v5 lite', 197.0),  # v5e's device_kind
+  ('TPU v5e', 197.0),
+  ('TPU v5', 459.0),  # v5p's device_kind is 'TPU v5' (also 'TPU v5p')
   ('TPU v4', 275.0),
   ('TPU v3', 123.0),
 )

@@ -68,6 +68,23 @@ def build_experiment(config, *, samples_per_epoch: int, devices=None) -> Experim
   """Validate the config, make the mesh, model, masker, optimizer, sharded state and jitted step."""
   config_lib.validate(config)
   mesh = partitioning.make_mesh(config.mesh, devices)
+  exp, init_state = _experiment_on_mesh(config, mesh, samples_per_epoch)
+  exp.state = init_state(jax.random.PRNGKey(config.seed))
+  return exp
+
+
+def abstract_experiment(config, mesh, *, samples_per_epoch: int) -> Experiment:
+  """`build_experiment` on `mesh` (e.g. over an ahead-of-time topology's devices) with nothing
+  allocated: `exp.state` holds `jax.ShapeDtypeStruct`s carrying the state's shardings, so
+  `exp.train_step.lower(exp.state, batch)` (batch: ShapeDtypeStructs with `exp.batch_sharding`)
+  lowers the very step `main` runs."""
+  config_lib.validate(config)
+  return _experiment_on_mesh(config, mesh, samples_per_epoch)[0]
+
+
+def _experiment_on_mesh(config, mesh, samples_per_epoch: int) -> tuple[Experiment, Callable]:
+  """(Experiment with the abstract state, rng -> the initialised sharded state): everything of
+  `build_experiment` after the mesh; the second allocates, the first does not."""
   dp = partitioning.data_parallel_size(mesh)
   if config.batch_size % dp:
     raise config_lib.ConfigError(
@@ -82,11 +99,9 @@ def build_experiment(config, *, samples_per_epoch: int, devices=None) -> Experim
   tx = optimizer.make_optimizer(config, schedule)
   logging.info('Model: %s.', setup.description)
 
-  rng = jax.random.PRNGKey(config.seed)
   with_teacher = mask_policy.uses_teacher(config)
-  state, shardings = state_lib.create_sharded_state(
-    setup.init_variables, tx, mesh, rng, ema_teacher=with_teacher, frozen=setup.frozen
-  )
+  state_args = dict(ema_teacher=with_teacher, frozen=setup.frozen)
+  abstract_state, shardings = state_lib.abstract_sharded_state(setup.init_variables, tx, mesh, **state_args)
   batch_sharding = partitioning.batch_sharding(mesh)
   teacher_momentum = None
   if with_teacher:
@@ -107,7 +122,7 @@ def build_experiment(config, *, samples_per_epoch: int, devices=None) -> Experim
     setup.inputs,
   )
   jitted = jit_train_step(step_fn, mesh, shardings, batch_sharding)
-  return Experiment(
+  exp = Experiment(
     config=config,
     mesh=mesh,
     model=model,
@@ -118,12 +133,16 @@ def build_experiment(config, *, samples_per_epoch: int, devices=None) -> Experim
     total_steps=total_steps,
     warmup_steps=warmup_steps,
     train_step=jitted,
-    state=state,
+    state=abstract_state,
     state_shardings=shardings,
     batch_sharding=batch_sharding,
     inputs=setup.inputs,
     steps_per_epoch=steps_per_epoch,
   )
+  init_state = lambda rng: state_lib.init_sharded_state(
+    setup.init_variables, tx, mesh, rng, shardings, **state_args
+  )
+  return exp, init_state
 
 
 def jit_train_step(step_fn, mesh, state_shardings, batch_sharding):

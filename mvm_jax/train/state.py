@@ -40,6 +40,93 @@ class TrainState:
     return self.replace(frozen={})
 
 
+def abstract_sharded_state(
+  init_variables: Callable[[jax.Array], Any],
+  tx: optax.GradientTransformation,
+  mesh,
+  *,
+  ema_teacher: bool = False,
+  frozen: Any = None,
+) -> tuple[TrainState, TrainState]:
+  """The state's shapes and shardings, with nothing allocated (nothing runs).
+
+  `init_variables(rng)` returns Flax variables {'params': ..., other
+  collections...} (as `model.init`) whose leaves may be LogicallyPartitioned
+  (they name their axes); those names pick each leaf's sharding. Optimizer
+  moments and the EMA teacher (`ema_teacher=True`: starts equal to the
+  params) follow their parameter; scalars (step, Adam's count) and `frozen`
+  are replicated. Returns (abstract_state, state_shardings): the first a
+  TrainState of `jax.ShapeDtypeStruct`s carrying those shardings (what
+  `jax.jit(...).lower` takes for ahead-of-time compilation, or orbax for a
+  sharded restore), exactly the shapes `init_sharded_state` makes.
+  """
+  with partitioning.sharding_context(mesh):
+    rng = jax.eval_shape(jax.random.PRNGKey, 0)
+    boxed_variables = jax.eval_shape(init_variables, rng)
+    boxed = boxed_variables['params']
+    collections = {k: v for k, v in boxed_variables.items() if k != 'params'}
+    param_shardings = partitioning.logical_to_sharding(boxed, mesh)
+    collection_shardings = partitioning.logical_to_sharding(collections, mesh) if collections else {}
+    shapes = jax.eval_shape(_init_state_fn(init_variables, tx, ema_teacher), rng)
+  # Outside the mesh: optax runs `tx.init` eagerly on placeholders, which must not land on the
+  # mesh's devices (compile-only devices of an ahead-of-time topology cannot run anything).
+  replicated = partitioning.replicated(mesh)
+  opt_shardings = optax.tree_map_params(
+    tx,
+    lambda _, sharding: sharding,
+    shapes.opt_state,
+    param_shardings,
+    transform_non_params=lambda _: replicated,
+  )
+  shardings = TrainState(
+    step=replicated,
+    params=param_shardings,
+    opt_state=opt_shardings,
+    rng=replicated,
+    model_state=collection_shardings,
+    teacher=param_shardings if ema_teacher else {},
+    frozen=jax.tree.map(lambda _: replicated, frozen or {}),
+  )
+  shapes = shapes.replace(frozen=jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), frozen or {}))
+  return abstract_with_shardings(shapes, shardings), shardings
+
+
+def _init_state_fn(init_variables, tx, ema_teacher: bool) -> Callable[[jax.Array], TrainState]:
+  """rng -> the initial TrainState (without `frozen`), unsharded: jit it with out_shardings."""
+
+  def init_state(rng):
+    variables = nn.unbox(init_variables(rng))
+    params = variables['params']
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      rng=rng,
+      model_state={k: v for k, v in variables.items() if k != 'params'},
+      teacher=jax.tree.map(jnp.copy, params) if ema_teacher else {},
+    )
+
+  return init_state
+
+
+def init_sharded_state(
+  init_variables: Callable[[jax.Array], Any],
+  tx: optax.GradientTransformation,
+  mesh,
+  rng: jax.Array,
+  shardings: TrainState,
+  *,
+  ema_teacher: bool = False,
+  frozen: Any = None,
+) -> TrainState:
+  """Initialise the state directly in `shardings` (from `abstract_sharded_state` with the same
+  arguments): parameters from `init_variables(rng)`, optimizer state, teacher; `frozen` placed."""
+  with partitioning.sharding_context(mesh):
+    init_state = _init_state_fn(init_variables, tx, ema_teacher)
+    state = jax.jit(init_state, out_shardings=shardings.replace(frozen={}))(rng)
+    return state.replace(frozen=jax.device_put(frozen or {}, shardings.frozen))
+
+
 def create_sharded_state(
   init_variables: Callable[[jax.Array], Any],
   tx: optax.GradientTransformation,
@@ -49,55 +136,10 @@ def create_sharded_state(
   ema_teacher: bool = False,
   frozen: Any = None,
 ) -> tuple[TrainState, TrainState]:
-  """Initialise parameters and optimizer state directly in their shardings.
-
-  `init_variables(rng)` returns Flax variables {'params': ..., other
-  collections...} (as `model.init`) whose leaves may be LogicallyPartitioned
-  (they name their axes); those names pick each leaf's sharding. Optimizer
-  moments and the EMA teacher (`ema_teacher=True`: starts equal to the
-  params) follow their parameter; scalars (step, Adam's count) are
-  replicated. Returns (state, state_shardings).
-  """
-  with partitioning.sharding_context(mesh):
-    boxed_variables = jax.eval_shape(init_variables, rng)
-    boxed = boxed_variables['params']
-    collections = {k: v for k, v in boxed_variables.items() if k != 'params'}
-    param_shardings = partitioning.logical_to_sharding(boxed, mesh)
-    collection_shardings = partitioning.logical_to_sharding(collections, mesh) if collections else {}
-    abstract_params = _strip_boxes(boxed)
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    replicated = partitioning.replicated(mesh)
-    opt_shardings = optax.tree_map_params(
-      tx,
-      lambda _, sharding: sharding,
-      abstract_opt,
-      param_shardings,
-      transform_non_params=lambda _: replicated,
-    )
-    shardings = TrainState(
-      step=replicated,
-      params=param_shardings,
-      opt_state=opt_shardings,
-      rng=replicated,
-      model_state=collection_shardings,
-      teacher=param_shardings if ema_teacher else {},
-      frozen=jax.tree.map(lambda _: replicated, frozen or {}),
-    )
-
-    def init_state(rng):
-      variables = nn.unbox(init_variables(rng))
-      params = variables['params']
-      return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
-        rng=rng,
-        model_state={k: v for k, v in variables.items() if k != 'params'},
-        teacher=jax.tree.map(jnp.copy, params) if ema_teacher else {},
-      )
-
-    state = jax.jit(init_state, out_shardings=shardings.replace(frozen={}))(rng)
-    state = state.replace(frozen=jax.device_put(frozen or {}, shardings.frozen))
+  """Initialise parameters and optimizer state directly in their shardings
+  (`abstract_sharded_state`, then `init_sharded_state`). Returns (state, state_shardings)."""
+  _, shardings = abstract_sharded_state(init_variables, tx, mesh, ema_teacher=ema_teacher, frozen=frozen)
+  state = init_sharded_state(init_variables, tx, mesh, rng, shardings, ema_teacher=ema_teacher, frozen=frozen)
   return state, shardings
 
 
