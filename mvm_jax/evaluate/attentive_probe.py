@@ -25,7 +25,6 @@ cached tokens, results.json and the confusion PNG.
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import flax.linen as nn
@@ -387,13 +386,5 @@ def run(config, workdir: str) -> dict:
     },
   )
   results['summary'] = f'{NAME}: top1 {results["top1"]:.1f} top5 {results["top5"]:.1f} ({frozen.describe()})'
-  if jax.process_index() == 0:
-    report.save_confusion_png(
-      os.path.join(workdir, results['confusion_png']),
-      results['confusion'],
-      train.class_names,
-      f'attentive probe: top-1 {results["top1"]:.1f}%\n{frozen.describe()}',
-    )
-    report.write_results(workdir, NAME, results)
-  logging.info('%s', results['summary'])
-  return results
+  title = f'attentive probe: top-1 {results["top1"]:.1f}%\n{frozen.describe()}'
+  return report.publish(workdir, NAME, results, train.class_names, title)

@@ -9,13 +9,11 @@ train-set size. Views of a test record are averaged over their vote scores.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
 from mvm_jax.config import ConfigError
 from mvm_jax.evaluate import features as features_lib
@@ -143,13 +141,5 @@ def run(config, workdir: str) -> dict:
     f'{NAME}: top1 {main["top1"]:.1f} top5 {main["top5"]:.1f} at k={c.report_k} '
     f'(top1 {by_k}; {frozen.describe()})'
   )
-  if jax.process_index() == 0:
-    report.save_confusion_png(
-      os.path.join(workdir, results['confusion_png']),
-      confusion,
-      train.class_names,
-      f'{c.report_k}-NN: top-1 {main["top1"]:.1f}%\n{frozen.describe()}',
-    )
-    report.write_results(workdir, NAME, results)
-  logging.info('%s', results['summary'])
-  return results
+  title = f'{c.report_k}-NN: top-1 {main["top1"]:.1f}%\n{frozen.describe()}'
+  return report.publish(workdir, NAME, results, train.class_names, title)

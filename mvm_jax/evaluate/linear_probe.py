@@ -11,7 +11,6 @@ Views of a test record (multi-view testing) are averaged in softmax space.
 from __future__ import annotations
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -200,13 +199,5 @@ def run(config, workdir: str) -> dict:
     },
   }
   results['summary'] = f'{NAME}: top1 {results["top1"]:.1f} top5 {results["top5"]:.1f} ({frozen.describe()})'
-  if jax.process_index() == 0:
-    report.save_confusion_png(
-      os.path.join(workdir, results['confusion_png']),
-      metrics['confusion'],
-      train.class_names,
-      f'linear probe: top-1 {results["top1"]:.1f}%\n{frozen.describe()}',
-    )
-    report.write_results(workdir, NAME, results)
-  logging.info('%s', results['summary'])
-  return results
+  title = f'linear probe: top-1 {results["top1"]:.1f}%\n{frozen.describe()}'
+  return report.publish(workdir, NAME, results, train.class_names, title)

@@ -91,6 +91,22 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray, num_classes: 
   }
 
 
+def publish(workdir: str, name: str, results: dict, class_names: Sequence[str], title: str) -> dict:
+  """The end of a frozen-encoder evaluation: on process 0, ``results['confusion']`` drawn to
+  ``workdir/results['confusion_png']`` with ``title`` and ``results`` stored under ``name`` in
+  ``results.json``; on every process ``results['summary']`` logged. Returns ``results``."""
+  import jax
+  from absl import logging
+
+  if jax.process_index() == 0:
+    save_confusion_png(
+      os.path.join(workdir, results['confusion_png']), results['confusion'], class_names, title
+    )
+    write_results(workdir, name, results)
+  logging.info('%s', results['summary'])
+  return results
+
+
 def write_results(workdir: str, name: str, results: dict) -> str:
   """Store ``results`` under key ``name`` of ``workdir/results.json`` (other
   evaluators' entries in the file are kept)."""
