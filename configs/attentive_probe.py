@@ -77,13 +77,12 @@ def get_config(preset: str = 'tiny'):
     c = _pretrain_config('vit_l')
     c.data.update(num_workers=8)
     attentive = dict(
+      HEAD_DEFAULTS,  # float16 tokens, 1 query; the rest as below
       train_views=1,
       extract_batch_size=64,
       train_split='train',
       test_split='val',
-      token_dtype='float16',
       max_cache_gib=64.0,
-      num_queries=1,
       num_heads=16,
       mlp_ratio=4.0,
       base_lr=1e-3,  # lr 1e-3 at batch 256

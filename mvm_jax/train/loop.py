@@ -202,7 +202,7 @@ def _first_samples(exp: Experiment, x, n: int, batch_ndim: int):
     return (x[:, 0] if x.ndim == batch_ndim + 1 else x)[:n]
 
   with partitioning.sharding_context(exp.mesh):
-    return jax.jit(take, out_shardings=partitioning.replicated(exp.mesh))(x)
+    return _replicated_jit(exp, take)(x)
 
 
 def _replicated_jit(exp: Experiment, fn):
