@@ -155,7 +155,8 @@ def test_specs_match_the_build(built, specs, assets):
       r = rows[split, s.index]
       assert (int(r['appearance']), int(r['motion']), int(r['digit'])) == (s.appearance, s.motion, s.digit)
       assert int(assets.digit_labels[s.digit]) == s.appearance
-      assert r['background'] == assets.background_names[s.background]
+      assert r['shots'] == ' '.join(shot.encode(assets.background_names) for shot in s.shots)
+      assert [shot.first_frame for shot in s.shots] == list(range(0, T, mes.SHOT_FRAMES))
 
 
 def test_train_and_test_digit_images_disjoint(built, assets):
@@ -187,7 +188,7 @@ def test_motion_is_what_the_label_says(specs, assets):
   """The digit's centroid (pixels that differ from the footage alone) moves as its motion label says."""
   names = mes.motion_class_names()
   unit = {'right': (0, 1), 'left': (0, -1), 'down': (1, 0), 'up': (-1, 0)}
-  speed = {'slow': 0.5, 'fast': 1.0}
+  speed = dict(zip(('slow', 'fast'), mes.DEFAULT_SPEEDS))
   t = np.arange(T)
   for spec in specs['train'] + specs['test']:
     clip = mes.render_clip(spec, assets, T).astype(np.int16)
@@ -207,28 +208,36 @@ def test_motion_is_what_the_label_says(specs, assets):
     assert vx == pytest.approx(dx * speed[pace], abs=0.1), (spec, vy, vx)
 
 
-def test_background_pans_so_the_two_halves_of_a_video_differ(specs, assets):
-  """The crop window moves over the footage (a camera pan): frame t is the footage at the
-  corner round(start + v·t), the pan is within BG_PAN_SPEED (or the fastest the footage fits),
-  and over the video it travels far enough that its halves show different background."""
+def test_background_is_a_montage_of_panning_shots(specs, assets):
+  """Every SHOT_FRAMES frames a new shot: within a shot, frame t is its footage at the corner
+  round(start + v·t) with the pan within BG_PAN_SPEED (or the fastest the footage fits); across
+  a shot boundary the footage changes, so frames far apart share only the digit."""
   lo, hi = mes.BG_PAN_SPEED
+  boundary_diffs, within_diffs = [], []
   for spec in specs['train'][:20]:
-    speed = float(np.hypot(spec.bg_vy, spec.bg_vx))
-    assert speed <= hi + 1e-6
-    video = assets.backgrounds[spec.background]
-    height, width = video.shape[1:3]
-    capped = abs(spec.bg_vy) * (T - 1) >= height - 64 - 1 or abs(spec.bg_vx) * (T - 1) >= width - 64 - 1
-    assert speed >= lo - 1e-6 or capped
-    assert speed * (T - 1) > 20  # px: the two halves of the video see different footage
-    frames = video[spec.bg_start : spec.bg_start + T]
-    if spec.bg_reverse:
-      frames = frames[::-1]
-    t = T - 1
-    y, x = round(spec.bg_y + spec.bg_vy * t), round(spec.bg_x + spec.bg_vx * t)
-    want = frames[t, y : y + 64, x : x + 64]
-    if spec.bg_flip:
-      want = want[:, ::-1]
-    np.testing.assert_array_equal(mes.render_background(spec, assets, T)[t], want)
+    background = mes.render_background(spec, assets, T).astype(np.int16)
+    for k, shot in enumerate(spec.shots):
+      length = min(mes.SHOT_FRAMES, T - shot.first_frame)
+      speed = float(np.hypot(shot.vy, shot.vx))
+      assert speed <= hi + 1e-6
+      video = assets.backgrounds[shot.background]
+      height, width = video.shape[1:3]
+      steps = length - 1
+      capped = abs(shot.vy) * steps >= height - 64 - 1 or abs(shot.vx) * steps >= width - 64 - 1
+      assert speed >= lo - 1e-6 or capped
+      frames = video[shot.start : shot.start + length]
+      if shot.reverse:
+        frames = frames[::-1]
+      t = length - 1
+      y, x = round(shot.y + shot.vy * t), round(shot.x + shot.vx * t)
+      want = frames[t, y : y + 64, x : x + 64]
+      if shot.flip:
+        want = want[:, ::-1]
+      np.testing.assert_array_equal(background[shot.first_frame + t], want)
+      if k:
+        boundary_diffs.append(np.abs(background[shot.first_frame] - background[shot.first_frame - 1]).mean())
+      within_diffs.append(np.abs(background[shot.first_frame + 1] - background[shot.first_frame]).mean())
+  assert np.median(boundary_diffs) > 3 * np.median(within_diffs)
 
 
 def test_mpeg4_fallback_encoder_round_trips(specs, assets, tmp_path):

