@@ -359,7 +359,9 @@ def fit(
   Resumes from the latest checkpoint in `workdir/checkpoints` (state and data
   iterator position), runs `exp.train_step` to `exp.total_steps`, logs
   metrics with progress/ETA/MFU, saves checkpoints (and on SIGTERM), stops on
-  a non-finite loss keeping the last good checkpoint. `hooks` get (step,
+  a non-finite loss keeping the last good checkpoint. Metrics stay on the device
+  between log steps: the host syncs (and checks the loss) only at log steps and
+  before each checkpoint; the next batch is on the device before the hooks run. `hooks` get (step,
   global batch of that step) on every process after each step and read
   `exp.state` (pictures, periodic evaluation: work on global arrays and
   collectives, so every process must enter them; only the chief writes
@@ -445,27 +447,31 @@ def _resume_and_train(exp, workdir, ckpt, writer, data_iter, hooks, stop_after_s
     num_train_steps=exp.total_steps, writer=writer, every_steps=config.log_every_steps
   )
   history, window, losses = [], [], []
+  pending = []  # the metrics of the steps since the last check, still on the device
   last_log_time, last_log_step = time.perf_counter(), start_step
   step = start_step
   with _Preemption() as preemption:
     while step < exp.total_steps:
-      state, step_metrics = compiled(state, batch)
+      state, step_metrics = compiled(state, batch)  # dispatched; runs while the host goes on
       step += 1
+      pending.append((step, step_metrics))
       data_state = data_iter.get_state()  # position after the batch just used
-      host_batch = next(data_iter) if step < exp.total_steps else None
-      step_metrics = jax.device_get(step_metrics)
-      loss = float(step_metrics['loss'])
-      if not math.isfinite(loss):
-        ckpt.close()
-        raise NonFiniteLossError(
-          f'Loss became {loss} at step {step}; stopping. The last good checkpoint '
-          f'(step {ckpt.latest_step()}) in {workdir}/checkpoints is kept; lower optim.base_lr '
-          f'or tighten optim.clip_grad_norm and rerun to resume from it.'
-        )
-      losses.append(loss)
-      window.append(step_metrics)
+      # Double buffering: the next batch goes to the device before any callback below runs.
+      next_batch = None
+      if step < exp.total_steps:
+        next_batch = global_batch(next(data_iter), exp.batch_sharding)
+      stop = preemption.requested or (stop_after_steps is not None and step - start_step >= stop_after_steps)
+      force_save = stop or step == exp.total_steps
+      log_now = step % config.log_every_steps == 0 or step == exp.total_steps
+      if log_now or ckpt.due(step, force=force_save):
+        # The only host sync of the loop: at log steps, and before a checkpoint, so that no
+        # checkpoint ever holds a state after a non-finite loss.
+        fetched = _fetch_finite(pending, ckpt, workdir)
+        pending = []
+        losses.extend(float(m['loss']) for m in fetched)
+        window.extend(fetched)
       report(step)
-      if step % config.log_every_steps == 0 or step == exp.total_steps:
+      if log_now:
         now = time.perf_counter()
         seconds_per_step = (now - last_log_time) / max(1, step - last_log_step)
         scalars = _mean_metrics(window)
@@ -485,8 +491,7 @@ def _resume_and_train(exp, workdir, ckpt, writer, data_iter, hooks, stop_after_s
         history.append({'step': step, **scalars})
         window, last_log_time, last_log_step = [], now, step
       exp.state = state
-      stop = preemption.requested or (stop_after_steps is not None and step - start_step >= stop_after_steps)
-      ckpt.save(step, state.without_frozen(), data_state, force=stop or step == exp.total_steps)
+      ckpt.save(step, state.without_frozen(), data_state, force=force_save)
       hooks_start = time.perf_counter()
       for hook in hooks:
         scalars = hook(step, batch)
@@ -496,12 +501,27 @@ def _resume_and_train(exp, workdir, ckpt, writer, data_iter, hooks, stop_after_s
       if stop:
         logging.info('Stopping at step %d (checkpoint saved).', step)
         break
-      if host_batch is not None:
-        batch = global_batch(host_batch, exp.batch_sharding)
+      batch = next_batch
   ckpt.close()
   writer.flush()
   writer.close()
   return {'step': step, 'metrics': history[-1] if history else {}, 'losses': losses, 'history': history}
+
+
+def _fetch_finite(pending: list, ckpt, workdir: str) -> list[dict]:
+  """Fetch the (step, on-device metrics) of `pending` to the host; on the first non-finite loss
+  among them, close `ckpt` (no further save) and raise NonFiniteLossError naming that step."""
+  fetched = jax.device_get([m for _, m in pending])
+  for (step, _), metrics in zip(pending, fetched):
+    loss = float(metrics['loss'])
+    if not math.isfinite(loss):
+      ckpt.close()
+      raise NonFiniteLossError(
+        f'Loss became {loss} at step {step}; stopping. The last good checkpoint '
+        f'(step {ckpt.latest_step()}) in {workdir}/checkpoints is kept; lower optim.base_lr '
+        f'or tighten optim.clip_grad_norm and rerun to resume from it.'
+      )
+  return fetched
 
 
 def _flat(tree: dict, prefix: str = '') -> dict:
