@@ -34,7 +34,8 @@ after a shard's worth of failures in a row.
 
 Batches (host-local numpy)::
 
-  {'video': float32 [b, T, S, S, 3]  normalized with data.mean / data.std,
+  {'video': uint8 [b, T, S, S, 3]    raw pixels: the jitted steps normalise them with data.mean /
+                                     data.std on the device (mvm_jax.pixels.normalize),
    'label': int32 [b],
    'index': int32 [b]}               record index in the split's source
 """
@@ -431,7 +432,7 @@ class _SampleRecord:
     except sampling.ShortVideoError as e:  # data.short_videos='skip': no sample
       shape = (0, *self._sampler.sample_shape)
       return {
-        'video': np.zeros(shape, np.float32),
+        'video': np.zeros(shape, np.uint8),
         'label': np.zeros((0,), np.int32),
         'index': np.zeros((0,), np.int32),
         'short': (e.path, e.length, e.span),
@@ -440,7 +441,7 @@ class _SampleRecord:
     except decode.VideoDecodeError as e:
       s = self._sampler
       return {
-        'video': np.zeros((0, s.num_frames, s.crop_size, s.crop_size, 3), np.float32),
+        'video': np.zeros((0, s.num_frames, s.crop_size, s.crop_size, 3), np.uint8),
         'label': np.zeros((0,), np.int32),
         'index': np.zeros((0,), np.int32),
         'error': (e.path, str(e)),
@@ -578,7 +579,7 @@ def make_loader(
 
   Returns:
     (dataset, info). ``iter(dataset)`` is a ``grain.DatasetIterator`` yielding
-    ``{'video': f32 [b, T, S, S, 3], 'label': i32 [b], 'index': i32 [b]}``;
+    ``{'video': uint8 [b, T, S, S, 3], 'label': i32 [b], 'index': i32 [b]}``;
     its ``get_state()`` / ``set_state()`` (JSON-serializable dicts; orbax:
     ``grain.checkpoint.CheckpointSave/CheckpointRestore``) checkpoint and
     resume it exactly, for an iterator built with the same arguments and

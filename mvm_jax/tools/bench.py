@@ -23,12 +23,11 @@ from mvm_jax.train import flops, loop
 
 
 def synthetic_batch(config, seed: int = 0) -> dict:
-  """Random normalized clips with the config's shape: {'video': [B, T, S, S, 3], 'label': [B]}."""
+  """Random uint8 clips with the config's shape, as the loader emits them (the step normalises
+  them on the device): {'video': [B, T, S, S, 3], 'label': [B], 'index': [B]}."""
   rng = np.random.default_rng(seed)
   d = config.data
-  video = rng.standard_normal((config.batch_size, d.num_frames, d.crop_size, d.crop_size, 3)).astype(
-    np.float32
-  )
+  video = rng.integers(0, 256, (config.batch_size, d.num_frames, d.crop_size, d.crop_size, 3), np.uint8)
   return {
     'video': video,
     'label': np.zeros(config.batch_size, np.int32),
@@ -39,7 +38,7 @@ def synthetic_batch(config, seed: int = 0) -> dict:
 def time_train_step(config, steps: int, warmup: int) -> dict:
   """Median step time (s) and XLA FLOPs per step of the config's train step."""
   exp = loop.build_experiment(config, samples_per_epoch=config.batch_size * 1000)
-  batch = loop.global_batch(synthetic_batch(config), exp.batch_sharding)
+  batch = loop.global_batch(synthetic_batch(config), exp.batch_sharding, exp.batch_keys)
   compiled, step_flops = loop.compile_step(exp, batch)
   state = exp.state
   for _ in range(warmup):

@@ -54,6 +54,7 @@ class Experiment:
   data_info: Any = None
   inputs: Any = None  # step.ModelInputs: the batch entry the model reads, and its preprocessing
   steps_per_epoch: int = 1
+  batch_keys: Optional[tuple[str, ...]] = None  # the batch entries the step reads (None: all)
 
 
 def schedule_lengths(config, samples_per_epoch: int) -> tuple[int, int]:
@@ -138,6 +139,7 @@ def _experiment_on_mesh(config, mesh, samples_per_epoch: int) -> tuple[Experimen
     batch_sharding=batch_sharding,
     inputs=setup.inputs,
     steps_per_epoch=steps_per_epoch,
+    batch_keys=(setup.inputs.key,),
   )
   init_state = lambda rng: state_lib.init_sharded_state(
     setup.init_variables, tx, mesh, rng, shardings, **state_args
@@ -157,9 +159,14 @@ def jit_train_step(step_fn, mesh, state_shardings, batch_sharding):
     )
 
 
-def global_batch(host_batch: dict, sharding) -> dict:
-  """Host-local numpy batch → global jax.Arrays split over the data axes."""
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in host_batch.items()}
+def global_batch(host_batch: dict, sharding, keys: Optional[Sequence[str]] = None) -> dict:
+  """Host-local numpy batch → global jax.Arrays split over the data axes (only `keys`, if given:
+  what the step reads goes to the device, nothing else)."""
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+    for k, v in host_batch.items()
+    if keys is None or k in keys
+  }
 
 
 def compile_step(exp: Experiment, example_batch: dict):
@@ -195,11 +202,12 @@ class _Preemption:
 
 def _first_samples(exp: Experiment, x, n: int, batch_ndim: int):
   """The first `n` samples of the global batch array `x` (rank `batch_ndim`, or one more for
-  [B, V, ...] view pairs: their first view), replicated on every device so that every process
-  can read them (a collective: call on all)."""
+  [B, V, ...] view pairs: their first view), uint8 pixels normalised, replicated on every device
+  so that every process can read them (a collective: call on all)."""
+  normalize = exp.inputs.normalize if exp.inputs is not None else (lambda x: x)
 
   def take(x):
-    return (x[:, 0] if x.ndim == batch_ndim + 1 else x)[:n]
+    return normalize((x[:, 0] if x.ndim == batch_ndim + 1 else x)[:n])
 
   with partitioning.sharding_context(exp.mesh):
     return _replicated_jit(exp, take)(x)
@@ -433,7 +441,7 @@ def _resume_and_train(exp, workdir, ckpt, writer, data_iter, hooks, stop_after_s
     return {'step': start_step, 'metrics': {}, 'losses': [], 'history': []}
 
   host_batch = next(data_iter)
-  batch = global_batch(host_batch, exp.batch_sharding)
+  batch = global_batch(host_batch, exp.batch_sharding, exp.batch_keys)
   compiled, step_flops = compile_step(exp, batch)
   peak = flops.peak_flops_per_device(config.peak_tflops_per_device)
   logging.info(
@@ -459,7 +467,7 @@ def _resume_and_train(exp, workdir, ckpt, writer, data_iter, hooks, stop_after_s
       # Double buffering: the next batch goes to the device before any callback below runs.
       next_batch = None
       if step < exp.total_steps:
-        next_batch = global_batch(next(data_iter), exp.batch_sharding)
+        next_batch = global_batch(next(data_iter), exp.batch_sharding, exp.batch_keys)
       stop = preemption.requested or (stop_after_steps is not None and step - start_step >= stop_after_steps)
       force_save = stop or step == exp.total_steps
       log_now = step % config.log_every_steps == 0 or step == exp.total_steps

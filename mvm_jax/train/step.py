@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mvm_jax import pixels
 from mvm_jax.models import ema
 from mvm_jax.train.state import TrainState
 
@@ -40,11 +41,19 @@ class ModelInputs:
   preprocess: optional fn(state.frozen, x [B', ...]) -> model input (e.g.
     pixels → VQ codes with a frozen tokenizer), applied to the flattened
     views inside the step, outside the gradient.
+  mean / std: the data's per-channel normalisation: uint8 pixels are normalised
+    with them in the step, on the device (`pixels.normalize`; other dtypes pass as they are).
   """
 
   key: str = 'video'
   sample_ndim: int = 5
   preprocess: Callable | None = None
+  mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+  std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+  def normalize(self, x):
+    """uint8 pixels -> normalised float32 (on the device); anything else unchanged."""
+    return pixels.normalize(x, self.mean, self.std)
 
 
 def make_train_step(
@@ -59,7 +68,7 @@ def make_train_step(
 ):
   """Returns train_step(state, batch) -> (state, metrics); jit it with shardings.
 
-  batch: {'video': [B, T, H, W, C] float, ...}, or two views per video
+  batch: {'video': [B, T, H, W, C] uint8 (normalised here) or float (normalised), ...}, or two views per video
   [B, 2, T, H, W, C] (frame/clip pairs; flattened to [2B, ...] with the
   views of a video adjacent, as the contrastive objectives expect).
   `inputs` (default: the video) says which batch entry the model reads and
@@ -97,7 +106,7 @@ def make_train_step(
     if video.ndim == inputs.sample_ndim:
       video = video[:, None]  # one view a video
     views = video.shape[1]
-    flat_video = flatten_views(video)
+    flat_video = inputs.normalize(flatten_views(video))
     if inputs.preprocess is not None:
       flat_video = inputs.preprocess(state.frozen, flat_video)
     mask, mask_metrics = mask_policy(mask_rng, state.step, flat_video, state.teacher)
