@@ -12,7 +12,7 @@ import ml_collections
 
 from mvm_jax import hard_patch_masking, masking
 from mvm_jax import objectives
-from mvm_jax.data import default_data_config
+from mvm_jax.data.settings import default_data_config
 from mvm_jax.objectives.contrastive import default_contrastive_config
 from mvm_jax.objectives.loss_prediction import default_hpm_config
 
@@ -163,7 +163,7 @@ def validate(config, *, pretraining: bool = True) -> None:
   for key in ('log_every_steps', 'checkpoint_every_steps', 'image_every_steps', 'keep_checkpoints'):
     if config[key] <= 0:
       _fail(key, 'must be positive')
-  if pretraining:
+  if pretraining and config.get('evaluators'):  # (none: no import of the evaluation stack)
     from mvm_jax.evaluate import evaluators  # here: it imports this module
 
     evaluators.validate(config)  # config.evaluators (after the mesh keys it builds a mesh from)

@@ -49,7 +49,7 @@ import dataclasses
 import numpy as np
 
 from mvm_jax.data import decode
-from mvm_jax.data import transforms
+from mvm_jax.data import settings, transforms
 from mvm_jax.data.sources import VideoRecord
 
 
@@ -407,7 +407,7 @@ class ClipPairSampler(Sampler):
     )
 
 
-FRAME_PAIR_MODES = ('distant', 'continuous')
+FRAME_PAIR_MODES = settings.FRAME_PAIR_MODES  # ('distant', 'continuous')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -454,3 +454,4 @@ SAMPLERS = {
   'clip_pair': ClipPairSampler,
   'frame_pair': FramePairSampler,
 }
+assert tuple(SAMPLERS) == settings.SAMPLER_NAMES

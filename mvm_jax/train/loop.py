@@ -18,12 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
 
+# Imported where used, not here: the data pipeline (Grain, PyAV), clu's writers (TensorFlow), the
+# evaluators and the pictures, so that building and timing the step (`mvm_jax.tools.bench`,
+# `tools.aot_compile`) runs on an image with only jax/flax/optax/einops/ml-collections.
 from mvm_jax import config as config_lib
-from mvm_jax import objectives, visualize
-from mvm_jax.data import pipeline
-from mvm_jax.evaluate import evaluators as evaluators_lib
+from mvm_jax import objectives
 from mvm_jax.models import ema, heads
 from mvm_jax.train import checkpointing, flops, mask_policy, model_setup, optimizer, partitioning
 from mvm_jax.train import state as state_lib
@@ -65,11 +65,12 @@ def schedule_lengths(config, samples_per_epoch: int) -> tuple[int, int]:
   return total, min(warmup, total)
 
 
-def build_experiment(config, *, samples_per_epoch: int, devices=None) -> Experiment:
-  """Validate the config, make the mesh, model, masker, optimizer, sharded state and jitted step."""
+def build_experiment(config, *, samples_per_epoch: int, devices=None, phase: str = 'step') -> Experiment:
+  """Validate the config, make the mesh, model, masker, optimizer, sharded state and jitted step
+  (`phase`: all of it, or only up to 'forward' / 'gradients', for benchmarks: see make_train_step)."""
   config_lib.validate(config)
   mesh = partitioning.make_mesh(config.mesh, devices)
-  exp, init_state = _experiment_on_mesh(config, mesh, samples_per_epoch)
+  exp, init_state = _experiment_on_mesh(config, mesh, samples_per_epoch, phase)
   exp.state = init_state(jax.random.PRNGKey(config.seed))
   return exp
 
@@ -83,7 +84,9 @@ def abstract_experiment(config, mesh, *, samples_per_epoch: int) -> Experiment:
   return _experiment_on_mesh(config, mesh, samples_per_epoch)[0]
 
 
-def _experiment_on_mesh(config, mesh, samples_per_epoch: int) -> tuple[Experiment, Callable]:
+def _experiment_on_mesh(
+  config, mesh, samples_per_epoch: int, phase: str = 'step'
+) -> tuple[Experiment, Callable]:
   """(Experiment with the abstract state, rng -> the initialised sharded state): everything of
   `build_experiment` after the mesh; the second allocates, the first does not."""
   dp = partitioning.data_parallel_size(mesh)
@@ -121,6 +124,7 @@ def _experiment_on_mesh(config, mesh, samples_per_epoch: int) -> tuple[Experimen
     config.optim.grad_accum_steps,
     teacher_momentum,
     setup.inputs,
+    phase,
   )
   jitted = jit_train_step(step_fn, mesh, shardings, batch_sharding)
   exp = Experiment(
@@ -225,6 +229,8 @@ def _write_images(exp: Experiment, workdir: str, step: int, batch: dict):
 
   Runs on every process (the global batch and the state may span all hosts);
   only the chief writes the PNGs. Returns their paths on the chief, None elsewhere."""
+  from mvm_jax import visualize
+
   c = exp.config
   if c.model.name == 'vimpac':
     return _write_token_images(exp, workdir, step, batch)
@@ -283,6 +289,8 @@ def _write_token_images(exp: Experiment, workdir: str, step: int, batch: dict):
   """VIMPAC: for the first samples (first view), the code map, the masked input
   and the predicted codes with right/wrong marks (and the frames when the step
   tokenizes pixels), with a fixed block mask. On every process; the chief writes."""
+  from mvm_jax import visualize
+
   c, inputs = exp.config, exp.inputs
   n = min(c.num_image_samples, batch[inputs.key].shape[0])
   x = _first_samples(exp, batch[inputs.key], n, batch_ndim=inputs.sample_ndim)
@@ -330,6 +338,9 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   after saving; the next call continues. Returns the final step's metrics and
   a per-step loss history of this invocation.
   """
+  from mvm_jax.data import pipeline
+  from mvm_jax.evaluate import evaluators as evaluators_lib
+
   config_lib.validate(config)
   loader, data_info = pipeline.make_loader(
     config.data,
@@ -376,6 +387,8 @@ def fit(
   files). They return scalars for the run's metric writer at that step, or
   None; their wall time is left out of the step time.
   """
+  from clu import metric_writers
+
   config, data_info = exp.config, exp.data_info
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
@@ -421,6 +434,8 @@ def _close_quietly(ckpt, writer) -> None:
 
 def _resume_and_train(exp, workdir, ckpt, writer, data_iter, hooks, stop_after_steps) -> dict:
   """`fit` after setup: resume from the newest readable checkpoint, train, close `ckpt` and `writer`."""
+  from clu import periodic_actions
+
   config, data_info = exp.config, exp.data_info
   state = exp.state
   abstract = state_lib.abstract_with_shardings(state.without_frozen(), exp.state_shardings.without_frozen())

@@ -31,6 +31,9 @@ def flatten_views(tree):
   return jax.tree.map(lambda x: einops.rearrange(x, 'b v ... -> (b v) ...'), tree)
 
 
+PHASES = ('forward', 'gradients', 'step')
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelInputs:
   """Where the model's input comes from in a batch.
@@ -65,6 +68,7 @@ def make_train_step(
   grad_accum_steps: int = 1,
   teacher_momentum: Callable | None = None,
   inputs: ModelInputs | None = None,
+  phase: str = 'step',
 ):
   """Returns train_step(state, batch) -> (state, metrics); jit it with shardings.
 
@@ -81,8 +85,15 @@ def make_train_step(
   collections in `state.model_state` (BatchNorm statistics) are updated by
   the forward pass. `teacher_momentum(step)`, if given, updates
   `state.teacher` to the EMA of the new params after the optimizer step.
+
+  `phase` (benchmarks: `tools.bench`'s per-phase table) stops early and returns the state as it
+  came: 'forward' (masks + forward + objectives), 'gradients' (+ backward); 'step' is all.
   """
 
+  if phase not in PHASES:
+    raise ValueError(f'phase must be one of {PHASES}, got {phase!r}')
+  if phase != 'step' and grad_accum_steps != 1:
+    raise ValueError(f'phase={phase!r} times one micro-batch: needs grad_accum_steps=1')
   inputs = inputs or ModelInputs()
 
   def loss_fn(params, model_state, video, mask, dropout_rng, step):
@@ -111,6 +122,9 @@ def make_train_step(
       flat_video = inputs.preprocess(state.frozen, flat_video)
     mask, mask_metrics = mask_policy(mask_rng, state.step, flat_video, state.teacher)
 
+    if phase == 'forward':
+      _, (metrics, _) = loss_fn(state.params, state.model_state, flat_video, mask, dropout_rng, state.step)
+      return state, dict(metrics, **mask_metrics)
     if grad_accum_steps == 1:
       (_, (metrics, model_state)), grads = grad_fn(
         state.params, state.model_state, flat_video, mask, dropout_rng, state.step
@@ -149,6 +163,8 @@ def make_train_step(
         accumulate, (zeros, zero_metrics, state.model_state), xs
       )
       grads, metrics = jax.tree.map(lambda x: x / grad_accum_steps, (grads, metrics))
+    if phase == 'gradients':
+      return state, dict(metrics, **mask_metrics, grad_norm=optax.tree.norm(grads))
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
