@@ -124,6 +124,12 @@ def bench(
     'peak_memory_mb': sparse['memory'].get('peak_mb'),
     'sparse_vs_dense_speedup': None,
   }
+  # The accelerator's data-sheet peak (config.peak_tflops_per_device, else a known chip's; None on CPU).
+  device_peak = None
+  if jax.devices()[0].platform != 'cpu' or config.get('peak_tflops_per_device', -1.0) > 0:
+    device_peak = flops.peak_flops_per_device(config.get('peak_tflops_per_device', -1.0))
+  result['device_peak_tflops'] = None if device_peak is None else device_peak / 1e12
+  result['mfu_device_peak'] = None if device_peak is None else gflops_per_s * 1e9 / device_peak
   if phases:
     forward = time_train_step(config, steps, warmup, phase='forward')
     gradients = time_train_step(config, steps, warmup, phase='gradients')
@@ -151,6 +157,8 @@ def bench(
       'step_ms': r['step_s'] * 1e3,
       'clips_per_s': config.batch_size / r['step_s'],
       'mfu': r['flops'] / r['step_s'] / peak,
+      'mfu_device_peak': None if device_peak is None else r['flops'] / r['step_s'] / device_peak,
+      'tflops_per_s': r['flops'] / r['step_s'] / 1e12,
       'compile_s': r['compile_s'],
       'peak_memory_mb': r['memory'].get('peak_mb'),
     }
@@ -174,6 +182,12 @@ def format_table(result: dict, config) -> str:
     f'achieved GFLOP/s (XLA)    {result["gflops_per_s"]:10.1f}',
     f'{result["matmul_peak_dtype"]:>7} matmul peak GFLOP/s {result["matmul_peak_gflops_per_s"]:9.1f}',
     f'MFU (achieved / peak)     {result["mfu"]:10.3f}',
+  ]
+  if result['mfu_device_peak'] is not None:
+    lines.append(
+      f'MFU vs device peak        {result["mfu_device_peak"]:10.3f}  ({result["device_peak_tflops"]:.0f} TFLOP/s)'
+    )
+  lines += [
     f'compile time              {result["compile_s"]:10.1f} s',
     f'peak memory (XLA)         {_mb(result["peak_memory_mb"])} MB',
   ]
