@@ -57,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
       dtype='float32',  # compute dtype; 'bfloat16' on accelerators
       attention='xla',  # jax.nn.dot_product_attention implementation: 'xla', or 'cudnn' (GPU, bf16/fp16)
       remat='none',  # per-block rematerialisation: 'none', 'full' or 'dots_saveable'
+      patch_embed='conv',  # 'conv' (3-D convolution) or 'matmul' (patchify + matmul: same params, faster on CPU)
       scan_blocks=False,  # nn.scan over the encoder blocks (stacked params; no drop path, no export)
     )
   )
@@ -246,6 +247,8 @@ def _validate_accelerator_switches(m, pretraining: bool) -> None:
       _fail(
         'model.attention', f'"cudnn" fused attention needs model.dtype bfloat16 or float16, not {m.dtype}'
       )
+  if m.get('patch_embed', 'conv') not in ('conv', 'matmul'):
+    _fail('model.patch_embed', f'{m.patch_embed!r} is not "conv" or "matmul"')
   remat = m.get('remat', 'none')
   if remat not in ('none', 'full', 'dots_saveable'):
     _fail('model.remat', f'{remat!r} is not "none", "full" or "dots_saveable"')

@@ -118,3 +118,14 @@ def test_scanned_model_trains_sharded_with_the_unrolled_weight_decay(config):
   video = rng.integers(0, 256, (8, 4, 32, 32, 3), np.uint8)
   state, metrics = exp.train_step(exp.state, loop.global_batch({'video': video}, exp.batch_sharding))
   assert np.isfinite(float(metrics['loss']))
+
+
+def test_matmul_patch_embedding_equals_the_convolution(setup):
+  config, video, mask, params = setup
+  out = _model(config).apply({'params': params}, video, mask)
+  out_mm = _model(config, patch_embed='matmul').apply({'params': params}, video, mask)
+  np.testing.assert_allclose(out_mm['latent'], out['latent'], rtol=1e-5, atol=1e-5)
+  loss, grads = _loss_and_grads(_model(config), config, params, video, mask)
+  loss_mm, grads_mm = _loss_and_grads(_model(config, patch_embed='matmul'), config, params, video, mask)
+  np.testing.assert_allclose(loss_mm, loss, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6), grads_mm, grads)

@@ -136,8 +136,9 @@ class SeparablePosEmbed(nn.Module):
     return tokens, cls[0]
 
 
-class PatchEmbed(nn.Module):
-  """t×p×p non-overlapping 3-D convolution: [B, T, H, W, C] → [B, N, D]."""
+class _PatchMatmul(nn.Module):
+  """The patch convolution's parameters ('kernel' [t, p, p, C, D], 'bias' [D], same init) applied
+  as patchify + one matmul: [B, T, H, W, C] → [B, N, D]."""
 
   patch: tuple[int, int, int]
   dim: int
@@ -145,6 +146,30 @@ class PatchEmbed(nn.Module):
 
   @nn.compact
   def __call__(self, video):
+    shape = (*self.patch, video.shape[-1], self.dim)
+    kernel = self.param('kernel', partitioned(patch_embed_init, (None, None, None, None, 'embed')), shape)
+    bias = self.param('bias', partitioned(nn.initializers.zeros, ('embed',)), (self.dim,))
+    x, kernel, bias = nn.dtypes.promote_dtype(video, kernel, bias, dtype=self.dtype)
+    return patchify(x, self.patch) @ kernel.reshape(-1, self.dim) + bias
+
+
+class PatchEmbed(nn.Module):
+  """t×p×p non-overlapping 3-D convolution: [B, T, H, W, C] → [B, N, D].
+
+  impl 'conv' (XLA convolution) or 'matmul' (patchify + one matmul: the same parameters and
+  sums in another order, faster on CPU; equal to float rounding)."""
+
+  patch: tuple[int, int, int]
+  dim: int
+  dtype: Dtype = jnp.float32
+  impl: str = 'conv'
+
+  @nn.compact
+  def __call__(self, video):
+    if self.impl == 'matmul':
+      return _PatchMatmul(self.patch, self.dim, self.dtype, name='proj')(video)
+    if self.impl != 'conv':
+      raise ValueError(f'model.patch_embed must be "conv" or "matmul", got {self.impl!r}')
     x = nn.Conv(
       self.dim,
       kernel_size=self.patch,
@@ -292,12 +317,15 @@ class Encoder(nn.Module):
   # parameters are then stacked under 'blocks' [depth, ...] instead of 'block0'..'block{depth-1}'
   # (export to PyTorch and layer-wise lr decay read the unrolled names).
   scan_blocks: bool = False
+  patch_embed: str = 'conv'  # model.patch_embed: PatchEmbed.impl
 
   @nn.compact
   def __call__(
     self, video, *, ids_keep=None, mask=None, token_keep=None, pool=None, deterministic: bool = True
   ):
-    x = PatchEmbed(self.patch, self.width, self.dtype, name='patch_embed')(video.astype(self.dtype))
+    x = PatchEmbed(self.patch, self.width, self.dtype, self.patch_embed, name='patch_embed')(
+      video.astype(self.dtype)
+    )
     pos, pos_cls = SeparablePosEmbed(self.grid, self.width, self.pos_embed, name='pos')()
     x = x + pos[None].astype(x.dtype)
     if mask is not None:
@@ -373,5 +401,6 @@ def encoder_from_config(model_cfg, video_shape, drop_path_rate: float | None = N
     attention=model_cfg.get('attention', 'xla'),
     remat=model_cfg.get('remat', 'none'),
     scan_blocks=bool(model_cfg.get('scan_blocks', False)),
+    patch_embed=model_cfg.get('patch_embed', 'conv'),
     name='encoder',
   )
