@@ -12,7 +12,7 @@ import ml_collections
 
 from mvm_jax import hard_patch_masking, masking
 from mvm_jax import objectives
-from mvm_jax.data import default_data_config
+from mvm_jax.data.settings import default_data_config
 from mvm_jax.objectives.contrastive import default_contrastive_config
 from mvm_jax.objectives.loss_prediction import default_hpm_config
 
@@ -55,6 +55,10 @@ def base_config() -> ml_collections.ConfigDict:
       decoder_cls='learned',  # decoder [CLS]: its own token (mae_st) or 'encoder' (embedded encoder [CLS], image MAE)
       drop_path_rate=0.0,
       dtype='float32',  # compute dtype; 'bfloat16' on accelerators
+      attention='xla',  # jax.nn.dot_product_attention implementation: 'xla', or 'cudnn' (GPU, bf16/fp16)
+      remat='none',  # per-block rematerialisation: 'none', 'full' or 'dots_saveable'
+      patch_embed='conv',  # 'conv' (3-D convolution) or 'matmul' (patchify + matmul: same params, faster on CPU)
+      scan_blocks=False,  # nn.scan over the encoder blocks (stacked params; no drop path, no export)
     )
   )
   c.masking = ml_collections.ConfigDict(dict(kind='random', ratio=0.9))
@@ -136,6 +140,7 @@ def validate(config, *, pretraining: bool = True) -> None:
     _fail('model.name', f'unknown model {m.name!r}; known: {list(MODELS)}')
   if m.dtype not in ('float32', 'bfloat16', 'float16'):
     _fail('model.dtype', f'{m.dtype!r} is not float32, bfloat16 or float16')
+  _validate_accelerator_switches(m, pretraining)
   {'mae': _validate_mae, 'vimpac': _validate_vimpac, 'vqvae': _validate_vqvae}[m.name](config)
   if pretraining:
     _validate_objectives(config)
@@ -159,7 +164,7 @@ def validate(config, *, pretraining: bool = True) -> None:
   for key in ('log_every_steps', 'checkpoint_every_steps', 'image_every_steps', 'keep_checkpoints'):
     if config[key] <= 0:
       _fail(key, 'must be positive')
-  if pretraining:
+  if pretraining and config.get('evaluators'):  # (none: no import of the evaluation stack)
     from mvm_jax.evaluate import evaluators  # here: it imports this module
 
     evaluators.validate(config)  # config.evaluators (after the mesh keys it builds a mesh from)
@@ -226,6 +231,34 @@ def _validate_contrastive(config) -> None:
     )
   if two_view and config.batch_size < 2:
     _fail('batch_size', 'contrastive objectives need at least 2 videos per batch (negatives)')
+
+
+def _validate_accelerator_switches(m, pretraining: bool) -> None:
+  """model.attention / remat / scan_blocks (absent in configs saved before them: defaults)."""
+  import jax
+
+  attention = m.get('attention', 'xla')
+  if attention not in ('xla', 'cudnn'):
+    _fail('model.attention', f'{attention!r} is not "xla" or "cudnn"')
+  if attention == 'cudnn':
+    if jax.default_backend() != 'gpu':
+      _fail('model.attention', f'"cudnn" needs an NVIDIA GPU; this process runs on {jax.default_backend()}')
+    if m.dtype not in ('bfloat16', 'float16'):
+      _fail(
+        'model.attention', f'"cudnn" fused attention needs model.dtype bfloat16 or float16, not {m.dtype}'
+      )
+  if m.get('patch_embed', 'conv') not in ('conv', 'matmul'):
+    _fail('model.patch_embed', f'{m.patch_embed!r} is not "conv" or "matmul"')
+  remat = m.get('remat', 'none')
+  if remat not in ('none', 'full', 'dots_saveable'):
+    _fail('model.remat', f'{remat!r} is not "none", "full" or "dots_saveable"')
+  if m.get('scan_blocks', False):
+    if m.name != 'mae':
+      _fail('model.scan_blocks', f'scans the ViT encoder of model.name="mae", not {m.name!r}')
+    if m.drop_path_rate > 0 and pretraining:
+      _fail('model.scan_blocks', f'needs model.drop_path_rate=0 (got {m.drop_path_rate}); unroll the blocks')
+    if not pretraining:
+      _fail('model.scan_blocks', 'pre-training only: evaluations and export read the unrolled block names')
 
 
 def _validate_mae(config) -> None:

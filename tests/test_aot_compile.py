@@ -35,7 +35,7 @@ def test_abstract_step_compiles_to_the_step_main_runs(config):
   host_batch = next(it)
   it.close()
   exp = loop.build_experiment(config, samples_per_epoch=64, devices=devices)
-  batch = loop.global_batch(host_batch, exp.batch_sharding)
+  batch = loop.global_batch(host_batch, exp.batch_sharding, exp.batch_keys)
   main_step, main_flops = loop.compile_step(exp, batch)
 
   abstract, abstract_batch = aot_compile.abstract_step(config, devices, samples_per_epoch=64)

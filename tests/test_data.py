@@ -8,6 +8,7 @@ import json
 import pickle
 
 import av
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -24,6 +25,7 @@ from mvm_jax.data import (
   make_loader,
   probe_video,
 )
+from mvm_jax import pixels as mvm_pixels
 from mvm_jax.data import sources, transforms
 
 MEAN = np.array((0.485, 0.456, 0.406), np.float32)
@@ -209,14 +211,18 @@ def test_batch_shapes_dtypes_and_normalization():
   assert (info.num_records, info.num_classes, info.samples_per_epoch) == (8, 8, 16)
   assert info.batch_size == 4 and info.repeated_sampling == 2
   (batch,) = take(ds, 1)
-  assert batch['video'].shape == (4, 4, 32, 32, 3) and batch['video'].dtype == np.float32
+  assert (
+    batch['video'].shape == (4, 4, 32, 32, 3) and batch['video'].dtype == np.uint8
+  )  # normalised on device
   assert batch['label'].shape == (4,) and batch['label'].dtype == np.int32
   assert batch['index'].shape == (4,) and batch['index'].dtype == np.int32
   src = builtin_source('train')
   assert [src[i].label for i in batch['index']] == list(batch['label'])
-  pixels = batch['video'] * STD + MEAN  # back to [0, 1]
-  assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+  pixels = batch['video'] / 255.0
   assert pixels.std() > 0.05  # real footage, not a constant
+  # The step's on-device normalisation gives the host's float32 values.
+  on_device = np.asarray(mvm_pixels.normalize(jnp.asarray(batch['video']), MEAN, STD))
+  np.testing.assert_array_equal(on_device, transforms.normalize(batch['video'], MEAN, STD))
 
 
 def test_repeated_sampling_gives_k_different_views_of_one_record():

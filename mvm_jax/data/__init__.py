@@ -4,38 +4,43 @@ Entry points: ``default_data_config()`` (the ``config.data`` section) and
 ``make_loader(...)`` -> (grain dataset of host batches, LoaderInfo).
 """
 
-from mvm_jax.data.decode import (
-  VideoBlob,
-  VideoCache,
-  VideoDecodeError,
-  decode_frames,
-  decode_video,
-  probe_video,
-)
-from mvm_jax.data.pipeline import (
-  LoaderInfo,
-  build_source,
-  default_data_config,
-  make_loader,
-  make_sampler,
-  validate_data_config,
-)
-from mvm_jax.data.sampling import (
-  SAMPLERS,
-  ClipPairSampler,
-  ClipSampler,
-  FramePairSampler,
-  Sampler,
-  SegmentSampler,
-)
-from mvm_jax.data.sources import (
-  SourceError,
-  VideoRecord,
-  VideoSource,
-  builtin_source,
-  folder_source,
-  list_source,
-)
+import importlib
+
+# Names load their module on first use (PEP 562), so that `mvm_jax.data.settings` (the config
+# section) imports without Grain or PyAV.
+_MODULE_OF = {
+  'VideoBlob': 'decode',
+  'VideoCache': 'decode',
+  'VideoDecodeError': 'decode',
+  'decode_frames': 'decode',
+  'decode_video': 'decode',
+  'probe_video': 'decode',
+  'LoaderInfo': 'pipeline',
+  'build_source': 'pipeline',
+  'default_data_config': 'settings',
+  'make_loader': 'pipeline',
+  'make_sampler': 'pipeline',
+  'validate_data_config': 'settings',
+  'SAMPLERS': 'sampling',
+  'ClipPairSampler': 'sampling',
+  'ClipSampler': 'sampling',
+  'FramePairSampler': 'sampling',
+  'Sampler': 'sampling',
+  'SegmentSampler': 'sampling',
+  'SourceError': 'sources',
+  'VideoRecord': 'sources',
+  'VideoSource': 'sources',
+  'builtin_source': 'sources',
+  'folder_source': 'sources',
+  'list_source': 'sources',
+}
+
+
+def __getattr__(name):
+  if name in _MODULE_OF:
+    return getattr(importlib.import_module(f'mvm_jax.data.{_MODULE_OF[name]}'), name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
 
 __all__ = [
   'SAMPLERS',

@@ -2,8 +2,8 @@
 
 A sampler decodes a record ONCE and returns ``num_samples = k`` samples
 (repeated sampling, MAE-ST ``repeat_aug``), each with its own temporal
-positions, crops and flips when training: ``(record, rng) -> float32
-[k, *sample_shape]``. Samplers, by ``config.data.sampling`` (:data:`SAMPLERS`):
+positions, crops and flips when training: ``(record, rng) -> uint8
+[k, *sample_shape]`` (normalised later, on the device: :mod:`mvm_jax.pixels`). Samplers, by ``config.data.sampling`` (:data:`SAMPLERS`):
 
 ============  =========================  ==============================
 name          sample_shape               temporal rule (transforms.py)
@@ -49,7 +49,7 @@ import dataclasses
 import numpy as np
 
 from mvm_jax.data import decode
-from mvm_jax.data import transforms
+from mvm_jax.data import settings, transforms
 from mvm_jax.data.sources import VideoRecord
 
 
@@ -81,7 +81,7 @@ def read_frames(
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Sampler:
-  """Base of all samplers: decode once, k samples, spatial views, normalize.
+  """Base of all samplers: decode once, k samples, spatial views (uint8).
 
   Subclasses define the temporal rule (:meth:`_positions`) and the sample
   layout (:attr:`sample_shape`, :attr:`_spatial_views`).
@@ -90,7 +90,8 @@ class Sampler:
     crop_size: S, output height = width.
     scale / aspect_ratio: random-resized-crop ranges (training).
     flip: random horizontal flip (training).
-    mean / std: per-channel normalization of [0, 1] pixels.
+    mean / std: per-channel normalization of [0, 1] pixels (kept for the consumers; the
+      samples stay uint8 and the jitted steps normalise them).
     num_samples: k samples per record (repeated sampling).
     train: random positions, crops and flips; False: deterministic (the rng
       is ignored).
@@ -214,7 +215,7 @@ class Sampler:
     *,
     cache: decode.VideoCache | None = None,
   ) -> np.ndarray:
-    """Samples the record: float32 [k, *sample_shape] (see :meth:`sample`)."""
+    """Samples the record: uint8 [k, *sample_shape] (see :meth:`sample`)."""
     return self.sample(record, rng, cache=cache)[0]
 
   def sample(
@@ -233,7 +234,7 @@ class Sampler:
         decodes the record's whole frame range once; same result as without.
 
     Returns:
-      (float32 [k, *sample_shape], the video's length in positions if it is shorter
+      (uint8 [k, *sample_shape] (normalised on the device: :mod:`mvm_jax.pixels`), the video's length in positions if it is shorter
       than the clip span, else None).
 
     Raises:
@@ -254,14 +255,14 @@ class Sampler:
     )
     clips = frames.reshape(k, -1, t, *frames.shape[1:])  # [k, V, T, H, W, 3]
     s = self.crop_size
-    out = np.empty((k, *self.sample_shape), np.float32)
+    out = np.empty((k, *self.sample_shape), np.uint8)
     views = out.reshape(k, -1, t, s, s, 3)  # a view of out: [k, V * spatial, T, S, S, 3]
     for i in range(k):
       for v, clip in enumerate(clips[i]):
         if record.reverse:
           clip = transforms.reverse_time(clip)
         n = self._spatial_views
-        views[i, v * n : (v + 1) * n] = transforms.normalize(self._crops(clip, rng), self.mean, self.std)
+        views[i, v * n : (v + 1) * n] = self._crops(clip, rng)
     return out, short
 
   def _crops(self, clip: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
@@ -406,7 +407,7 @@ class ClipPairSampler(Sampler):
     )
 
 
-FRAME_PAIR_MODES = ('distant', 'continuous')
+FRAME_PAIR_MODES = settings.FRAME_PAIR_MODES  # ('distant', 'continuous')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -453,3 +454,4 @@ SAMPLERS = {
   'clip_pair': ClipPairSampler,
   'frame_pair': FramePairSampler,
 }
+assert tuple(SAMPLERS) == settings.SAMPLER_NAMES

@@ -54,7 +54,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from mvm_jax.data import randaugment
+from mvm_jax.data import randaugment, settings
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -137,7 +137,7 @@ def _num_offsets(length: int, span: int) -> tuple[int, bool]:
 
 # What a clip does in a range shorter than its span (config.data.short_videos); 'skip' is the
 # sampler's (the record gives no sample), the index rules loop for it.
-SHORT_VIDEOS = ('loop', 'pad', 'skip')
+SHORT_VIDEOS = settings.SHORT_VIDEOS  # ('loop', 'pad', 'skip')
 
 
 def _clip_at(

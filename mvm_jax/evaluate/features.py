@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from mvm_jax import pixels
 from mvm_jax.config import ConfigError
 from mvm_jax.data import pipeline
 from mvm_jax.evaluate.frozen import FrozenEncoder
@@ -197,9 +198,10 @@ def make_extract_fn(frozen: FrozenEncoder, pool: str, token_dtype: str = 'float1
   if pool == TOKENS and token_dtype not in TOKEN_DTYPES:
     raise ValueError(f'token_dtype must be one of {TOKEN_DTYPES}, got {token_dtype!r}')
   encoder = frozen.encoder
+  mean, std = tuple(frozen.config.data.mean), tuple(frozen.config.data.std)
 
   def extract(params, batch):
-    video = batch['video']
+    video = pixels.normalize(batch['video'], mean, std)  # uint8 from the loader: normalised here
     clips = video.reshape(-1, *video.shape[-4:])  # [B·V, T, H, W, 3]
     if pool == TOKENS:
       tokens = encoder.apply({'params': params}, clips)  # [B·V, prefix + L, D]
@@ -226,7 +228,7 @@ def _padded(host_batch: dict | None, size: int, num_valid: int, views: np.ndarra
   ``valid`` marks its first ``num_valid``; ``view`` [size] the pass number of each sample."""
   if host_batch is None:
     host_batch = {
-      'video': np.zeros((0, *sample_shape), np.float32),
+      'video': np.zeros((0, *sample_shape), np.uint8),
       'label': np.zeros((0,), np.int32),
       'index': np.zeros((0,), np.int32),
     }

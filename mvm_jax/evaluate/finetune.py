@@ -27,7 +27,7 @@ from mvm_jax.data import pipeline
 from mvm_jax.evaluate import features, frozen, mixup, report
 from mvm_jax.models import factorized
 from mvm_jax.models import mae as mae_lib
-from mvm_jax.train import loop, optimizer, partitioning
+from mvm_jax.train import loop, model_setup, optimizer, partitioning
 from mvm_jax.train import state as state_lib
 
 
@@ -56,7 +56,8 @@ def make_finetune_step(model, tx, schedule, config, num_classes: int, total_step
   `inputs.preprocess(state.frozen, video)`, if given, turns the (mixed) pixels
   into the model's input (a VIMPAC backbone's tokens)."""
   f = config.finetune
-  preprocess = inputs.preprocess if inputs is not None else None
+  inputs = inputs or model_setup.pixel_inputs(config)
+  preprocess = inputs.preprocess
   num_tokens = math.prod(model.encoder.grid) if preprocess is None else 0
 
   def train_step(state, batch):
@@ -65,7 +66,7 @@ def make_finetune_step(model, tx, schedule, config, num_classes: int, total_step
     targets = mixup.smooth_one_hot(batch['label'], num_classes, f.label_smoothing)
     video, targets = mixup.mix_batch(
       mix_rng,
-      batch['video'],
+      inputs.normalize(batch['video']),
       targets,
       mixup_alpha=f.mixup_alpha,
       cutmix_alpha=f.cutmix_alpha,
@@ -147,6 +148,7 @@ def build_experiment(config, *, num_classes: int, samples_per_epoch: int, device
     state_shardings=shardings,
     batch_sharding=batch_sharding,
     inputs=inputs,
+    batch_keys=('video', 'label'),
   )
 
 
@@ -154,13 +156,12 @@ def _vimpac_classifier(config, num_classes: int):
   """A VIMPAC run's backbone as a [CLS] classifier, behind the run's frozen tokenizer:
   (model, backbone key, depth, ModelInputs, tokenizer variables, example tokens)."""
   from mvm_jax import frozen_tokenizer
-  from mvm_jax.train.step import ModelInputs
 
   if config.finetune.mask_ratio > 0:
     raise config_lib.ConfigError('config.finetune.mask_ratio: token dropping is for ViT encoders, not VIMPAC')
   tok = frozen_tokenizer.load_frozen_tokenizer(config)
   model = factorized.classifier_from_config(config, num_classes, dropout=config.finetune.dropout)
-  inputs = ModelInputs('video', 5, tok.tokenize)
+  inputs = model_setup.pixel_inputs(config, tok.tokenize)
   example = jnp.zeros((2,) + factorized.token_shape_from_config(config), jnp.int32)
   return model, 'backbone', config.vimpac.depth, inputs, tok.variables, example
 
@@ -182,9 +183,11 @@ def evaluate(exp: loop.Experiment, split: str | None = None) -> dict:
     shard_count=jax.process_count(),
   )
 
-  preprocess = exp.inputs.preprocess if exp.inputs is not None else None
+  inputs = exp.inputs or model_setup.pixel_inputs(config)
+  preprocess = inputs.preprocess
 
   def probabilities(params, frozen_variables, video):
+    video = inputs.normalize(video)
     x = video if preprocess is None else preprocess(frozen_variables, video)
     return jax.nn.softmax(exp.model.apply({'params': params}, x))
 
@@ -206,7 +209,7 @@ def evaluate(exp: loop.Experiment, split: str | None = None) -> dict:
     for _ in range(steps):
       host_batch = next(iterator, None)
       if host_batch is None:
-        host_batch = {'video': np.zeros((0, *sample_shape), np.float32), 'label': [], 'index': []}
+        host_batch = {'video': np.zeros((0, *sample_shape), np.uint8), 'label': [], 'index': []}
       video = np.asarray(host_batch['video'])
       video = video.reshape((-1,) + video.shape[-4:])  # [b * V, T, H, W, C], views of a clip together
       sample_shape, n = video.shape[1:], video.shape[0]

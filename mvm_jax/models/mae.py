@@ -30,11 +30,16 @@ class DecoderStack(nn.Module):
   out_dim: int
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
+  attention: str = 'xla'  # as the encoder's (model.attention)
+  remat: str = 'none'  # as the encoder's (model.remat)
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
+    block = vit.block_class(self.remat)
     for i in range(self.depth):
-      x = vit.Block(self.num_heads, self.mlp_ratio, 0.0, self.dtype, name=f'block{i}')(x, deterministic)
+      x = block(self.num_heads, self.mlp_ratio, 0.0, self.dtype, self.attention, name=f'block{i}')(
+        x, deterministic
+      )
     x = vit.layer_norm('norm', self.dtype)(x)
     return vit.dense(self.out_dim, ('embed', None), 'pred', self.dtype, bias_name=None)(x)
 
@@ -100,12 +105,13 @@ class MaskedAutoencoder(nn.Module):
       self.encoder.grid, self.decoder_width, self.pos_embed, prefix='decoder_pos_embed'
     )
     out_dim = int(np.prod(self.target_patch)) * self.channels
+    switches = dict(attention=self.encoder.attention, remat=self.encoder.remat)
     self.decoder = DecoderStack(
-      self.decoder_depth, self.decoder_heads, out_dim, self.decoder_mlp_ratio, self.dtype
+      self.decoder_depth, self.decoder_heads, out_dim, self.decoder_mlp_ratio, self.dtype, **switches
     )
     if self.predict_loss:
       self.loss_predictor = DecoderStack(
-        self.decoder_depth, self.decoder_heads, out_dim, self.decoder_mlp_ratio, self.dtype
+        self.decoder_depth, self.decoder_heads, out_dim, self.decoder_mlp_ratio, self.dtype, **switches
       )
 
   def encode(self, video, mask: Mask, deterministic: bool = True):

@@ -20,6 +20,15 @@ import numpy as np
 LN_EPS = 1e-6  # mae_st's LayerNorm epsilon.
 Dtype = Any
 
+# model.attention -> jax.nn.dot_product_attention(implementation=...).
+ATTENTION = {'xla': 'xla', 'cudnn': 'cudnn'}
+# model.remat -> the jax.checkpoint policy of each block (None: no rematerialisation).
+REMAT_POLICIES = {
+  'none': None,
+  'full': jax.checkpoint_policies.nothing_saveable,
+  'dots_saveable': jax.checkpoint_policies.dots_saveable,
+}
+
 dense_init = nn.initializers.xavier_uniform()
 # mae_st initialises the Conv3d patch projection with xavier-uniform on its [D, C·t·p·p]
 # view: fan-in C·t·p², fan-out D. On the 5-D kernel [t, p, p, C, D] Flax's default would
@@ -127,8 +136,9 @@ class SeparablePosEmbed(nn.Module):
     return tokens, cls[0]
 
 
-class PatchEmbed(nn.Module):
-  """t×p×p non-overlapping 3-D convolution: [B, T, H, W, C] → [B, N, D]."""
+class _PatchMatmul(nn.Module):
+  """The patch convolution's parameters ('kernel' [t, p, p, C, D], 'bias' [D], same init) applied
+  as patchify + one matmul: [B, T, H, W, C] → [B, N, D]."""
 
   patch: tuple[int, int, int]
   dim: int
@@ -136,6 +146,30 @@ class PatchEmbed(nn.Module):
 
   @nn.compact
   def __call__(self, video):
+    shape = (*self.patch, video.shape[-1], self.dim)
+    kernel = self.param('kernel', partitioned(patch_embed_init, (None, None, None, None, 'embed')), shape)
+    bias = self.param('bias', partitioned(nn.initializers.zeros, ('embed',)), (self.dim,))
+    x, kernel, bias = nn.dtypes.promote_dtype(video, kernel, bias, dtype=self.dtype)
+    return patchify(x, self.patch) @ kernel.reshape(-1, self.dim) + bias
+
+
+class PatchEmbed(nn.Module):
+  """t×p×p non-overlapping 3-D convolution: [B, T, H, W, C] → [B, N, D].
+
+  impl 'conv' (XLA convolution) or 'matmul' (patchify + one matmul: the same parameters and
+  sums in another order, faster on CPU; equal to float rounding)."""
+
+  patch: tuple[int, int, int]
+  dim: int
+  dtype: Dtype = jnp.float32
+  impl: str = 'conv'
+
+  @nn.compact
+  def __call__(self, video):
+    if self.impl == 'matmul':
+      return _PatchMatmul(self.patch, self.dim, self.dtype, name='proj')(video)
+    if self.impl != 'conv':
+      raise ValueError(f'model.patch_embed must be "conv" or "matmul", got {self.impl!r}')
     x = nn.Conv(
       self.dim,
       kernel_size=self.patch,
@@ -175,6 +209,7 @@ class Attention(nn.Module):
 
   num_heads: int
   dtype: Dtype = jnp.float32
+  attention: str = 'xla'  # a key of ATTENTION
 
   @nn.compact
   def __call__(self, x, key_mask=None):
@@ -184,7 +219,9 @@ class Attention(nn.Module):
     split = lambda y: einops.rearrange(y, 'b l (h k) -> b l h k', h=self.num_heads)
     q, k, v = (split(dense(d, ('embed', 'heads'), n, self.dtype)(x)) for n in ('q', 'k', 'v'))
     mask = None if key_mask is None else key_mask[:, None, None, :]
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=head_dim**-0.5)
+    out = jax.nn.dot_product_attention(
+      q, k, v, mask=mask, scale=head_dim**-0.5, implementation=ATTENTION[self.attention]
+    )
     out = einops.rearrange(out, 'b l h k -> b l (h k)')
     return dense(d, ('heads', 'embed'), 'proj', self.dtype, bias_name='embed')(out)
 
@@ -208,16 +245,47 @@ class Block(nn.Module):
   mlp_ratio: float = 4.0
   drop_path: float = 0.0
   dtype: Dtype = jnp.float32
+  attention: str = 'xla'
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True, key_mask=None):
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
     drop = DropPath(self.drop_path)
-    attn = Attention(self.num_heads, self.dtype, name='attn')
+    attn = Attention(self.num_heads, self.dtype, self.attention, name='attn')
     x = x + drop(attn(layer_norm('norm1', self.dtype)(x), key_mask), deterministic)
     hidden = int(x.shape[-1] * self.mlp_ratio)
     x = x + drop(Mlp(hidden, self.dtype, name='mlp')(layer_norm('norm2', self.dtype)(x)), deterministic)
     return x
+
+
+def block_class(remat: str = 'none'):
+  """`Block`, or `Block` rematerialised in the backward pass with the jax.checkpoint policy
+  `REMAT_POLICIES[remat]` (parameter names unchanged)."""
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f'model.remat must be one of {list(REMAT_POLICIES)}, got {remat!r}')
+  if remat == 'none':
+    return Block
+  # static_argnums counts `self`: `deterministic` is argument 2.
+  return nn.remat(Block, policy=REMAT_POLICIES[remat], static_argnums=(2,))
+
+
+class _ScanBlock(nn.Module):
+  """One `Block` as an `nn.scan` body: (x, key_mask) -> (x, None). No stochastic depth (the
+  unrolled encoder's per-layer rates are not scanned; `Encoder` refuses scan with them)."""
+
+  num_heads: int
+  mlp_ratio: float
+  dtype: Dtype
+  attention: str
+  remat: str
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x, key_mask):
+    block = block_class(self.remat)(
+      self.num_heads, self.mlp_ratio, 0.0, self.dtype, self.attention, name='block'
+    )
+    return block(x, self.deterministic, key_mask), None
 
 
 class Encoder(nn.Module):
@@ -243,12 +311,21 @@ class Encoder(nn.Module):
   drop_path_rate: float = 0.0
   pos_embed: str = 'learned'
   dtype: Dtype = jnp.float32
+  attention: str = 'xla'  # model.attention: a key of ATTENTION
+  remat: str = 'none'  # model.remat: a key of REMAT_POLICIES
+  # model.scan_blocks: one nn.scan over the blocks (faster compiles of deep models); the block
+  # parameters are then stacked under 'blocks' [depth, ...] instead of 'block0'..'block{depth-1}'
+  # (export to PyTorch and layer-wise lr decay read the unrolled names).
+  scan_blocks: bool = False
+  patch_embed: str = 'conv'  # model.patch_embed: PatchEmbed.impl
 
   @nn.compact
   def __call__(
     self, video, *, ids_keep=None, mask=None, token_keep=None, pool=None, deterministic: bool = True
   ):
-    x = PatchEmbed(self.patch, self.width, self.dtype, name='patch_embed')(video.astype(self.dtype))
+    x = PatchEmbed(self.patch, self.width, self.dtype, self.patch_embed, name='patch_embed')(
+      video.astype(self.dtype)
+    )
     pos, pos_cls = SeparablePosEmbed(self.grid, self.width, self.pos_embed, name='pos')()
     x = x + pos[None].astype(x.dtype)
     if mask is not None:
@@ -264,10 +341,15 @@ class Encoder(nn.Module):
     key_mask = None
     if token_keep is not None:
       key_mask = jnp.concatenate([jnp.ones_like(token_keep[:, :1], bool), token_keep.astype(bool)], axis=1)
-    rates = np.linspace(0.0, self.drop_path_rate, self.depth)
-    for i in range(self.depth):
-      block = Block(self.num_heads, self.mlp_ratio, float(rates[i]), self.dtype, name=f'block{i}')
-      x = block(x, deterministic, key_mask)
+    if self.scan_blocks:
+      x = _scan_blocks(self, x, deterministic, key_mask)
+    else:
+      rates = np.linspace(0.0, self.drop_path_rate, self.depth)
+      block = block_class(self.remat)
+      for i in range(self.depth):
+        x = block(
+          self.num_heads, self.mlp_ratio, float(rates[i]), self.dtype, self.attention, name=f'block{i}'
+        )(x, deterministic, key_mask)
     norm = layer_norm('norm', self.dtype)
     if pool is None:
       return norm(x)
@@ -278,6 +360,29 @@ class Encoder(nn.Module):
     )
     weights = weights.astype(x.dtype)[..., None]
     return norm((x * weights).sum(axis=1) / weights.sum(axis=1))
+
+
+def _scan_blocks(module: Encoder, x, deterministic: bool, key_mask):
+  if module.drop_path_rate > 0 and not deterministic:
+    raise ValueError('model.scan_blocks does not support drop_path_rate > 0 (unroll the blocks)')
+  scanned = nn.scan(
+    _ScanBlock,
+    variable_axes={'params': 0},
+    split_rngs={'params': True, 'dropout': True},
+    in_axes=nn.broadcast,
+    length=module.depth,
+    metadata_params={nn.PARTITION_NAME: 'layers'},
+  )
+  body = scanned(
+    module.num_heads,
+    module.mlp_ratio,
+    module.dtype,
+    module.attention,
+    module.remat,
+    deterministic,
+    name='blocks',
+  )
+  return body(x, key_mask)[0]
 
 
 def encoder_from_config(model_cfg, video_shape, drop_path_rate: float | None = None) -> Encoder:
@@ -293,5 +398,9 @@ def encoder_from_config(model_cfg, video_shape, drop_path_rate: float | None = N
     drop_path_rate=model_cfg.drop_path_rate if drop_path_rate is None else drop_path_rate,
     pos_embed=model_cfg.pos_embed,
     dtype=jnp.dtype(model_cfg.dtype),
+    attention=model_cfg.get('attention', 'xla'),
+    remat=model_cfg.get('remat', 'none'),
+    scan_blocks=bool(model_cfg.get('scan_blocks', False)),
+    patch_embed=model_cfg.get('patch_embed', 'conv'),
     name='encoder',
   )

@@ -200,7 +200,7 @@ def with_per_device_batch(config, per_device_batch: int, num_devices: int):
 
 def abstract_batch(config, sharding) -> dict:
   """ShapeDtypeStructs of the batch the train loader yields (carrying `sharding`): pixels
-  {'video': f32 [B, *sample_shape], 'label': i32 [B], 'index': i32 [B]} (sample_shape per
+  {'video': uint8 [B, *sample_shape], 'label': i32 [B], 'index': i32 [B]} (sample_shape per
   `data.sampling`: [T, S, S, 3], pairs [2, T, S, S, 3] or [2, 1, S, S, 3]); for token data
   {'tokens': i32 [B, (2,) T, h, w], ...}."""
   import jax
@@ -218,7 +218,7 @@ def abstract_batch(config, sharding) -> dict:
     batch['tokens'] = sds((b, *views, *factorized.token_shape_from_config(config)), jnp.int32)
   else:
     sample_shape = pipeline.make_sampler(config.data, train=True).sample_shape
-    batch['video'] = sds((b, *sample_shape), jnp.float32)
+    batch['video'] = sds((b, *sample_shape), jnp.uint8)
   return batch
 
 
@@ -332,14 +332,15 @@ def _is_out_of_memory(error: Exception) -> bool:
 
 def abstract_step(config, devices, *, samples_per_epoch: Optional[int] = None):
   """(exp, batch): `loop.abstract_experiment` on a mesh of `devices` per `config.mesh`, and the
-  abstract batch; `exp.train_step.lower(exp.state, batch)` lowers the step `main` runs.
+  abstract batch (the entries the step reads); `exp.train_step.lower(exp.state, batch)` lowers the step `main` runs.
   `samples_per_epoch` (default: 1000 batches) only sets the schedule's length."""
   from mvm_jax.train import loop, partitioning
 
   mesh = partitioning.make_mesh(config.mesh, devices)
   samples_per_epoch = samples_per_epoch or config.batch_size * 1000
   exp = loop.abstract_experiment(config, mesh, samples_per_epoch=samples_per_epoch)
-  return exp, abstract_batch(config, exp.batch_sharding)
+  batch = abstract_batch(config, exp.batch_sharding)
+  return exp, {k: v for k, v in batch.items() if exp.batch_keys is None or k in exp.batch_keys}
 
 
 def aot_compile(

@@ -6,15 +6,22 @@ A script, not a test: everything it prints is measured in this one run. The
 step runs on synthetic clips of the config's shape (the data loader has its
 own benchmark), after warm-up, timed as the median of `--steps` steps.
 FLOPs are XLA's cost analysis of the compiled step; the matmul peak is an
-f32 n×n matmul measured on the same device in the same run.
+n×n matmul (`--peak_dtype`, f32 by default) measured on the same device in the same run.
+Also: the phases (forward; backward = forward+backward minus forward; optimizer = the step
+minus forward+backward, each compiled and timed alone), the compile time, XLA's memory analysis
+(peak estimate) and, with `--remat_variants`, the same for each rematerialisation policy.
+
+Imports no TensorFlow, Grain or PyAV: runs on an image with only jax/flax/optax/einops/ml-collections.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
@@ -23,12 +30,11 @@ from mvm_jax.train import flops, loop
 
 
 def synthetic_batch(config, seed: int = 0) -> dict:
-  """Random normalized clips with the config's shape: {'video': [B, T, S, S, 3], 'label': [B]}."""
+  """Random uint8 clips with the config's shape, as the loader emits them (the step normalises
+  them on the device): {'video': [B, T, S, S, 3], 'label': [B], 'index': [B]}."""
   rng = np.random.default_rng(seed)
   d = config.data
-  video = rng.standard_normal((config.batch_size, d.num_frames, d.crop_size, d.crop_size, 3)).astype(
-    np.float32
-  )
+  video = rng.integers(0, 256, (config.batch_size, d.num_frames, d.crop_size, d.crop_size, 3), np.uint8)
   return {
     'video': video,
     'label': np.zeros(config.batch_size, np.int32),
@@ -36,68 +42,180 @@ def synthetic_batch(config, seed: int = 0) -> dict:
   }
 
 
-def time_train_step(config, steps: int, warmup: int) -> dict:
-  """Median step time (s) and XLA FLOPs per step of the config's train step."""
-  exp = loop.build_experiment(config, samples_per_epoch=config.batch_size * 1000)
-  batch = loop.global_batch(synthetic_batch(config), exp.batch_sharding)
+def memory_analysis(compiled) -> dict:
+  """XLA's memory analysis of a compiled step, in MB: arguments, outputs, temporaries, and the peak
+  estimate arguments + outputs - aliased (donated) + temporaries. {} where the backend has none."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # noqa: BLE001 (backends raise various types, or return None)
+    m = None
+  if m is None:
+    return {}
+  mb = lambda n: float(n) / 2**20  # noqa: E731
+  args, out, alias, temp = (
+    m.argument_size_in_bytes,
+    m.output_size_in_bytes,
+    m.alias_size_in_bytes,
+    m.temp_size_in_bytes,
+  )
+  return {
+    'argument_mb': mb(args),
+    'output_mb': mb(out),
+    'temp_mb': mb(temp),
+    'peak_mb': mb(args + out - alias + temp),
+  }
+
+
+def time_train_step(config, steps: int, warmup: int, phase: str = 'step') -> dict:
+  """Median step time (s), XLA FLOPs per step, compile time (s) and XLA memory analysis of the
+  config's train step (or of its first `phase`: 'forward', 'gradients'; see make_train_step)."""
+  exp = loop.build_experiment(config, samples_per_epoch=config.batch_size * 1000, phase=phase)
+  batch = loop.global_batch(synthetic_batch(config), exp.batch_sharding, exp.batch_keys)
+  start = time.perf_counter()
   compiled, step_flops = loop.compile_step(exp, batch)
+  compile_s = time.perf_counter() - start
   state = exp.state
   for _ in range(warmup):
     state, metrics = compiled(state, batch)
-  jax.block_until_ready(metrics)
+  jax.block_until_ready(state)
   times = []
   for _ in range(steps):
     start = time.perf_counter()
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
-  return {'step_s': float(np.median(times)), 'flops': step_flops}
+  return {
+    'step_s': float(np.median(times)),
+    'flops': step_flops,
+    'compile_s': compile_s,
+    'memory': memory_analysis(compiled),
+  }
 
 
-def bench(config, steps: int = 10, warmup: int = 2, dense: bool = True) -> dict:
+def _variant(config, **model):
+  c = config.copy_and_resolve_references()
+  c.model.update(model)
+  return c
+
+
+def bench(
+  config,
+  steps: int = 10,
+  warmup: int = 2,
+  dense: bool = True,
+  phases: bool = True,
+  remat_variants: Sequence[str] = (),
+  peak_dtype: str = 'float32',
+) -> dict:
+  """Everything measured in this one run (see the module doc); the JSON keys of `--json`."""
   sparse = time_train_step(config, steps, warmup)
-  peak = flops.measure_matmul_peak()
+  peak = flops.measure_matmul_peak(dtype=jnp.dtype(peak_dtype))
   gflops_per_s = sparse['flops'] / sparse['step_s'] / 1e9
   result = {
+    'device': f'{jax.device_count()}x {jax.devices()[0].device_kind}',
     'step_ms': sparse['step_s'] * 1e3,
     'clips_per_s': config.batch_size / sparse['step_s'],
     'gflops_per_s': gflops_per_s,
     'matmul_peak_gflops_per_s': peak / 1e9,
+    'matmul_peak_dtype': peak_dtype,
     'mfu': gflops_per_s * 1e9 / peak,
+    'compile_s': sparse['compile_s'],
+    'memory': sparse['memory'],
+    'peak_memory_mb': sparse['memory'].get('peak_mb'),
     'sparse_vs_dense_speedup': None,
   }
+  # The accelerator's data-sheet peak (config.peak_tflops_per_device, else a known chip's; None on CPU).
+  device_peak = None
+  if jax.devices()[0].platform != 'cpu' or config.get('peak_tflops_per_device', -1.0) > 0:
+    device_peak = flops.peak_flops_per_device(config.get('peak_tflops_per_device', -1.0))
+  result['device_peak_tflops'] = None if device_peak is None else device_peak / 1e12
+  result['mfu_device_peak'] = None if device_peak is None else gflops_per_s * 1e9 / device_peak
+  if phases:
+    forward = time_train_step(config, steps, warmup, phase='forward')
+    gradients = time_train_step(config, steps, warmup, phase='gradients')
+    result['phases_ms'] = {
+      'forward': forward['step_s'] * 1e3,
+      'backward': (gradients['step_s'] - forward['step_s']) * 1e3,
+      'optimizer': (sparse['step_s'] - gradients['step_s']) * 1e3,
+    }
+    result['phases_gflop'] = {
+      'forward': forward['flops'] / 1e9,
+      'backward': (gradients['flops'] - forward['flops']) / 1e9,
+      'optimizer': (sparse['flops'] - gradients['flops']) / 1e9,
+    }
   if dense:
-    dense_config = config.copy_and_resolve_references()
-    dense_config.model.dense_encoder = True
+    dense_config = _variant(config, dense_encoder=True)
     result['dense_step_ms'] = time_train_step(dense_config, steps, warmup)['step_s'] * 1e3
     result['sparse_vs_dense_speedup'] = result['dense_step_ms'] / result['step_ms']
+  remat = {}
+  for name in remat_variants:
+    if name == config.model.get('remat', 'none'):
+      r = sparse
+    else:
+      r = time_train_step(_variant(config, remat=name), steps, warmup)
+    remat[name] = {
+      'step_ms': r['step_s'] * 1e3,
+      'clips_per_s': config.batch_size / r['step_s'],
+      'mfu': r['flops'] / r['step_s'] / peak,
+      'mfu_device_peak': None if device_peak is None else r['flops'] / r['step_s'] / device_peak,
+      'tflops_per_s': r['flops'] / r['step_s'] / 1e12,
+      'compile_s': r['compile_s'],
+      'peak_memory_mb': r['memory'].get('peak_mb'),
+    }
+  if remat:
+    result['remat'] = remat
   return result
 
 
+def _mb(value) -> str:
+  return '       n/a' if value is None else f'{value:10.1f}'
+
+
 def format_table(result: dict, config) -> str:
-  d = config.data
+  d, m = config.data, config.model
   lines = [
-    f'{jax.device_count()}× {jax.devices()[0].device_kind}; clip {d.num_frames}×{d.crop_size}², '
-    f'batch {config.batch_size}, encoder {config.model.encoder.width}-d×{config.model.encoder.depth}, '
-    f'mask {config.masking.ratio}, {config.model.dtype}',
+    f'{result["device"]}; clip {d.num_frames}×{d.crop_size}², '
+    f'batch {config.batch_size}, encoder {m.encoder.width}-d×{m.encoder.depth}, '
+    f'mask {config.masking.ratio}, {m.dtype}, attention {m.get("attention", "xla")}, remat {m.get("remat", "none")}',
     f'train step (median)       {result["step_ms"]:10.1f} ms',
     f'clips/s                   {result["clips_per_s"]:10.2f}',
     f'achieved GFLOP/s (XLA)    {result["gflops_per_s"]:10.1f}',
-    f'f32 matmul peak GFLOP/s   {result["matmul_peak_gflops_per_s"]:10.1f}',
+    f'{result["matmul_peak_dtype"]:>7} matmul peak GFLOP/s {result["matmul_peak_gflops_per_s"]:9.1f}',
     f'MFU (achieved / peak)     {result["mfu"]:10.3f}',
   ]
+  if result['mfu_device_peak'] is not None:
+    lines.append(
+      f'MFU vs device peak        {result["mfu_device_peak"]:10.3f}  ({result["device_peak_tflops"]:.0f} TFLOP/s)'
+    )
+  lines += [
+    f'compile time              {result["compile_s"]:10.1f} s',
+    f'peak memory (XLA)         {_mb(result["peak_memory_mb"])} MB',
+  ]
+  if 'phases_ms' in result:
+    lines.append('phase        ms    share  GFLOP (XLA)')
+    total = result['step_ms']
+    for name, ms in result['phases_ms'].items():
+      lines.append(f'  {name:<9} {ms:7.1f}  {ms / total:6.1%}  {result["phases_gflop"][name]:9.2f}')
   if result['sparse_vs_dense_speedup']:
     lines += [
       f'dense step (w/ [M])       {result["dense_step_ms"]:10.1f} ms',
       f'sparse vs dense speed-up  {result["sparse_vs_dense_speedup"]:10.2f}×',
     ]
+  if result.get('remat'):
+    lines.append('remat            step ms   clips/s    MFU  compile s  peak MB')
+    for name, r in result['remat'].items():
+      lines.append(
+        f'  {name:<14} {r["step_ms"]:8.1f} {r["clips_per_s"]:9.2f} {r["mfu"]:6.3f} {r["compile_s"]:10.1f} '
+        f'{_mb(r["peak_memory_mb"])}'
+      )
   return '\n'.join(lines)
 
 
 def main(argv):
   del argv
   f = flags.FLAGS
-  result = bench(f.config, f.steps, f.warmup, f.dense)
+  variants = [v for v in f.remat_variants.split(',') if v]
+  result = bench(f.config, f.steps, f.warmup, f.dense, f.phases, variants, f.peak_dtype)
   print(json.dumps(result) if f.json else format_table(result, f.config))
 
 
@@ -108,6 +226,11 @@ def _define_flags():
   flags.DEFINE_integer('steps', 10, 'Timed steps (median reported).')
   flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
   flags.DEFINE_bool('dense', True, 'Also time the dense (mask tokens in the encoder) variant.')
+  flags.DEFINE_bool('phases', True, 'Also time forward and forward+backward alone (the phase table).')
+  flags.DEFINE_string(
+    'remat_variants', '', 'Comma-separated model.remat policies to time too (none,full,dots_saveable).'
+  )
+  flags.DEFINE_string('peak_dtype', 'float32', 'dtype of the n×n matmul whose speed is the MFU peak.')
 
 
 if __name__ == '__main__':

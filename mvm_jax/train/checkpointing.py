@@ -80,9 +80,13 @@ class Checkpointer:
     except Exception as e:  # noqa: BLE001 (orbax and tensorstore raise many types)
       raise self._write_error(self._writing, e) from e
 
+  def due(self, step: int, *, force: bool = False) -> bool:
+    """Whether `save(step, ..., force=force)` would write a checkpoint."""
+    return force or step % self.every_steps == 0
+
   def save(self, step: int, state: Any, data_state: Any, *, force: bool = False) -> bool:
     """Save if `step` is a multiple of `every_steps` (or `force`); returns whether it saved."""
-    if not force and step % self.every_steps:
+    if not self.due(step, force=force):
       return False
     data = encode_data_state(data_state)
     if jax.process_count() > 1:

@@ -18,12 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
 
+# Imported where used, not here: the data pipeline (Grain, PyAV), clu's writers (TensorFlow), the
+# evaluators and the pictures, so that building and timing the step (`mvm_jax.tools.bench`,
+# `tools.aot_compile`) runs on an image with only jax/flax/optax/einops/ml-collections.
 from mvm_jax import config as config_lib
-from mvm_jax import objectives, visualize
-from mvm_jax.data import pipeline
-from mvm_jax.evaluate import evaluators as evaluators_lib
+from mvm_jax import objectives
 from mvm_jax.models import ema, heads
 from mvm_jax.train import checkpointing, flops, mask_policy, model_setup, optimizer, partitioning
 from mvm_jax.train import state as state_lib
@@ -54,6 +54,7 @@ class Experiment:
   data_info: Any = None
   inputs: Any = None  # step.ModelInputs: the batch entry the model reads, and its preprocessing
   steps_per_epoch: int = 1
+  batch_keys: Optional[tuple[str, ...]] = None  # the batch entries the step reads (None: all)
 
 
 def schedule_lengths(config, samples_per_epoch: int) -> tuple[int, int]:
@@ -64,11 +65,12 @@ def schedule_lengths(config, samples_per_epoch: int) -> tuple[int, int]:
   return total, min(warmup, total)
 
 
-def build_experiment(config, *, samples_per_epoch: int, devices=None) -> Experiment:
-  """Validate the config, make the mesh, model, masker, optimizer, sharded state and jitted step."""
+def build_experiment(config, *, samples_per_epoch: int, devices=None, phase: str = 'step') -> Experiment:
+  """Validate the config, make the mesh, model, masker, optimizer, sharded state and jitted step
+  (`phase`: all of it, or only up to 'forward' / 'gradients', for benchmarks: see make_train_step)."""
   config_lib.validate(config)
   mesh = partitioning.make_mesh(config.mesh, devices)
-  exp, init_state = _experiment_on_mesh(config, mesh, samples_per_epoch)
+  exp, init_state = _experiment_on_mesh(config, mesh, samples_per_epoch, phase)
   exp.state = init_state(jax.random.PRNGKey(config.seed))
   return exp
 
@@ -82,7 +84,9 @@ def abstract_experiment(config, mesh, *, samples_per_epoch: int) -> Experiment:
   return _experiment_on_mesh(config, mesh, samples_per_epoch)[0]
 
 
-def _experiment_on_mesh(config, mesh, samples_per_epoch: int) -> tuple[Experiment, Callable]:
+def _experiment_on_mesh(
+  config, mesh, samples_per_epoch: int, phase: str = 'step'
+) -> tuple[Experiment, Callable]:
   """(Experiment with the abstract state, rng -> the initialised sharded state): everything of
   `build_experiment` after the mesh; the second allocates, the first does not."""
   dp = partitioning.data_parallel_size(mesh)
@@ -120,6 +124,7 @@ def _experiment_on_mesh(config, mesh, samples_per_epoch: int) -> tuple[Experimen
     config.optim.grad_accum_steps,
     teacher_momentum,
     setup.inputs,
+    phase,
   )
   jitted = jit_train_step(step_fn, mesh, shardings, batch_sharding)
   exp = Experiment(
@@ -138,6 +143,7 @@ def _experiment_on_mesh(config, mesh, samples_per_epoch: int) -> tuple[Experimen
     batch_sharding=batch_sharding,
     inputs=setup.inputs,
     steps_per_epoch=steps_per_epoch,
+    batch_keys=(setup.inputs.key,),
   )
   init_state = lambda rng: state_lib.init_sharded_state(
     setup.init_variables, tx, mesh, rng, shardings, **state_args
@@ -157,9 +163,14 @@ def jit_train_step(step_fn, mesh, state_shardings, batch_sharding):
     )
 
 
-def global_batch(host_batch: dict, sharding) -> dict:
-  """Host-local numpy batch → global jax.Arrays split over the data axes."""
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in host_batch.items()}
+def global_batch(host_batch: dict, sharding, keys: Optional[Sequence[str]] = None) -> dict:
+  """Host-local numpy batch → global jax.Arrays split over the data axes (only `keys`, if given:
+  what the step reads goes to the device, nothing else)."""
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+    for k, v in host_batch.items()
+    if keys is None or k in keys
+  }
 
 
 def compile_step(exp: Experiment, example_batch: dict):
@@ -195,11 +206,12 @@ class _Preemption:
 
 def _first_samples(exp: Experiment, x, n: int, batch_ndim: int):
   """The first `n` samples of the global batch array `x` (rank `batch_ndim`, or one more for
-  [B, V, ...] view pairs: their first view), replicated on every device so that every process
-  can read them (a collective: call on all)."""
+  [B, V, ...] view pairs: their first view), uint8 pixels normalised, replicated on every device
+  so that every process can read them (a collective: call on all)."""
+  normalize = exp.inputs.normalize if exp.inputs is not None else (lambda x: x)
 
   def take(x):
-    return (x[:, 0] if x.ndim == batch_ndim + 1 else x)[:n]
+    return normalize((x[:, 0] if x.ndim == batch_ndim + 1 else x)[:n])
 
   with partitioning.sharding_context(exp.mesh):
     return _replicated_jit(exp, take)(x)
@@ -217,6 +229,8 @@ def _write_images(exp: Experiment, workdir: str, step: int, batch: dict):
 
   Runs on every process (the global batch and the state may span all hosts);
   only the chief writes the PNGs. Returns their paths on the chief, None elsewhere."""
+  from mvm_jax import visualize
+
   c = exp.config
   if c.model.name == 'vimpac':
     return _write_token_images(exp, workdir, step, batch)
@@ -275,6 +289,8 @@ def _write_token_images(exp: Experiment, workdir: str, step: int, batch: dict):
   """VIMPAC: for the first samples (first view), the code map, the masked input
   and the predicted codes with right/wrong marks (and the frames when the step
   tokenizes pixels), with a fixed block mask. On every process; the chief writes."""
+  from mvm_jax import visualize
+
   c, inputs = exp.config, exp.inputs
   n = min(c.num_image_samples, batch[inputs.key].shape[0])
   x = _first_samples(exp, batch[inputs.key], n, batch_ndim=inputs.sample_ndim)
@@ -322,6 +338,9 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   after saving; the next call continues. Returns the final step's metrics and
   a per-step loss history of this invocation.
   """
+  from mvm_jax.data import pipeline
+  from mvm_jax.evaluate import evaluators as evaluators_lib
+
   config_lib.validate(config)
   loader, data_info = pipeline.make_loader(
     config.data,
@@ -359,13 +378,17 @@ def fit(
   Resumes from the latest checkpoint in `workdir/checkpoints` (state and data
   iterator position), runs `exp.train_step` to `exp.total_steps`, logs
   metrics with progress/ETA/MFU, saves checkpoints (and on SIGTERM), stops on
-  a non-finite loss keeping the last good checkpoint. `hooks` get (step,
+  a non-finite loss keeping the last good checkpoint. Metrics stay on the device
+  between log steps: the host syncs (and checks the loss) only at log steps and
+  before each checkpoint; the next batch is on the device before the hooks run. `hooks` get (step,
   global batch of that step) on every process after each step and read
   `exp.state` (pictures, periodic evaluation: work on global arrays and
   collectives, so every process must enter them; only the chief writes
   files). They return scalars for the run's metric writer at that step, or
   None; their wall time is left out of the step time.
   """
+  from clu import metric_writers
+
   config, data_info = exp.config, exp.data_info
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
@@ -411,6 +434,8 @@ def _close_quietly(ckpt, writer) -> None:
 
 def _resume_and_train(exp, workdir, ckpt, writer, data_iter, hooks, stop_after_steps) -> dict:
   """`fit` after setup: resume from the newest readable checkpoint, train, close `ckpt` and `writer`."""
+  from clu import periodic_actions
+
   config, data_info = exp.config, exp.data_info
   state = exp.state
   abstract = state_lib.abstract_with_shardings(state.without_frozen(), exp.state_shardings.without_frozen())
@@ -431,7 +456,7 @@ def _resume_and_train(exp, workdir, ckpt, writer, data_iter, hooks, stop_after_s
     return {'step': start_step, 'metrics': {}, 'losses': [], 'history': []}
 
   host_batch = next(data_iter)
-  batch = global_batch(host_batch, exp.batch_sharding)
+  batch = global_batch(host_batch, exp.batch_sharding, exp.batch_keys)
   compiled, step_flops = compile_step(exp, batch)
   peak = flops.peak_flops_per_device(config.peak_tflops_per_device)
   logging.info(
@@ -445,27 +470,31 @@ def _resume_and_train(exp, workdir, ckpt, writer, data_iter, hooks, stop_after_s
     num_train_steps=exp.total_steps, writer=writer, every_steps=config.log_every_steps
   )
   history, window, losses = [], [], []
+  pending = []  # the metrics of the steps since the last check, still on the device
   last_log_time, last_log_step = time.perf_counter(), start_step
   step = start_step
   with _Preemption() as preemption:
     while step < exp.total_steps:
-      state, step_metrics = compiled(state, batch)
+      state, step_metrics = compiled(state, batch)  # dispatched; runs while the host goes on
       step += 1
+      pending.append((step, step_metrics))
       data_state = data_iter.get_state()  # position after the batch just used
-      host_batch = next(data_iter) if step < exp.total_steps else None
-      step_metrics = jax.device_get(step_metrics)
-      loss = float(step_metrics['loss'])
-      if not math.isfinite(loss):
-        ckpt.close()
-        raise NonFiniteLossError(
-          f'Loss became {loss} at step {step}; stopping. The last good checkpoint '
-          f'(step {ckpt.latest_step()}) in {workdir}/checkpoints is kept; lower optim.base_lr '
-          f'or tighten optim.clip_grad_norm and rerun to resume from it.'
-        )
-      losses.append(loss)
-      window.append(step_metrics)
+      # Double buffering: the next batch goes to the device before any callback below runs.
+      next_batch = None
+      if step < exp.total_steps:
+        next_batch = global_batch(next(data_iter), exp.batch_sharding, exp.batch_keys)
+      stop = preemption.requested or (stop_after_steps is not None and step - start_step >= stop_after_steps)
+      force_save = stop or step == exp.total_steps
+      log_now = step % config.log_every_steps == 0 or step == exp.total_steps
+      if log_now or ckpt.due(step, force=force_save):
+        # The only host sync of the loop: at log steps, and before a checkpoint, so that no
+        # checkpoint ever holds a state after a non-finite loss.
+        fetched = _fetch_finite(pending, ckpt, workdir)
+        pending = []
+        losses.extend(float(m['loss']) for m in fetched)
+        window.extend(fetched)
       report(step)
-      if step % config.log_every_steps == 0 or step == exp.total_steps:
+      if log_now:
         now = time.perf_counter()
         seconds_per_step = (now - last_log_time) / max(1, step - last_log_step)
         scalars = _mean_metrics(window)
@@ -485,8 +514,7 @@ def _resume_and_train(exp, workdir, ckpt, writer, data_iter, hooks, stop_after_s
         history.append({'step': step, **scalars})
         window, last_log_time, last_log_step = [], now, step
       exp.state = state
-      stop = preemption.requested or (stop_after_steps is not None and step - start_step >= stop_after_steps)
-      ckpt.save(step, state.without_frozen(), data_state, force=stop or step == exp.total_steps)
+      ckpt.save(step, state.without_frozen(), data_state, force=force_save)
       hooks_start = time.perf_counter()
       for hook in hooks:
         scalars = hook(step, batch)
@@ -496,12 +524,27 @@ def _resume_and_train(exp, workdir, ckpt, writer, data_iter, hooks, stop_after_s
       if stop:
         logging.info('Stopping at step %d (checkpoint saved).', step)
         break
-      if host_batch is not None:
-        batch = global_batch(host_batch, exp.batch_sharding)
+      batch = next_batch
   ckpt.close()
   writer.flush()
   writer.close()
   return {'step': step, 'metrics': history[-1] if history else {}, 'losses': losses, 'history': history}
+
+
+def _fetch_finite(pending: list, ckpt, workdir: str) -> list[dict]:
+  """Fetch the (step, on-device metrics) of `pending` to the host; on the first non-finite loss
+  among them, close `ckpt` (no further save) and raise NonFiniteLossError naming that step."""
+  fetched = jax.device_get([m for _, m in pending])
+  for (step, _), metrics in zip(pending, fetched):
+    loss = float(metrics['loss'])
+    if not math.isfinite(loss):
+      ckpt.close()
+      raise NonFiniteLossError(
+        f'Loss became {loss} at step {step}; stopping. The last good checkpoint '
+        f'(step {ckpt.latest_step()}) in {workdir}/checkpoints is kept; lower optim.base_lr '
+        f'or tighten optim.clip_grad_norm and rerun to resume from it.'
+      )
+  return fetched
 
 
 def _flat(tree: dict, prefix: str = '') -> dict:

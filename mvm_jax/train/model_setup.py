@@ -70,7 +70,7 @@ def _mae_setup(config, total_steps: int, steps_per_epoch: int) -> ModelSetup:
 
   return ModelSetup(
     model=model,
-    inputs=ModelInputs(),
+    inputs=pixel_inputs(config),
     masker=masker,
     policy=mask_policy.make_mask_policy(config, model, masker, total_steps, steps_per_epoch),
     init_variables=init_variables,
@@ -93,7 +93,7 @@ def _vqvae_setup(config, total_steps: int) -> ModelSetup:
 
   return ModelSetup(
     model=model,
-    inputs=ModelInputs(),
+    inputs=pixel_inputs(config),
     masker=None,
     policy=lambda rng, step, video, teacher: (None, {}),
     init_variables=init_variables,
@@ -101,6 +101,12 @@ def _vqvae_setup(config, total_steps: int) -> ModelSetup:
     grid=(t, h // f, w // f),
     description=f'VQ-VAE, {model.codebook_size} codes, {f}x downsampling',
   )
+
+
+def pixel_inputs(config, preprocess=None) -> ModelInputs:
+  """The batch's 'video' pixels (uint8, normalised in the step with config.data.mean / std)."""
+  d = config.data
+  return ModelInputs('video', 5, preprocess, tuple(d.mean), tuple(d.std))
 
 
 def token_input(config) -> tuple[ModelInputs, Any, str]:
@@ -141,7 +147,7 @@ def token_input(config) -> tuple[ModelInputs, Any, str]:
       f'config.vimpac.downsample={v.downsample}, but the tokenizer downsamples {tok.downsample}x'
     )
   preprocess = lambda frozen, video: jax.lax.stop_gradient(tok.tokenize(frozen, video))
-  return ModelInputs('video', 5, preprocess), tok.variables, f'tokens made on the fly by {tok.description}'
+  return pixel_inputs(config, preprocess), tok.variables, f'tokens made on the fly by {tok.description}'
 
 
 def _vimpac_setup(config, total_steps: int) -> ModelSetup:

@@ -55,10 +55,12 @@ def _path_name(path) -> str:
 
 def weight_decay_mask(params, decay_pos_embed: bool = True):
   """True where weight decay applies: every parameter with ndim > 1 (mae_st), and
-  optionally not positional embeddings, [CLS] or [MASK] tokens."""
+  optionally not positional embeddings, [CLS] or [MASK] tokens. Parameters of scanned blocks
+  (model.scan_blocks: under 'blocks', stacked over a leading layer axis) count without that axis."""
 
   def decays(path, leaf):
-    if leaf.ndim <= 1:
+    stacked = 'blocks' in _path_name(path).split('/')
+    if leaf.ndim - int(stacked) <= 1:
       return False
     return decay_pos_embed or not any(t in _path_name(path) for t in NO_DECAY_TOKENS)
 

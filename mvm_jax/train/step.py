@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mvm_jax import pixels
 from mvm_jax.models import ema
 from mvm_jax.train.state import TrainState
 
@@ -30,6 +31,9 @@ def flatten_views(tree):
   return jax.tree.map(lambda x: einops.rearrange(x, 'b v ... -> (b v) ...'), tree)
 
 
+PHASES = ('forward', 'gradients', 'step')
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelInputs:
   """Where the model's input comes from in a batch.
@@ -40,11 +44,19 @@ class ModelInputs:
   preprocess: optional fn(state.frozen, x [B', ...]) -> model input (e.g.
     pixels → VQ codes with a frozen tokenizer), applied to the flattened
     views inside the step, outside the gradient.
+  mean / std: the data's per-channel normalisation: uint8 pixels are normalised
+    with them in the step, on the device (`pixels.normalize`; other dtypes pass as they are).
   """
 
   key: str = 'video'
   sample_ndim: int = 5
   preprocess: Callable | None = None
+  mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+  std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+  def normalize(self, x):
+    """uint8 pixels -> normalised float32 (on the device); anything else unchanged."""
+    return pixels.normalize(x, self.mean, self.std)
 
 
 def make_train_step(
@@ -56,10 +68,11 @@ def make_train_step(
   grad_accum_steps: int = 1,
   teacher_momentum: Callable | None = None,
   inputs: ModelInputs | None = None,
+  phase: str = 'step',
 ):
   """Returns train_step(state, batch) -> (state, metrics); jit it with shardings.
 
-  batch: {'video': [B, T, H, W, C] float, ...}, or two views per video
+  batch: {'video': [B, T, H, W, C] uint8 (normalised here) or float (normalised), ...}, or two views per video
   [B, 2, T, H, W, C] (frame/clip pairs; flattened to [2B, ...] with the
   views of a video adjacent, as the contrastive objectives expect).
   `inputs` (default: the video) says which batch entry the model reads and
@@ -72,8 +85,15 @@ def make_train_step(
   collections in `state.model_state` (BatchNorm statistics) are updated by
   the forward pass. `teacher_momentum(step)`, if given, updates
   `state.teacher` to the EMA of the new params after the optimizer step.
+
+  `phase` (benchmarks: `tools.bench`'s per-phase table) stops early and returns the state as it
+  came: 'forward' (masks + forward + objectives), 'gradients' (+ backward); 'step' is all.
   """
 
+  if phase not in PHASES:
+    raise ValueError(f'phase must be one of {PHASES}, got {phase!r}')
+  if phase != 'step' and grad_accum_steps != 1:
+    raise ValueError(f'phase={phase!r} times one micro-batch: needs grad_accum_steps=1')
   inputs = inputs or ModelInputs()
 
   def loss_fn(params, model_state, video, mask, dropout_rng, step):
@@ -97,11 +117,14 @@ def make_train_step(
     if video.ndim == inputs.sample_ndim:
       video = video[:, None]  # one view a video
     views = video.shape[1]
-    flat_video = flatten_views(video)
+    flat_video = inputs.normalize(flatten_views(video))
     if inputs.preprocess is not None:
       flat_video = inputs.preprocess(state.frozen, flat_video)
     mask, mask_metrics = mask_policy(mask_rng, state.step, flat_video, state.teacher)
 
+    if phase == 'forward':
+      _, (metrics, _) = loss_fn(state.params, state.model_state, flat_video, mask, dropout_rng, state.step)
+      return state, dict(metrics, **mask_metrics)
     if grad_accum_steps == 1:
       (_, (metrics, model_state)), grads = grad_fn(
         state.params, state.model_state, flat_video, mask, dropout_rng, state.step
@@ -140,6 +163,8 @@ def make_train_step(
         accumulate, (zeros, zero_metrics, state.model_state), xs
       )
       grads, metrics = jax.tree.map(lambda x: x / grad_accum_steps, (grads, metrics))
+    if phase == 'gradients':
+      return state, dict(metrics, **mask_metrics, grad_norm=optax.tree.norm(grads))
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

@@ -1,0 +1,131 @@
+"""model.attention / model.remat / model.scan_blocks: same numbers as the default model."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mvm_jax import config as config_lib
+from mvm_jax import masking, objectives
+from mvm_jax.models import mae as mae_lib
+from mvm_jax.models import vit
+
+
+@pytest.fixture(scope='module')
+def setup():
+  from conftest import micro_config
+
+  config = micro_config()
+  model = mae_lib.mae_from_config(config)
+  masker = masking.make_masker('random', model.encoder.grid, 0.75)
+  video = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 32, 32, 3))
+  mask = masker(jax.random.PRNGKey(1), 2)
+  params = jax.jit(model.init)({'params': jax.random.PRNGKey(2)}, video, mask)['params']
+  return config, video, mask, params
+
+
+def _model(config, **switches):
+  c = config.copy_and_resolve_references()
+  c.model.update(switches)
+  return mae_lib.mae_from_config(c)
+
+
+def _loss_and_grads(model, config, params, video, mask):
+  objective = objectives.make_objective_fn(config, {})
+
+  def loss(p):
+    outputs = model.apply(
+      {'params': p}, video, mask, deterministic=False, rngs={'dropout': jax.random.PRNGKey(3)}
+    )
+    return objective(outputs, {'inputs': video}, 0)[0]
+
+  return jax.jit(jax.value_and_grad(loss))(params)
+
+
+def test_attention_xla_equals_the_default_implementation(setup):
+  config, video, mask, params = setup
+  default = jax.nn.dot_product_attention
+  q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, 5, 2, 8)) for i in range(3))
+  np.testing.assert_array_equal(
+    default(q, k, v, scale=8**-0.5), default(q, k, v, scale=8**-0.5, implementation=vit.ATTENTION['xla'])
+  )
+  out = _model(config, attention='xla').apply({'params': params}, video, mask)
+  assert np.isfinite(np.asarray(out['pred'])).all()
+
+
+@pytest.mark.parametrize('remat', ['full', 'dots_saveable'])
+def test_remat_gives_the_same_loss_and_grads(setup, remat):
+  config, video, mask, params = setup
+  loss, grads = _loss_and_grads(_model(config), config, params, video, mask)
+  loss_r, grads_r = _loss_and_grads(_model(config, remat=remat), config, params, video, mask)
+  np.testing.assert_allclose(loss_r, loss, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads_r, grads)
+
+
+def test_scan_blocks_gives_the_unrolled_outputs_with_mapped_params(setup):
+  config, video, mask, params = setup
+  depth = config.model.encoder.depth
+  scanned = _model(config, scan_blocks=True)
+  shapes = nn.meta.unbox(
+    jax.eval_shape(scanned.init, {'params': jax.random.PRNGKey(2)}, video, mask)['params']
+  )
+  params = nn.meta.unbox(params)
+  encoder = dict(params['encoder'])
+  blocks = [encoder.pop(f'block{i}') for i in range(depth)]
+  encoder['blocks'] = {'block': jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)}
+  mapped = dict(params, encoder=encoder)
+  strip = lambda t: jax.tree.map(lambda x: (x.shape, x.dtype), t)  # noqa: E731
+  assert strip(mapped) == strip(shapes)
+  out = _model(config).apply({'params': params}, video, mask)
+  out_scan = scanned.apply({'params': mapped}, video, mask)
+  np.testing.assert_allclose(out_scan['pred'], out['pred'], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out_scan['latent'], out['latent'], rtol=1e-5, atol=1e-6)
+
+
+def test_switches_are_validated(setup):
+  config = setup[0]
+  for key, value in (('attention', 'flash'), ('remat', 'some'), ('attention', 'cudnn')):
+    c = config.copy_and_resolve_references()
+    c.model[key] = value
+    if value == 'cudnn' and jax.default_backend() == 'gpu':
+      c.model.dtype = 'float32'  # cudnn needs bf16/fp16
+    with pytest.raises(config_lib.ConfigError, match=f'model.{key}'):
+      config_lib.validate(c)
+  c = config.copy_and_resolve_references()
+  c.model.update(scan_blocks=True, drop_path_rate=0.1)
+  with pytest.raises(config_lib.ConfigError, match='model.scan_blocks'):
+    config_lib.validate(c)
+
+
+def test_unrolled_parameter_names_are_unchanged_by_remat(setup):
+  config, video, mask, params = setup
+  remat = jax.eval_shape(_model(config, remat='full').init, {'params': jax.random.PRNGKey(2)}, video, mask)
+  names = lambda t: sorted(jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(t))  # noqa: E731
+  assert names(remat['params']) == names(params)
+
+
+def test_scanned_model_trains_sharded_with_the_unrolled_weight_decay(config):
+  from mvm_jax.train import loop, optimizer
+
+  config.model.scan_blocks = True
+  config.mesh.shape = (4, 2, 1)
+  exp = loop.build_experiment(config, samples_per_epoch=64, devices=jax.devices()[:8])
+  decay = optimizer.weight_decay_mask(exp.state.params)
+  blocks = decay['encoder']['blocks']['block']
+  assert blocks['mlp']['fc1']['kernel'] and not blocks['mlp']['fc1']['bias'] and not blocks['norm1']['scale']
+  rng = np.random.default_rng(0)
+  video = rng.integers(0, 256, (8, 4, 32, 32, 3), np.uint8)
+  state, metrics = exp.train_step(exp.state, loop.global_batch({'video': video}, exp.batch_sharding))
+  assert np.isfinite(float(metrics['loss']))
+
+
+def test_matmul_patch_embedding_equals_the_convolution(setup):
+  config, video, mask, params = setup
+  out = _model(config).apply({'params': params}, video, mask)
+  out_mm = _model(config, patch_embed='matmul').apply({'params': params}, video, mask)
+  np.testing.assert_allclose(out_mm['latent'], out['latent'], rtol=1e-5, atol=1e-5)
+  loss, grads = _loss_and_grads(_model(config), config, params, video, mask)
+  loss_mm, grads_mm = _loss_and_grads(_model(config, patch_embed='matmul'), config, params, video, mask)
+  np.testing.assert_allclose(loss_mm, loss, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6), grads_mm, grads)
