@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mvm_jax import config as config_lib
-from mvm_jax import frozen_tokenizer
+from mvm_jax import frozen_tokenizer, runs
 from mvm_jax.data import transforms
 from mvm_jax.train import loop
 
@@ -118,9 +118,16 @@ def vimpac_one_device(vq_run):
   return config, *_train(config, _batches(config, 2), jax.devices()[:1])
 
 
-def test_vimpac_step_scores_masked_tokenizer_codes(vimpac_one_device):
+def test_vimpac_step_scores_masked_tokenizer_codes(vq_run, vimpac_one_device):
   config, exp, state, losses, metrics = vimpac_one_device
-  assert all(np.isfinite(losses)) and 'frozen' in dir(state)
+  assert all(np.isfinite(losses))
+  # The tokenizer rides along in the state, frozen: after training it is still the VQ run's checkpoint.
+  _, items = runs.latest_state_items(vq_run[0], ('params', 'model_state'))
+  want = jax.tree.leaves({'params': items['params'], **items['model_state']})
+  got = jax.tree.leaves(state.frozen)
+  assert len(got) == len(want) > 0
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
   m = metrics[0]
   for key in ('loss/token_ce', 'loss/infonce', 'token_ce/mask_accuracy', 'contrastive/accuracy'):
     assert key in m

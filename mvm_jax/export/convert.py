@@ -30,11 +30,6 @@ class StateDictMismatch(ValueError):
     super().__init__('\n'.join(lines))
 
 
-def flat_shapes(tree: Any) -> dict[names.Path, tuple[int, ...]]:
-  """Nested params (arrays or ShapeDtypeStructs) → {path: shape}."""
-  return {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(tree).items()}
-
-
 def to_state_dict(
   params: Any, fmt: str, grid: Sequence[int] | None = None
 ) -> tuple[dict[str, np.ndarray], list[str]]:
