@@ -50,13 +50,12 @@ def mask_ratio_at(step, total_steps: int, start_ratio: float):
   return start_ratio * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
 
 
-def make_finetune_step(model, tx, schedule, config, num_classes: int, total_steps: int, inputs=None):
+def make_finetune_step(model, tx, schedule, config, num_classes: int, total_steps: int, inputs):
   """train_step(state, batch) -> (state, metrics) for batch {'video' [B, T, H, W, C], 'label' [B]}.
 
-  `inputs.preprocess(state.frozen, video)`, if given, turns the (mixed) pixels
-  into the model's input (a VIMPAC backbone's tokens)."""
+  `inputs` (a `ModelInputs`) normalises the uint8 pixels; its `preprocess(state.frozen, video)`,
+  if set, turns the (mixed) pixels into the model's input (a VIMPAC backbone's tokens)."""
   f = config.finetune
-  inputs = inputs or model_setup.pixel_inputs(config)
   preprocess = inputs.preprocess
   num_tokens = math.prod(model.encoder.grid) if preprocess is None else 0
 
@@ -109,7 +108,8 @@ def build_experiment(config, *, num_classes: int, samples_per_epoch: int, device
     model, backbone, depth, inputs, frozen_variables, example = _vimpac_classifier(config, num_classes)
   else:
     model = mae_lib.classifier_from_config(config, num_classes, drop_path_rate=f.drop_path, dropout=f.dropout)
-    backbone, depth, inputs, frozen_variables = 'encoder', config.model.encoder.depth, None, None
+    backbone, depth, frozen_variables = 'encoder', config.model.encoder.depth, None
+    inputs = model_setup.pixel_inputs(config)
     example = jnp.zeros((2,) + mae_lib.video_shape(config) + (3,), jnp.float32)
   total_steps, warmup_steps = loop.schedule_lengths(config, samples_per_epoch)
   schedule = optimizer.make_schedule(config, total_steps, warmup_steps)
@@ -138,7 +138,7 @@ def build_experiment(config, *, num_classes: int, samples_per_epoch: int, device
     mesh=mesh,
     model=model,
     masker=None,
-    grid=model.encoder.grid if inputs is None else factorized.token_shape_from_config(config),
+    grid=model.encoder.grid if inputs.preprocess is None else factorized.token_shape_from_config(config),
     tx=tx,
     schedule=schedule,
     total_steps=total_steps,
@@ -183,7 +183,7 @@ def evaluate(exp: loop.Experiment, split: str | None = None) -> dict:
     shard_count=jax.process_count(),
   )
 
-  inputs = exp.inputs or model_setup.pixel_inputs(config)
+  inputs = exp.inputs
   preprocess = inputs.preprocess
 
   def probabilities(params, frozen_variables, video):
