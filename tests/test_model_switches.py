@@ -2,6 +2,7 @@
 
 import flax.linen as nn
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -52,6 +53,35 @@ def test_attention_xla_equals_the_default_implementation(setup):
   )
   out = _model(config, attention='xla').apply({'params': params}, video, mask)
   assert np.isfinite(np.asarray(out['pred'])).all()
+
+
+@pytest.mark.parametrize('masked', [False, True])
+def test_padding_an_odd_sequence_for_cudnn_leaves_the_attention_unchanged(masked):
+  q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, 7, 2, 8)) for i in range(3))
+  key_mask = jnp.array([[True] * 7, [True, False] * 3 + [True]]) if masked else None
+
+  def attend(q, pad):
+    return vit.attend(q, k, v, key_mask, 0.3, 'xla', pad_to_even=pad)
+
+  assert attend(q, True).shape == (2, 7, 2, 8)
+  np.testing.assert_allclose(attend(q, True), attend(q, False), rtol=1e-6, atol=1e-6)
+  grad = lambda pad: jax.grad(lambda q: attend(q, pad).sum())(q)  # noqa: E731
+  np.testing.assert_allclose(grad(True), grad(False), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(jax.default_backend() != 'gpu', reason='cuDNN fused attention needs a GPU')
+def test_cudnn_attention_gives_the_xla_loss_and_grads_in_bfloat16(setup):
+  config, video, mask, params = setup
+  config = config.copy_and_resolve_references()
+  config.model.dtype = 'bfloat16'
+  loss, grads = _loss_and_grads(_model(config, attention='xla'), config, params, video, mask)
+  loss_c, grads_c = _loss_and_grads(_model(config, attention='cudnn'), config, params, video, mask)
+  np.testing.assert_allclose(loss_c, loss, rtol=2e-2)
+  # bfloat16 noise: compare the whole gradient vector (single leaves with tiny gradients, ~1e-5,
+  # differ by more than 5 % of their own norm on an H100).
+  flat = lambda g: np.asarray(jax.flatten_util.ravel_pytree(g)[0], np.float32)  # noqa: E731
+  g_c, g = flat(grads_c), flat(grads)
+  assert np.linalg.norm(g_c - g) <= 5e-2 * np.linalg.norm(g)
 
 
 @pytest.mark.parametrize('remat', ['full', 'dots_saveable'])
@@ -105,6 +135,7 @@ def test_unrolled_parameter_names_are_unchanged_by_remat(setup):
   assert names(remat['params']) == names(params)
 
 
+@pytest.mark.skipif(jax.device_count() < 8, reason='needs 8 devices (the fake CPU ones of conftest)')
 def test_scanned_model_trains_sharded_with_the_unrolled_weight_decay(config):
   from mvm_jax.train import loop, optimizer
 
@@ -120,6 +151,7 @@ def test_scanned_model_trains_sharded_with_the_unrolled_weight_decay(config):
   assert np.isfinite(float(metrics['loss']))
 
 
+@jax.default_matmul_precision('highest')  # GPUs default to TF32 for float32 matmuls
 def test_matmul_patch_embedding_equals_the_convolution(setup):
   config, video, mask, params = setup
   out = _model(config).apply({'params': params}, video, mask)

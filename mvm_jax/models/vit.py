@@ -204,6 +204,33 @@ class DropPath(nn.Module):
     return drop(self.make_rng('dropout'), x, self.rate, (x.shape[0],) + (1,) * (x.ndim - 1))
 
 
+def attend(q, k, v, key_mask, scale: float, implementation: str, pad_to_even: bool | None = None):
+  """`jax.nn.dot_product_attention` on q, k, v: [B, L, heads, head_dim] -> the same shape;
+  key_mask: optional [B, L] bool (False = key not attended to).
+
+  jax's cuDNN path refuses an odd sequence length in training (it always passes a bias, even an
+  empty one, and cuDNN needs an even length with a bias); our lengths are often odd ([CLS] + an
+  even token count). So with cuDNN (or `pad_to_even=True`) an odd L gets one padding key that no
+  query attends to (key_value_seq_lengths, or the key mask), and the padded query's output is
+  dropped: the result is the unpadded attention's."""
+  batch, length = q.shape[:2]
+  if pad_to_even is None:
+    pad_to_even = implementation == 'cudnn'
+  seq_lengths = None
+  if pad_to_even and length % 2:
+    pad = lambda y: jnp.pad(y, ((0, 0), (0, 1), (0, 0), (0, 0)))  # noqa: E731
+    q, k, v = pad(q), pad(k), pad(v)
+    if key_mask is None:
+      seq_lengths = jnp.full((batch,), length, jnp.int32)
+    else:
+      key_mask = jnp.pad(key_mask, ((0, 0), (0, 1)), constant_values=False)
+  mask = None if key_mask is None else key_mask[:, None, None, :]
+  out = jax.nn.dot_product_attention(
+    q, k, v, mask=mask, scale=scale, key_value_seq_lengths=seq_lengths, implementation=implementation
+  )
+  return out[:, :length]
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with separate q, k, v projections (with bias)."""
 
@@ -218,10 +245,7 @@ class Attention(nn.Module):
     head_dim = d // self.num_heads
     split = lambda y: einops.rearrange(y, 'b l (h k) -> b l h k', h=self.num_heads)
     q, k, v = (split(dense(d, ('embed', 'heads'), n, self.dtype)(x)) for n in ('q', 'k', 'v'))
-    mask = None if key_mask is None else key_mask[:, None, None, :]
-    out = jax.nn.dot_product_attention(
-      q, k, v, mask=mask, scale=head_dim**-0.5, implementation=ATTENTION[self.attention]
-    )
+    out = attend(q, k, v, key_mask, head_dim**-0.5, ATTENTION[self.attention])
     out = einops.rearrange(out, 'b l h k -> b l (h k)')
     return dense(d, ('heads', 'embed'), 'proj', self.dtype, bias_name='embed')(out)
 
