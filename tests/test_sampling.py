@@ -5,6 +5,8 @@ replaced by an array lookup); one loader-level test per new mode on the
 built-in clips, with 32 px crops and 4 frames.
 """
 
+import collections
+
 import numpy as np
 import pytest
 
@@ -21,6 +23,7 @@ from mvm_jax.data import (
   transforms,
 )
 from mvm_jax.data.sampling import ClipPairSampler, ClipSampler, FramePairSampler, SegmentSampler
+from mvm_jax.data.settings import validate_data_config
 from mvm_jax.data.transforms import Timeline
 
 MEAN = np.array((0.485, 0.456, 0.406), np.float32)
@@ -116,6 +119,35 @@ def test_clip_pair_starts_respect_max_distance_in_seconds():
   pair = ClipPairSampler(num_frames=4, sampling_rate=2, max_distance_s=1.0, crop_size=8, num_samples=400)
   idx = pair.frame_indices(record, r)
   assert np.abs(idx[:, 0, 0] - idx[:, 1, 0]).max() == 29
+
+
+def test_clip_pair_starts_respect_min_distance_and_stay_uniform():
+  r = rng()
+  at_25fps = Timeline.resampled(0, 32, source_fps=25)
+  # 8 frames at stride 2 (span 15) in 32 frames, at least 0.6 s = 15 frames apart: no shared frame.
+  pair = ClipPairSampler(num_frames=8, sampling_rate=2, min_distance_s=0.6, crop_size=8, num_samples=400)
+  idx = pair.timeline_indices(at_25fps, r)
+  starts = idx[:, :, 0]
+  assert np.abs(starts[:, 0] - starts[:, 1]).min() == 15 and idx.max() < 32
+  assert all(not set(a) & set(b) for a, b in idx)
+  assert {tuple(s) for s in starts.tolist()} == {
+    (a, b) for a in range(18) for b in range(18) if abs(a - b) >= 15
+  }
+  # Between a min and a max every allowed ordered pair comes up about equally often.
+  pairs = (transforms.clip_pair_indices(0, 30, 1, 1, r, max_distance=5, min_distance=3) for _ in range(15600))
+  counts = collections.Counter((int(a), int(b)) for (a,), (b,) in pairs)
+  allowed = {(a, b) for a in range(30) for b in range(30) if 3 <= abs(a - b) <= 5}
+  assert set(counts) == allowed and max(counts.values()) < 2 * min(counts.values())
+  # A video too short for the minimum: its farthest pair.
+  short = Timeline.resampled(0, 20, source_fps=25)
+  np.testing.assert_array_equal(np.abs(np.diff(pair.timeline_indices(short, r)[:, :, 0], axis=1)), 5)
+  # The config key is validated and reaches the sampler.
+  c = default_data_config()
+  c.update(sampling='clip_pair', clip_pair_min_distance_s=1.0, clip_pair_max_distance_s=0.5)
+  with pytest.raises(ValueError, match='config.data.clip_pair_min_distance_s'):
+    validate_data_config(c)
+  c.clip_pair_max_distance_s = 0.0
+  assert make_sampler(c, train=True).min_distance_s == 1.0
 
 
 def test_distant_frame_pairs_come_from_different_segments():

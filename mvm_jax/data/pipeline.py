@@ -134,6 +134,7 @@ def make_sampler(data_config, *, train: bool) -> sampling.Sampler:
       num_frames=dc.num_frames,
       sampling_rate=dc.sampling_rate,
       max_distance_s=float(dc.clip_pair_max_distance_s),
+      min_distance_s=float(dc.clip_pair_min_distance_s),
       **common,
     )
   if dc.sampling == 'frame_pair':

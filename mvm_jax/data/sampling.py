@@ -376,11 +376,14 @@ class ClipPairSampler(Sampler):
     num_frames / sampling_rate: each clip, as in :class:`ClipSampler`.
     max_distance_s: most seconds between the two clips' first frames
       (<= 0: unlimited, both starts independent and uniform over the video).
+    min_distance_s: fewest seconds between them (0: none); at least the clip span apart,
+      the two clips share no frame. A video too short for it gives its farthest pair.
   """
 
   num_frames: int
   sampling_rate: int
   max_distance_s: float = 0.0
+  min_distance_s: float = 0.0
 
   @property
   def sample_shape(self) -> tuple[int, ...]:
@@ -392,10 +395,11 @@ class ClipPairSampler(Sampler):
 
   @property
   def _needs_fps(self) -> bool:
-    return self.target_fps > 0 or self.max_distance_s > 0
+    return self.target_fps > 0 or self.max_distance_s > 0 or self.min_distance_s > 0
 
   def _positions(self, timeline, rng):
     max_distance = timeline.positions_in(self.max_distance_s) if self.max_distance_s > 0 else None
+    min_distance = timeline.positions_in(self.min_distance_s) or 0 if self.min_distance_s > 0 else 0
     return transforms.clip_pair_indices(
       0,
       timeline.length,
@@ -403,6 +407,7 @@ class ClipPairSampler(Sampler):
       self.sampling_rate,
       rng,
       max_distance=max_distance,
+      min_distance=min_distance,
       short=self.short_videos,
     )
 

@@ -71,6 +71,7 @@ def default_data_config() -> ml_collections.ConfigDict:
       # frames at this rate); <= 0: the video's native rate.
       target_fps=0.0,
       clip_pair_max_distance_s=0.0,  # clip_pair: most seconds between the 2 starts; <= 0: any
+      clip_pair_min_distance_s=0.0,  # clip_pair: fewest seconds between them (the span: no shared frame)
       frame_pair_mode='distant',  # frame_pair: 'distant' (2 different segments) or 'continuous'
       frame_pair_segments=2,  # frame_pair 'distant': n equal segments
       frame_pair_gap=8,  # frame_pair 'continuous': delta, frames between the two frames
@@ -163,9 +164,15 @@ def _validate_sampling(dc) -> None:
   """The sampler keys of ``validate_data_config``."""
   if dc.sampling not in SAMPLER_NAMES:
     _fail('sampling', f'unknown sampling {dc.sampling!r}; known: {list(SAMPLER_NAMES)}')
-  for key in ('target_fps', 'clip_pair_max_distance_s'):
+  for key in ('target_fps', 'clip_pair_max_distance_s', 'clip_pair_min_distance_s'):
     if isinstance(dc[key], bool) or not isinstance(dc[key], (int, float)):
       _fail(key, f'must be a number, got {dc[key]!r}')
+  if dc.clip_pair_min_distance_s < 0 or 0 < dc.clip_pair_max_distance_s < dc.clip_pair_min_distance_s:
+    _fail(
+      'clip_pair_min_distance_s',
+      f'must be >= 0 and at most clip_pair_max_distance_s ({dc.clip_pair_max_distance_s}), '
+      f'got {dc.clip_pair_min_distance_s!r}',
+    )
   if dc.frame_pair_mode not in FRAME_PAIR_MODES:
     _fail('frame_pair_mode', f'unknown mode {dc.frame_pair_mode!r}; known: {list(FRAME_PAIR_MODES)}')
   if not isinstance(dc.frame_pair_segments, int) or dc.frame_pair_segments < 2:

@@ -216,6 +216,7 @@ class TokenSampler:
       pair as far apart as allowed, centred).
     max_distance_s: 'clip_pair': most seconds between the clips' first frames
       (<= 0, or a video of unknown frame rate: unlimited).
+    min_distance_s: 'clip_pair': fewest seconds between them (0: none).
   """
 
   num_frames: int
@@ -225,6 +226,7 @@ class TokenSampler:
   num_samples: int = 1
   train: bool = True
   max_distance_s: float = 0.0
+  min_distance_s: float = 0.0
 
   @property
   def views(self) -> int:
@@ -239,12 +241,14 @@ class TokenSampler:
       clip = rate * np.arange(t, dtype=np.int64)
       out[:] = np.where(clip < length, clip, -1)
       return out
-    max_distance = None
-    if self.max_distance_s > 0:
-      max_distance = transforms.Timeline(0, length, 1.0, fps).positions_in(self.max_distance_s)
+    timeline = transforms.Timeline(0, length, 1.0, fps)
+    max_distance = timeline.positions_in(self.max_distance_s) if self.max_distance_s > 0 else None
+    min_distance = timeline.positions_in(self.min_distance_s) or 0 if self.min_distance_s > 0 else 0
     for i in range(self.num_samples):
       if self.pair:
-        out[i] = transforms.clip_pair_indices(0, length, t, rate, rng, max_distance=max_distance)
+        out[i] = transforms.clip_pair_indices(
+          0, length, t, rate, rng, max_distance=max_distance, min_distance=min_distance
+        )
       else:
         out[i, 0] = transforms.temporal_indices(0, length, t, rate, rng)
     return out
@@ -332,6 +336,7 @@ def make_token_sampler(data_config, source: TokenSource, *, train: bool) -> Toke
     num_samples=dc.repeated_sampling if train else 1,
     train=train,
     max_distance_s=float(dc.clip_pair_max_distance_s),
+    min_distance_s=float(dc.clip_pair_min_distance_s),
   )
 
 

@@ -221,23 +221,32 @@ def segment_indices(
   return bounds[:-1] + offsets
 
 
-def _offset_pair(count: int, max_distance: int | None, rng: np.random.Generator | None) -> tuple[int, int]:
-  """Two offsets in ``[0, count)`` at most ``max_distance`` apart (None: any).
+def _offset_pair(
+  count: int, max_distance: int | None, rng: np.random.Generator | None, min_distance: int = 0
+) -> tuple[int, int]:
+  """Two offsets in ``[0, count)`` between ``min_distance`` and ``max_distance`` apart
+  (None: any; a ``min_distance`` over ``count - 1`` becomes ``count - 1``, the farthest pair).
 
   Training: uniform over all allowed (ordered) pairs. Eval: as far apart as
   allowed, centred.
   """
   limit = count - 1 if max_distance is None else min(max(max_distance, 0), count - 1)
+  least = min(max(min_distance, 0), limit)
   if rng is None:
     first = (count - 1 - limit) // 2
     return first, first + limit
-  if limit == count - 1:
+  if limit == count - 1 and least == 0:
     return int(rng.integers(0, count)), int(rng.integers(0, count))
   firsts = np.arange(count)
-  weights = np.minimum(firsts + limit, count - 1) - np.maximum(firsts - limit, 0) + 1
+  # Allowed seconds of each first f: [f - limit, f - least] and [f + least, f + limit] in range
+  # (f itself is in both when least == 0).
+  above = np.maximum(np.minimum(firsts + limit, count - 1) - (firsts + least) + 1, 0)
+  below = np.maximum((firsts - least) - np.maximum(firsts - limit, 0) + 1, 0)
+  weights = above + below - int(least == 0)
   first = int(rng.choice(count, p=weights / weights.sum()))
-  second = int(rng.integers(max(first - limit, 0), min(first + limit, count - 1) + 1))
-  return first, second
+  seconds = np.arange(max(first - limit, 0), min(first + limit, count - 1) + 1)
+  seconds = seconds[np.abs(seconds - first) >= least]
+  return first, int(rng.choice(seconds))
 
 
 def clip_pair_indices(
@@ -248,13 +257,16 @@ def clip_pair_indices(
   rng: np.random.Generator | None = None,
   *,
   max_distance: int | None = None,
+  min_distance: int = 0,
   short: str = 'loop',
 ) -> np.ndarray:
-  """Two clips of one range (VIMPAC), first frames <= ``max_distance`` apart.
+  """Two clips of one range (VIMPAC), first frames ``min_distance``..``max_distance`` apart.
 
   Args:
     max_distance: most frames between the two clips' first frames; None:
       unlimited (independent uniform starts).
+    min_distance: fewest frames between them (the clip span: clips that share no frame);
+      a range too short for it gives its farthest pair.
     rng: random pair when given (training); else deterministic (eval).
     short: a range shorter than a clip's span: 'loop' (default) or 'pad' (both clips
       from the first frame, the last one repeated).
@@ -267,7 +279,7 @@ def clip_pair_indices(
   if not fits and short == 'pad':
     clip = _clip_at(frame_start, length, 0, num_frames, sampling_rate, pad=True)
     return np.stack([clip, clip])
-  offsets = _offset_pair(count, max_distance, rng)
+  offsets = _offset_pair(count, max_distance, rng, min_distance)
   return np.stack([_clip_at(frame_start, length, o, num_frames, sampling_rate) for o in offsets])
 
 
