@@ -12,7 +12,15 @@ import pytest
 from conftest import MICRO_FLAGS, micro_config, run_module
 
 from mvm_jax.config import ConfigError
-from mvm_jax.data import default_data_config, make_loader, pipeline, sampling, sources, transforms
+from mvm_jax.data import (
+  default_data_config,
+  loader_base,
+  make_loader,
+  pipeline,
+  sampling,
+  sources,
+  transforms,
+)
 from mvm_jax.evaluate import features, frozen
 from mvm_jax.tools import make_eval_set
 
@@ -116,7 +124,7 @@ def _csv_data(eval_set, **kw):
 
 @pytest.mark.parametrize('mode', ['loop', 'pad'])
 def test_short_videos_are_counted_and_logged_once(eval_set, mode, monkeypatch, caplog):
-  monkeypatch.setattr(pipeline, '_SHORT_VIDEOS_LOGGED', False)
+  monkeypatch.setattr(loader_base, '_SHORT_VIDEOS_LOGGED', False)
   caplog.set_level(logging.DEBUG)
   infos = []
   for _ in range(2):  # two loaders of one run: one message

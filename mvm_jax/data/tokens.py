@@ -45,7 +45,8 @@ import grain
 import grain.experimental
 import numpy as np
 
-from mvm_jax.data import pipeline, tfds_video, transforms
+from mvm_jax.data import loader_base, tfds_video, transforms
+from mvm_jax.data.settings import validate_data_config
 from mvm_jax.data.sources import SourceError
 
 # Features of a token dataset.
@@ -350,7 +351,7 @@ def make_token_loader(
   shard_count: int = 1,
   train: bool = True,
   source: TokenSource | None = None,
-) -> tuple[grain.IterDataset, pipeline.LoaderInfo]:
+) -> tuple[grain.IterDataset, loader_base.LoaderInfo]:
   """Builds the host-local pipeline of a token dataset (``config.data.source = 'tokens'``).
 
   As :func:`mvm_jax.data.pipeline.make_loader` (same arguments, sharding,
@@ -370,16 +371,16 @@ def make_token_loader(
   Raises:
     ValueError / SourceError: naming the ``config.data`` key at fault.
   """
-  pipeline.validate_data_config(data_config)
+  validate_data_config(data_config)
   if data_config.source != 'tokens':
     _fail('source', f"make_token_loader reads source 'tokens', not {data_config.source!r}")
-  batch_size = pipeline.host_batch_size(global_batch_size, shard_count, seed)
+  batch_size = loader_base.host_batch_size(global_batch_size, shard_count, seed)
   if source is None:
     source = TokenSource(data_config.tfds_name, split, data_dir=data_config.tfds_data_dir or None)
   sampler = make_token_sampler(data_config, source, train=train)
   k = sampler.num_samples
   num_records = len(source)
-  ds, shard_records = pipeline.grain_dataset(
+  ds, shard_records = loader_base.grain_dataset(
     data_config,
     source,
     _SampleTokens(source, sampler),
@@ -391,7 +392,7 @@ def make_token_loader(
     train=train,
   )
 
-  info = pipeline.LoaderInfo(
+  info = loader_base.LoaderInfo(
     num_records=num_records,
     shard_records=shard_records,
     num_classes=source.num_classes,
@@ -400,6 +401,6 @@ def make_token_loader(
     samples_per_epoch=num_records * k,
     batch_size=batch_size,
     global_batch_size=global_batch_size,
-    skipped=pipeline.SkipLog(),
+    skipped=loader_base.SkipLog(),
   )
   return ds, info

@@ -90,7 +90,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mvm_jax.config import ConfigError
+from mvm_jax.config_schema import ConfigError
 from mvm_jax.data import pipeline
 from mvm_jax.evaluate import attentive_probe as attentive_probe_lib
 from mvm_jax.evaluate import features as features_lib

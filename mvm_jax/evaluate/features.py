@@ -39,7 +39,7 @@ import numpy as np
 from absl import logging
 
 from mvm_jax import pixels
-from mvm_jax.config import ConfigError
+from mvm_jax.config_schema import ConfigError
 from mvm_jax.data import pipeline
 from mvm_jax.evaluate.frozen import FrozenEncoder
 from mvm_jax.train import partitioning

@@ -25,8 +25,9 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from mvm_jax import config as config_lib
+from mvm_jax import config_schema
 from mvm_jax import runs
+from mvm_jax.export import checkpoints
 from mvm_jax.models import mae as mae_lib
 from mvm_jax.models import vit
 from mvm_jax.train import partitioning
@@ -155,7 +156,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   run_dir = settings_run(config.init_from)
   if not run_dir:
     if config.init_from:
-      raise config_lib.ConfigError("config.init_from: 'random:' needs the run to copy: 'random:RUN'")
+      raise config_schema.ConfigError("config.init_from: 'random:' needs the run to copy: 'random:RUN'")
     return resolved
   run_dir = os.path.abspath(os.path.expanduser(run_dir))
   resolved.init_from = RANDOM_LIKE + run_dir if config.init_from.startswith(RANDOM_LIKE) else run_dir
@@ -269,7 +270,7 @@ def template(resolved: ml_collections.ConfigDict, mesh) -> EncoderTemplate:
   if resolved.model.name == 'vimpac':
     return _vimpac_template(resolved, mesh)
   if resolved.model.name != 'mae':
-    raise config_lib.ConfigError(
+    raise config_schema.ConfigError(
       f'config.init_from: a {resolved.model.name!r} run has no video encoder to evaluate'
     )
   video_shape = mae_lib.video_shape(resolved)
@@ -290,11 +291,11 @@ def load(config: ml_collections.ConfigDict, devices=None) -> FrozenEncoder:
     FileNotFoundError: ``init_from`` has no config.json or no checkpoint.
   """
   resolved = resolve_config(config)
-  config_lib.validate(resolved, pretraining=False)
+  config_schema.validate_without_evaluators(resolved, pretraining=False)
   mesh = partitioning.make_mesh(resolved.mesh, devices)
   t = template(resolved, mesh)
   if pretrained_run(resolved.init_from):
-    step, params = runs.load_pretrained(resolved.init_from)
+    step, params = checkpoints.load_pretrained(resolved.init_from)
     frozen = t.with_params(params, int(step), resolved.init_from)
   else:
     frozen = t.random_init(resolved.seed)
