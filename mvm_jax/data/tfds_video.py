@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import dataclasses
 import functools
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mvm_jax import progress as progress_lib
 from mvm_jax.data import decode, sources
 from mvm_jax.data.sources import SourceError, VideoRecord, VideoSource
 
@@ -250,31 +249,34 @@ class _PackedVideos(SplitsBuilder, skip_registration=True):
     )
 
 
-@dataclasses.dataclass
-class PackProgress:
-  """Progress of :func:`pack_videos` over all splits (updated after each video)."""
+class PackProgress(progress_lib.Progress):
+  """Progress of :func:`pack_videos` over all splits (updated after each video).
 
-  total: int  # videos in all splits
-  done: int = 0  # videos read (packed or skipped)
-  skipped: int = 0
-  bytes_read: int = 0
-  split: str = ''
-  start_time: float = dataclasses.field(default_factory=time.perf_counter)
-  skipped_paths: list[str] = dataclasses.field(default_factory=list)
+  A :class:`~mvm_jax.progress.Progress` of the videos read (packed or skipped;
+  rate and ETA: reading, writing the files follows) that logs nothing itself; its
+  line names the split and adds the bytes read and the videos skipped.
+  """
 
-  @property
-  def elapsed(self) -> float:
-    return time.perf_counter() - self.start_time
-
-  @property
-  def rate(self) -> float:
-    """Videos per second so far."""
-    return self.done / max(self.elapsed, 1e-9)
+  def __init__(self, total: int):
+    super().__init__('packing', total, unit='videos', log=None)
+    self.skipped = 0
+    self.bytes_read = 0
+    self.skipped_paths: list[str] = []
+    self.split = ''
 
   @property
-  def eta(self) -> float:
-    """Seconds left at the rate so far (reading; writing the files follows)."""
-    return (self.total - self.done) / self.rate if self.done else float('nan')
+  def split(self) -> str:
+    """The split being read."""
+    return self._split
+
+  @split.setter
+  def split(self, split: str) -> None:
+    self._split = split
+    self.what = f'packing {split}'
+
+  def details(self) -> list[str]:
+    mib = self.bytes_read / 2**20
+    return [f'{mib:.1f} MiB ({mib / max(self.elapsed, 1e-9):.1f} MiB/s)', f'{self.skipped} skipped']
 
 
 def _read_video(record: VideoRecord) -> tuple[bytes, int] | str:
@@ -365,7 +367,7 @@ def pack_videos(
     for index, (record, result) in enumerate(
       zip(source, _ordered_map(_read_video, source, num_threads), strict=True)
     ):
-      state.done += 1
+      state.update()
       if isinstance(result, str):
         state.skipped += 1
         state.skipped_paths.append(str(record.path))
