@@ -213,10 +213,10 @@ def test_logged_lr_is_the_logged_steps_not_the_window_mean():
   schedule = optimizer.make_schedule(c, total_steps=20, warmup_steps=10)
   # The step's metrics hold schedule(state.step) before the update: step s used schedule(s - 1).
   window = [{'loss': float(s), 'lr': float(schedule(s - 1))} for s in range(11, 21)]
-  logged = loop._mean_metrics(window)
+  logged = loop.mean_metrics(window)
   assert logged['loss'] == pytest.approx(15.5)  # other metrics: the mean over the window
   assert logged['lr'] == pytest.approx(float(schedule(19)))  # step 20's
-  first = loop._mean_metrics([{'lr': float(schedule(s - 1))} for s in range(1, 11)])
+  first = loop.mean_metrics([{'lr': float(schedule(s - 1))} for s in range(1, 11)])
   assert first['lr'] == pytest.approx(9e-4) and np.mean([schedule(s) for s in range(10)]) == pytest.approx(
     4.5e-4
   )

@@ -63,12 +63,12 @@ from mvm_jax.data.sampling import ClipSampler
 # The config.data section, its defaults and validation live in a module with no Grain, PyAV or
 # TensorFlow import (the benchmark path reads them); re-exported here.
 from mvm_jax.data.settings import (  # noqa: F401
-  _fail,
   SOURCE_KEYS,
   SOURCES,
   default_data_config,
   validate_data_config,
 )
+from mvm_jax.data.settings import fail
 
 
 def build_source(data_config, split: str) -> sources.VideoSource:
@@ -96,7 +96,7 @@ def build_source(data_config, split: str) -> sources.VideoSource:
       label_key=dc.tfds_label_key or None,
       class_names_file=class_names_file,
     )
-  _fail('source', f'unknown source {data_config.source!r}; known: {list(SOURCES)}')
+  fail('source', f'unknown source {data_config.source!r}; known: {list(SOURCES)}')
 
 
 def make_sampler(data_config, *, train: bool) -> sampling.Sampler:
@@ -144,7 +144,7 @@ def make_sampler(data_config, *, train: bool) -> sampling.Sampler:
     return sampling.FramePairSampler(
       mode=dc.frame_pair_mode, num_segments=dc.frame_pair_segments, gap=dc.frame_pair_gap, **common
     )
-  _fail('sampling', f'unknown sampling {dc.sampling!r}; known: {list(sampling.SAMPLERS)}')
+  fail('sampling', f'unknown sampling {dc.sampling!r}; known: {list(sampling.SAMPLERS)}')
 
 
 class _SampleRecord:

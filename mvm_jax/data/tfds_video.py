@@ -46,7 +46,13 @@ def _is_bytes_feature(feature) -> bool:
   return isinstance(feature, tfds.features.Tensor) and feature.shape == () and feature.np_dtype == np.object_
 
 
-def _load_builder(name: str, data_dir: str | None):
+def load_builder(name: str, data_dir: str | None):
+  """The prepared tfds builder of dataset ``name`` in ``data_dir`` (None: the tfds default).
+
+  Raises:
+    SourceError: (key ``tfds_name``) no such dataset there (naming the ones there), it cannot be
+      loaded, or it is not prepared.
+  """
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -106,7 +112,7 @@ class TfdsVideoSource(VideoSource):
       SourceError: unknown or unprepared dataset, unknown split, a missing
         feature or one of the wrong kind.
     """
-    builder = _load_builder(name, data_dir)
+    builder = load_builder(name, data_dir)
     features = builder.info.features
     known = sorted(features.keys())
     if video_key not in features:
@@ -295,7 +301,7 @@ def _read_video(record: VideoRecord) -> tuple[bytes, int] | str:
   return data, info.num_frames
 
 
-def _ordered_map(fn, items, num_threads: int) -> Iterator:
+def ordered_map(fn, items, num_threads: int) -> Iterator:
   """``map(fn, items)`` on a thread pool, in order, at most 2 x num_threads ahead."""
   with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
     pending = collections.deque()
@@ -307,7 +313,7 @@ def _ordered_map(fn, items, num_threads: int) -> Iterator:
       yield pending.popleft().result()
 
 
-def _common_class_names(split_sources: Mapping[str, VideoSource]) -> tuple[str, ...]:
+def common_class_names(split_sources: Mapping[str, VideoSource]) -> tuple[str, ...]:
   """The label space all splits agree on (the longest, others must prefix it)."""
   longest = max((s.class_names for s in split_sources.values()), key=len)
   for split, s in split_sources.items():
@@ -354,7 +360,7 @@ def pack_videos(
   """
   if not split_sources:
     raise ValueError('no splits to pack')
-  class_names = _common_class_names(split_sources)
+  class_names = common_class_names(split_sources)
   version_dir = os.path.join(data_dir, name, PACK_VERSION)
   if os.path.exists(version_dir):
     if not overwrite:
@@ -365,7 +371,7 @@ def pack_videos(
   def examples(split: str, source: VideoSource):
     state.split = split
     for index, (record, result) in enumerate(
-      zip(source, _ordered_map(_read_video, source, num_threads), strict=True)
+      zip(source, ordered_map(_read_video, source, num_threads), strict=True)
     ):
       state.update()
       if isinstance(result, str):

@@ -471,7 +471,7 @@ def extract_tokens(
     raise ValueError(
       f'need videos_per_chunk >= 1 and num_threads >= 1, got {videos_per_chunk}, {num_threads}'
     )
-  class_names = tfds_video._common_class_names(split_sources)
+  class_names = tfds_video.common_class_names(split_sources)
   version_dir = os.path.join(data_dir, name, TOKENS_VERSION)
   if os.path.exists(version_dir) and not overwrite:
     raise FileExistsError(f'tfds dataset {name!r} already exists in {version_dir!r}')
@@ -580,7 +580,7 @@ def _extract_chunk(source, indices: range, path, tok: _Tokenizer, load, num_thre
       if progress is not None:
         progress(state)
 
-  videos = tfds_video._ordered_map(load, records, num_threads)
+  videos = tfds_video.ordered_map(load, records, num_threads)
   try:
     for slot, (record, video) in enumerate(zip(records, videos)):
       if isinstance(video, str):

@@ -46,7 +46,7 @@ import grain.experimental
 import numpy as np
 
 from mvm_jax.data import loader_base, tfds_video, transforms
-from mvm_jax.data.settings import validate_data_config
+from mvm_jax.data.settings import fail, validate_data_config
 from mvm_jax.data.sources import SourceError
 
 # Features of a token dataset.
@@ -93,7 +93,7 @@ def read_token_info(name: str, data_dir: str | None = None) -> dict:
     SourceError: no such (prepared) dataset, or one without token_info.json;
       names ``data.tfds_name`` and the directory.
   """
-  return _read_token_info(tfds_video._load_builder(name, data_dir), name)
+  return _read_token_info(tfds_video.load_builder(name, data_dir), name)
 
 
 def token_info(data_config) -> dict:
@@ -138,7 +138,7 @@ class TokenSource:
     Raises:
       SourceError: unknown, unprepared or non-token dataset, unknown or empty split.
     """
-    builder = tfds_video._load_builder(name, data_dir)
+    builder = tfds_video.load_builder(name, data_dir)
     features = builder.info.features
     if TOKENS_KEY not in features or LABEL_KEY not in features:
       raise SourceError(
@@ -295,10 +295,6 @@ class _UnstackTokens(grain.experimental.FlatMapTransform):
     return [{key: value[i] for key, value in element.items()} for i in range(element['tokens'].shape[0])]
 
 
-def _fail(key: str, message: str):
-  raise ValueError(f'config.data.{key}: {message}')
-
-
 def make_token_sampler(data_config, source: TokenSource, *, train: bool) -> TokenSampler:
   """The sampler ``config.data`` asks for, on ``source`` (k = 1 when not training).
 
@@ -312,19 +308,19 @@ def make_token_sampler(data_config, source: TokenSource, *, train: bool) -> Toke
   dc = data_config
   info = source.info
   if dc.sampling not in TOKEN_SAMPLINGS:
-    _fail('sampling', f"source 'tokens' samples {list(TOKEN_SAMPLINGS)}, not {dc.sampling!r}")
+    fail('sampling', f"source 'tokens' samples {list(TOKEN_SAMPLINGS)}, not {dc.sampling!r}")
   for key in ('eval_temporal_views', 'eval_spatial_views'):
     if dc[key] != 1:
-      _fail(key, f"multi-view testing is not supported with source 'tokens' (got {dc[key]})")
+      fail(key, f"multi-view testing is not supported with source 'tokens' (got {dc[key]})")
   if dc.crop_size != info['crop_size']:
-    _fail(
+    fail(
       'crop_size',
       f'{dc.crop_size}, but token dataset {dc.tfds_name!r} was extracted from {info["crop_size"]} px crops '
       f'(token frames {tuple(info["token_shape"])})',
     )
   if dc.target_fps > 0 and not math.isclose(dc.target_fps, info['target_fps']):
     native = ' (the native rate)' if info['target_fps'] <= 0 else ''
-    _fail(
+    fail(
       'target_fps',
       f'{dc.target_fps}, but token dataset {dc.tfds_name!r} holds frames at {info["target_fps"]} fps{native}; '
       'set it to that (or 0)',
@@ -373,7 +369,7 @@ def make_token_loader(
   """
   validate_data_config(data_config)
   if data_config.source != 'tokens':
-    _fail('source', f"make_token_loader reads source 'tokens', not {data_config.source!r}")
+    fail('source', f"make_token_loader reads source 'tokens', not {data_config.source!r}")
   batch_size = loader_base.host_batch_size(global_batch_size, shard_count, seed)
   if source is None:
     source = TokenSource(data_config.tfds_name, split, data_dir=data_config.tfds_data_dir or None)

@@ -263,7 +263,7 @@ def raw_pixel_features(video: np.ndarray, patch: Sequence[int]) -> np.ndarray:
 
 def _data_key(data) -> str:
   return json.dumps(
-    {k: v for k, v in data.to_dict().items() if k not in features_lib._RUNTIME_DATA_KEYS},
+    {k: v for k, v in data.to_dict().items() if k not in features_lib.RUNTIME_DATA_KEYS},
     sort_keys=True,
     default=list,
   )

@@ -50,7 +50,7 @@ POOLS = ('mean', 'cls')
 TOKENS = 'tokens'
 TOKEN_DTYPES = ('float16', 'float32')
 # Data keys that change how fast features come, not what they are.
-_RUNTIME_DATA_KEYS = ('num_workers', 'prefetch', 'cache_decoded_videos', 'max_bad_fraction')
+RUNTIME_DATA_KEYS = ('num_workers', 'prefetch', 'cache_decoded_videos', 'max_bad_fraction')
 LOG_EVERY_S = 30.0
 
 
@@ -166,7 +166,7 @@ def cache_meta(
   """What the cached features depend on; a cache with other meta is re-extracted.
   ``token_dtype`` is part of it for pool 'tokens' only."""
   c = frozen.config
-  data = {k: v for k, v in c.data.to_dict().items() if k not in _RUNTIME_DATA_KEYS}
+  data = {k: v for k, v in c.data.to_dict().items() if k not in RUNTIME_DATA_KEYS}
   extra = {'token_dtype': token_dtype} if pool == TOKENS else {}
   return json.loads(
     json.dumps(
