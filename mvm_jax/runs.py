@@ -11,12 +11,12 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mvm_jax.config_schema import base_config
+
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config the run wrote to `workdir/config.json`, over today's defaults
   (so keys added since the run was made get their default values)."""
-  from mvm_jax.config import base_config
-
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} not found: is {workdir!r} a mvm_jax workdir?')
@@ -103,14 +103,3 @@ def scalar_curves(workdir: str) -> dict[str, tuple[list[int], list[float]]]:
           steps.append(event.step)
           values.append(float(value))
   return curves
-
-
-def load_pretrained(path: str) -> tuple[int, dict]:
-  """(step, params) from a pre-training workdir or an `mvm_jax.import_torch` output
-  directory (step 0). What `config.init_from` points to."""
-  from mvm_jax.export import checkpoints
-
-  path = os.path.abspath(os.path.expanduser(path))
-  if checkpoints.is_imported_dir(path):
-    return 0, checkpoints.load_imported_params(path)
-  return latest_params(path)

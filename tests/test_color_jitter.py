@@ -48,7 +48,7 @@ def test_hue_rotates_a_saturated_colour_by_up_to_a_fifth_of_a_turn_per_unit_stre
     rng = np.random.default_rng(seed)
     out = transforms.color_jitter(clip, rng, 0.5, 0.0)[0, 0, 0] / 255.0
     hues.append(_hue_turn(out))
-    lumas.append(out @ transforms._LUMA)
+    lumas.append(out @ transforms.LUMA)
   shift = (np.array(hues) - _hue_turn(pixel / 255.0) + 0.5) % 1.0 - 0.5
   assert np.abs(shift).max() < 0.2 * 0.5 + 0.05  # YIQ and HSV hue differ a little
   assert np.ptp(shift) > 0.1  # the hue does move

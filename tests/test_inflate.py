@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mvm_jax.models import inflate, vit
-from mvm_jax.train.state import _strip_boxes
+from mvm_jax.train.state import strip_boxes
 
 
 def _encoder(t_patch, num_frames, depth=1):
@@ -18,7 +18,7 @@ def test_inflate_then_still_clip_equals_image():
   # depth 0: compare the token embeddings (patch embed + positions) the blocks would see
   image_enc, video_enc = _encoder(1, 1, depth=0), _encoder(2, 4, depth=0)
   frame = jax.random.normal(jax.random.PRNGKey(0), (2, 1, 16, 16, 3))
-  image_params = _strip_boxes(image_enc.init(jax.random.PRNGKey(1), frame)['params'])
+  image_params = strip_boxes(image_enc.init(jax.random.PRNGKey(1), frame)['params'])
   video_params = inflate.inflate_to_video(jax.device_get(image_params), t_patch_size=2, temporal_tokens=2)
   assert video_params['patch_embed']['proj']['kernel'].shape[0] == 2
   np.testing.assert_array_equal(video_params['pos']['pos_embed_temporal'], 0.0)
@@ -32,7 +32,7 @@ def test_inflate_then_still_clip_equals_image():
 
 def test_deflate_sums_the_kernel_over_time():
   video_enc = _encoder(2, 4)
-  params = _strip_boxes(video_enc.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 16, 16, 3)))['params'])
+  params = strip_boxes(video_enc.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 16, 16, 3)))['params'])
   params = jax.tree.map(np.asarray, params)
   image = inflate.deflate_to_image(params)
   kernel = params['patch_embed']['proj']['kernel']

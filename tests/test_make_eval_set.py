@@ -70,9 +70,9 @@ def test_layout_counts_and_progress(built):
   with Image.open(out / 'preview.png') as im:
     assert im.size[0] > 8 * 2 * 64 and im.size[1] >= 8 * 2 * 64  # 8 clips x 8 frames, 2x zoom
   # one progress line per clip (report_every_s=0), the last one at 100%, then the summary.
-  progress = [line for line in lines if line.startswith('[')]
+  progress = [line for line in lines if line.startswith('rendering ')]
   assert len(progress) == sum(NUM.values())
-  assert progress[-1].startswith(f'[test] {sum(NUM.values())}/{sum(NUM.values())} clips (100.0%)')
+  assert progress[-1].startswith(f'rendering test: {sum(NUM.values())}/{sum(NUM.values())} clips (100.0%)')
   assert 'clips/s' in progress[0] and 'ETA' in progress[0]
   assert any(line.startswith(f'wrote {sum(NUM.values())} clips') for line in lines)
 

@@ -215,7 +215,7 @@ def test_teacher_and_batch_stats_survive_a_checkpoint_round_trip(tmp_path):
 def test_hpm_picture_adds_the_teachers_heat_map(hpm_run, tmp_path):
   config, exp, _, _ = hpm_run
   batch = _batches(config, 1, seed=6)[0]
-  (png, *_) = loop._write_images(exp, str(tmp_path), 2, batch)
+  (png, *_) = loop.write_images(exp, str(tmp_path), 2, batch)
   scale = max(1, 128 // config.data.crop_size)
   rows = (Image.open(png).size[1] // scale + 2) // (config.data.crop_size + 2)
   assert rows == 4  # original, masked (hard patches red), reconstruction, predicted-loss heat map

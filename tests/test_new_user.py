@@ -12,7 +12,15 @@ import pytest
 from conftest import MICRO_FLAGS, micro_config, run_module
 
 from mvm_jax.config import ConfigError
-from mvm_jax.data import default_data_config, make_loader, pipeline, sampling, sources, transforms
+from mvm_jax.data import (
+  default_data_config,
+  loader_base,
+  make_loader,
+  pipeline,
+  sampling,
+  sources,
+  transforms,
+)
 from mvm_jax.evaluate import features, frozen
 from mvm_jax.tools import make_eval_set
 
@@ -116,7 +124,7 @@ def _csv_data(eval_set, **kw):
 
 @pytest.mark.parametrize('mode', ['loop', 'pad'])
 def test_short_videos_are_counted_and_logged_once(eval_set, mode, monkeypatch, caplog):
-  monkeypatch.setattr(pipeline, '_SHORT_VIDEOS_LOGGED', False)
+  monkeypatch.setattr(loader_base, '_SHORT_VIDEOS_LOGGED', False)
   caplog.set_level(logging.DEBUG)
   infos = []
   for _ in range(2):  # two loaders of one run: one message
@@ -205,10 +213,10 @@ def test_logged_lr_is_the_logged_steps_not_the_window_mean():
   schedule = optimizer.make_schedule(c, total_steps=20, warmup_steps=10)
   # The step's metrics hold schedule(state.step) before the update: step s used schedule(s - 1).
   window = [{'loss': float(s), 'lr': float(schedule(s - 1))} for s in range(11, 21)]
-  logged = loop._mean_metrics(window)
+  logged = loop.mean_metrics(window)
   assert logged['loss'] == pytest.approx(15.5)  # other metrics: the mean over the window
   assert logged['lr'] == pytest.approx(float(schedule(19)))  # step 20's
-  first = loop._mean_metrics([{'lr': float(schedule(s - 1))} for s in range(1, 11)])
+  first = loop.mean_metrics([{'lr': float(schedule(s - 1))} for s in range(1, 11)])
   assert first['lr'] == pytest.approx(9e-4) and np.mean([schedule(s) for s in range(10)]) == pytest.approx(
     4.5e-4
   )

@@ -347,7 +347,8 @@ def test_pack_reports_progress_and_skips_corrupt_files(packed):
   root, result, output, _, _ = packed
   assert (result.total, result.done, result.skipped) == (6, 6, 1)
   assert result.skipped_paths == [str(root / 'videos' / 'corrupt.mp4')]
-  assert '[train] 1/6 videos' in output and '[test] 6/6 videos (100.0%)' in output and 'ETA' in output
+  assert 'packing train: 1/6 videos' in output and 'packing test: 6/6 videos (100.0%)' in output
+  assert 'MiB/s' in output and '1 skipped' in output and 'ETA' in output
   assert 'packed 5 videos' in output and 'corrupt.mp4' in output
 
 

@@ -5,6 +5,7 @@ A cheap numpy stand-in plays the frozen tokenizer (the quantized mean of each
 2 fps (3 to 15 token frames a video), so values can be checked exactly.
 """
 
+import copy
 import dataclasses
 import functools
 import io
@@ -110,7 +111,7 @@ def extract(corpus, name, tokenize, **overrides):
 def extracted(corpus):
   reports = []
   tokenize = Tokenize()
-  result = extract(corpus, 'clip_tokens', tokenize, progress=lambda p: reports.append(dataclasses.replace(p)))
+  result = extract(corpus, 'clip_tokens', tokenize, progress=lambda p: reports.append(copy.copy(p)))
   return result, reports, tokenize
 
 
@@ -381,7 +382,7 @@ def test_command_line_pieces(tmp_path):
   )
   text = out.getvalue()
   assert (result.done, result.skipped, result.frames) == (8, 0, 30)
-  assert '[test] 8/8 videos (100.0%)' in text and 'frames/s' in text and 'ETA' in text
+  assert 'tokenizing test: 8/8 videos (100.0%)' in text and 'frames/s' in text and 'ETA' in text
   assert 'tokenizer: stub block means (vocab 16, 32 px -> 4x4 tokens)' in text
   assert (
     f'config.vimpac.vocab_size={config.vimpac.vocab_size} differs from the tokenizer vocabulary 16' in text

@@ -15,7 +15,7 @@ _MODULE_OF = {
   'decode_frames': 'decode',
   'decode_video': 'decode',
   'probe_video': 'decode',
-  'LoaderInfo': 'pipeline',
+  'LoaderInfo': 'loader_base',
   'build_source': 'pipeline',
   'default_data_config': 'settings',
   'make_loader': 'pipeline',

@@ -105,85 +105,86 @@ def default_data_config() -> ml_collections.ConfigDict:
   )
 
 
-def _fail(key: str, message: str):
+def fail(key: str, message: str):
+  """Raise the ValueError of an invalid ``config.data`` value: ``config.data.<key>: <message>``."""
   raise ValueError(f'config.data.{key}: {message}')
 
 
 def validate_data_config(dc) -> None:
   """Raises ValueError naming the ``config.data`` key of an invalid value."""
   if dc.source not in SOURCES:
-    _fail('source', f'unknown source {dc.source!r}; known: {list(SOURCES)}')
+    fail('source', f'unknown source {dc.source!r}; known: {list(SOURCES)}')
   for key in SOURCE_KEYS:
     if not isinstance(dc[key], str):
-      _fail(key, f'must be a string, got {dc[key]!r}')
+      fail(key, f'must be a string, got {dc[key]!r}')
   if dc.source in ('csv', 'folder') and not dc.path:
     what = 'list file' if dc.source == 'csv' else 'directory'
-    _fail('path', f'source {dc.source!r} needs data.path (the {what})')
+    fail('path', f'source {dc.source!r} needs data.path (the {what})')
   if dc.source == 'tfds':
     for key in ('tfds_name', 'tfds_video_key'):
       if not dc[key]:
-        _fail(key, f"source 'tfds' needs data.{key}")
+        fail(key, f"source 'tfds' needs data.{key}")
   if dc.source == 'tokens' and not dc.tfds_name:
-    _fail('tfds_name', "source 'tokens' needs data.tfds_name (written by mvm_jax.tools.extract_tokens)")
+    fail('tfds_name', "source 'tokens' needs data.tfds_name (written by mvm_jax.tools.extract_tokens)")
   for key in ('num_frames', 'sampling_rate', 'crop_size', 'repeated_sampling'):
     if not isinstance(dc[key], int) or dc[key] < 1:
-      _fail(key, f'must be a positive integer, got {dc[key]!r}')
+      fail(key, f'must be a positive integer, got {dc[key]!r}')
   for key in ('num_workers', 'prefetch', 'cache_decoded_videos'):
     if not isinstance(dc[key], int) or dc[key] < 0:
-      _fail(key, f'must be a non-negative integer, got {dc[key]!r}')
+      fail(key, f'must be a non-negative integer, got {dc[key]!r}')
   lo, hi = dc.scale
   if not 0 < lo <= hi <= 1:
-    _fail('scale', f'need 0 < lo <= hi <= 1, got {tuple(dc.scale)}')
+    fail('scale', f'need 0 < lo <= hi <= 1, got {tuple(dc.scale)}')
   lo, hi = dc.aspect_ratio
   if not 0 < lo <= hi:
-    _fail('aspect_ratio', f'need 0 < lo <= hi, got {tuple(dc.aspect_ratio)}')
+    fail('aspect_ratio', f'need 0 < lo <= hi, got {tuple(dc.aspect_ratio)}')
   for key in ('mean', 'std'):
     if len(dc[key]) != 3:
-      _fail(key, f'needs 3 values (RGB), got {tuple(dc[key])}')
+      fail(key, f'needs 3 values (RGB), got {tuple(dc[key])}')
   if min(dc.std) <= 0:
-    _fail('std', f'must be positive, got {tuple(dc.std)}')
+    fail('std', f'must be positive, got {tuple(dc.std)}')
   if not 0 <= dc.max_bad_fraction <= 1:
-    _fail('max_bad_fraction', f'must be in [0, 1], got {dc.max_bad_fraction!r}')
+    fail('max_bad_fraction', f'must be in [0, 1], got {dc.max_bad_fraction!r}')
   if dc.get('short_videos', 'loop') not in SHORT_VIDEOS:
-    _fail('short_videos', f'{dc.short_videos!r} is not one of {SHORT_VIDEOS}')
+    fail('short_videos', f'{dc.short_videos!r} is not one of {SHORT_VIDEOS}')
   if dc.decode_short_side < -1:
-    _fail('decode_short_side', f'must be -1 (auto), 0 (native) or positive, got {dc.decode_short_side}')
+    fail('decode_short_side', f'must be -1 (auto), 0 (native) or positive, got {dc.decode_short_side}')
   if not isinstance(dc.randaugment_ops, int) or dc.randaugment_ops < 0:
-    _fail('randaugment_ops', f'must be a non-negative integer (0: off), got {dc.randaugment_ops!r}')
+    fail('randaugment_ops', f'must be a non-negative integer (0: off), got {dc.randaugment_ops!r}')
   for key, lo, hi in (('randaugment_magnitude', 0, 10), ('randaugment_magnitude_std', 0, float('inf'))):
     if isinstance(dc[key], bool) or not isinstance(dc[key], (int, float)) or not lo <= dc[key] <= hi:
-      _fail(key, f'must be a number in [{lo}, {hi}], got {dc[key]!r}')
+      fail(key, f'must be a number in [{lo}, {hi}], got {dc[key]!r}')
   for key, hi in (('color_jitter', float('inf')), ('grayscale_prob', 1.0)):
     value = dc.get(key, 0.0)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= hi:
-      _fail(key, f'must be a number in [0, {hi}], got {value!r}')
+      fail(key, f'must be a number in [0, {hi}], got {value!r}')
   _validate_sampling(dc)
 
 
 def _validate_sampling(dc) -> None:
   """The sampler keys of ``validate_data_config``."""
   if dc.sampling not in SAMPLER_NAMES:
-    _fail('sampling', f'unknown sampling {dc.sampling!r}; known: {list(SAMPLER_NAMES)}')
+    fail('sampling', f'unknown sampling {dc.sampling!r}; known: {list(SAMPLER_NAMES)}')
   for key in ('target_fps', 'clip_pair_max_distance_s', 'clip_pair_min_distance_s'):
     if isinstance(dc[key], bool) or not isinstance(dc[key], (int, float)):
-      _fail(key, f'must be a number, got {dc[key]!r}')
+      fail(key, f'must be a number, got {dc[key]!r}')
   if dc.clip_pair_min_distance_s < 0 or 0 < dc.clip_pair_max_distance_s < dc.clip_pair_min_distance_s:
-    _fail(
+    fail(
       'clip_pair_min_distance_s',
       f'must be >= 0 and at most clip_pair_max_distance_s ({dc.clip_pair_max_distance_s}), '
       f'got {dc.clip_pair_min_distance_s!r}',
     )
   if dc.frame_pair_mode not in FRAME_PAIR_MODES:
-    _fail('frame_pair_mode', f'unknown mode {dc.frame_pair_mode!r}; known: {list(FRAME_PAIR_MODES)}')
+    fail('frame_pair_mode', f'unknown mode {dc.frame_pair_mode!r}; known: {list(FRAME_PAIR_MODES)}')
   if not isinstance(dc.frame_pair_segments, int) or dc.frame_pair_segments < 2:
-    _fail('frame_pair_segments', f'must be an integer >= 2, got {dc.frame_pair_segments!r}')
+    fail('frame_pair_segments', f'must be an integer >= 2, got {dc.frame_pair_segments!r}')
   if not isinstance(dc.frame_pair_gap, int) or dc.frame_pair_gap < 0:
-    _fail('frame_pair_gap', f'must be a non-negative integer, got {dc.frame_pair_gap!r}')
+    fail('frame_pair_gap', f'must be a non-negative integer, got {dc.frame_pair_gap!r}')
   if not isinstance(dc.eval_temporal_views, int) or dc.eval_temporal_views < 1:
-    _fail('eval_temporal_views', f'must be a positive integer, got {dc.eval_temporal_views!r}')
+    fail('eval_temporal_views', f'must be a positive integer, got {dc.eval_temporal_views!r}')
   if dc.eval_spatial_views not in (1, 3):
-    _fail('eval_spatial_views', f'must be 1 (centre) or 3, got {dc.eval_spatial_views!r}')
+    fail('eval_spatial_views', f'must be 1 (centre) or 3, got {dc.eval_spatial_views!r}')
   if dc.sampling not in ('clip', 'segment'):
     for key in ('eval_temporal_views', 'eval_spatial_views'):
       if dc[key] > 1:
-        _fail(key, f'multi-view testing needs data.sampling "clip" or "segment", not {dc.sampling!r}')
+        fail(key, f'multi-view testing needs data.sampling "clip" or "segment", not {dc.sampling!r}')

@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import dataclasses
 import functools
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mvm_jax import progress as progress_lib
 from mvm_jax.data import decode, sources
 from mvm_jax.data.sources import SourceError, VideoRecord, VideoSource
 
@@ -47,7 +46,13 @@ def _is_bytes_feature(feature) -> bool:
   return isinstance(feature, tfds.features.Tensor) and feature.shape == () and feature.np_dtype == np.object_
 
 
-def _load_builder(name: str, data_dir: str | None):
+def load_builder(name: str, data_dir: str | None):
+  """The prepared tfds builder of dataset ``name`` in ``data_dir`` (None: the tfds default).
+
+  Raises:
+    SourceError: (key ``tfds_name``) no such dataset there (naming the ones there), it cannot be
+      loaded, or it is not prepared.
+  """
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -107,7 +112,7 @@ class TfdsVideoSource(VideoSource):
       SourceError: unknown or unprepared dataset, unknown split, a missing
         feature or one of the wrong kind.
     """
-    builder = _load_builder(name, data_dir)
+    builder = load_builder(name, data_dir)
     features = builder.info.features
     known = sorted(features.keys())
     if video_key not in features:
@@ -250,31 +255,34 @@ class _PackedVideos(SplitsBuilder, skip_registration=True):
     )
 
 
-@dataclasses.dataclass
-class PackProgress:
-  """Progress of :func:`pack_videos` over all splits (updated after each video)."""
+class PackProgress(progress_lib.Progress):
+  """Progress of :func:`pack_videos` over all splits (updated after each video).
 
-  total: int  # videos in all splits
-  done: int = 0  # videos read (packed or skipped)
-  skipped: int = 0
-  bytes_read: int = 0
-  split: str = ''
-  start_time: float = dataclasses.field(default_factory=time.perf_counter)
-  skipped_paths: list[str] = dataclasses.field(default_factory=list)
+  A :class:`~mvm_jax.progress.Progress` of the videos read (packed or skipped;
+  rate and ETA: reading, writing the files follows) that logs nothing itself; its
+  line names the split and adds the bytes read and the videos skipped.
+  """
 
-  @property
-  def elapsed(self) -> float:
-    return time.perf_counter() - self.start_time
-
-  @property
-  def rate(self) -> float:
-    """Videos per second so far."""
-    return self.done / max(self.elapsed, 1e-9)
+  def __init__(self, total: int):
+    super().__init__('packing', total, unit='videos', log=None)
+    self.skipped = 0
+    self.bytes_read = 0
+    self.skipped_paths: list[str] = []
+    self.split = ''
 
   @property
-  def eta(self) -> float:
-    """Seconds left at the rate so far (reading; writing the files follows)."""
-    return (self.total - self.done) / self.rate if self.done else float('nan')
+  def split(self) -> str:
+    """The split being read."""
+    return self._split
+
+  @split.setter
+  def split(self, split: str) -> None:
+    self._split = split
+    self.what = f'packing {split}'
+
+  def details(self) -> list[str]:
+    mib = self.bytes_read / 2**20
+    return [f'{mib:.1f} MiB ({mib / max(self.elapsed, 1e-9):.1f} MiB/s)', f'{self.skipped} skipped']
 
 
 def _read_video(record: VideoRecord) -> tuple[bytes, int] | str:
@@ -293,7 +301,7 @@ def _read_video(record: VideoRecord) -> tuple[bytes, int] | str:
   return data, info.num_frames
 
 
-def _ordered_map(fn, items, num_threads: int) -> Iterator:
+def ordered_map(fn, items, num_threads: int) -> Iterator:
   """``map(fn, items)`` on a thread pool, in order, at most 2 x num_threads ahead."""
   with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
     pending = collections.deque()
@@ -305,7 +313,7 @@ def _ordered_map(fn, items, num_threads: int) -> Iterator:
       yield pending.popleft().result()
 
 
-def _common_class_names(split_sources: Mapping[str, VideoSource]) -> tuple[str, ...]:
+def common_class_names(split_sources: Mapping[str, VideoSource]) -> tuple[str, ...]:
   """The label space all splits agree on (the longest, others must prefix it)."""
   longest = max((s.class_names for s in split_sources.values()), key=len)
   for split, s in split_sources.items():
@@ -352,7 +360,7 @@ def pack_videos(
   """
   if not split_sources:
     raise ValueError('no splits to pack')
-  class_names = _common_class_names(split_sources)
+  class_names = common_class_names(split_sources)
   version_dir = os.path.join(data_dir, name, PACK_VERSION)
   if os.path.exists(version_dir):
     if not overwrite:
@@ -363,9 +371,9 @@ def pack_videos(
   def examples(split: str, source: VideoSource):
     state.split = split
     for index, (record, result) in enumerate(
-      zip(source, _ordered_map(_read_video, source, num_threads), strict=True)
+      zip(source, ordered_map(_read_video, source, num_threads), strict=True)
     ):
-      state.done += 1
+      state.update()
       if isinstance(result, str):
         state.skipped += 1
         state.skipped_paths.append(str(record.path))

@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -33,6 +32,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from mvm_jax import progress as progress_lib
 from mvm_jax.data import decode, tfds_video, transforms
 from mvm_jax.data.sources import VideoRecord, VideoSource
 from mvm_jax.data.tokens import (
@@ -63,44 +63,48 @@ def _split_file_name(split: str) -> str:
 # Writing.
 
 
-@dataclasses.dataclass
-class ExtractProgress:
+class ExtractProgress(progress_lib.Progress):
   """Progress of :func:`extract_tokens` over all splits (updated after each video).
 
-  ``done`` counts videos finished in any way: tokenized, skipped, or taken
-  from a previous run's saved work (``resumed``, counted chunk by chunk).
-  Rates and ETA count this run's work only.
+  A :class:`~mvm_jax.progress.Progress` that logs nothing itself: ``done``
+  counts videos finished in any way: tokenized, skipped, or taken from a
+  previous run's saved work (``resumed``, counted chunk by chunk, untimed).
+  Rates and ETA count this run's work only. Its line names the split and adds
+  the resumed videos, frames/s, frames and skipped videos.
   """
 
-  total: int  # videos in all splits
-  done: int = 0  # videos finished (tokenized, skipped or resumed)
-  resumed: int = 0  # of done: read from the work directory of an earlier run
-  skipped: int = 0  # unreadable videos (this run and resumed)
-  frames: int = 0  # token frames of the readable videos (this run and resumed)
-  tokenized_frames: int = 0  # frames tokenized by this run (without padding)
-  tokenize_calls: int = 0  # calls of the tokenize function by this run
-  split: str = ''
-  start_time: float = dataclasses.field(default_factory=time.perf_counter)
-  skipped_paths: list[str] = dataclasses.field(default_factory=list)
+  def __init__(self, total: int):
+    super().__init__('tokenizing', total, unit='videos', log=None)
+    self.skipped = 0  # unreadable videos (this run and resumed)
+    self.frames = 0  # token frames of the readable videos (this run and resumed)
+    self.tokenized_frames = 0  # frames tokenized by this run (without padding)
+    self.tokenize_calls = 0  # calls of the tokenize function by this run
+    self.skipped_paths: list[str] = []
+    self.split = ''
 
   @property
-  def elapsed(self) -> float:
-    return time.perf_counter() - self.start_time
+  def split(self) -> str:
+    """The split being tokenized."""
+    return self._split
+
+  @split.setter
+  def split(self, split: str) -> None:
+    self._split = split
+    self.what = f'tokenizing {split}'
 
   @property
-  def rate(self) -> float:
-    """Videos per second tokenized (or skipped) by this run."""
-    return (self.done - self.resumed) / max(self.elapsed, 1e-9)
+  def resumed(self) -> int:
+    """Of ``done``: read from the work directory of an earlier run."""
+    return self.untimed
 
   @property
   def frame_rate(self) -> float:
     """Frames per second tokenized by this run."""
     return self.tokenized_frames / max(self.elapsed, 1e-9)
 
-  @property
-  def eta(self) -> float:
-    """Seconds left at this run's rate (building the dataset follows); nan before the first video."""
-    return (self.total - self.done) / self.rate if self.done > self.resumed else float('nan')
+  def details(self) -> list[str]:
+    resumed = [f'{self.resumed} resumed'] if self.resumed else []
+    return [*resumed, f'{self.frame_rate:.1f} frames/s', f'{self.frames} frames', f'{self.skipped} skipped']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -467,7 +471,7 @@ def extract_tokens(
     raise ValueError(
       f'need videos_per_chunk >= 1 and num_threads >= 1, got {videos_per_chunk}, {num_threads}'
     )
-  class_names = tfds_video._common_class_names(split_sources)
+  class_names = tfds_video.common_class_names(split_sources)
   version_dir = os.path.join(data_dir, name, TOKENS_VERSION)
   if os.path.exists(version_dir) and not overwrite:
     raise FileExistsError(f'tfds dataset {name!r} already exists in {version_dir!r}')
@@ -517,8 +521,7 @@ def extract_tokens(
           if tok.token_shape is not None and shape != tok.token_shape:
             raise ValueError(f'{path}: token shape {shape}, other chunks {tok.token_shape}')
           tok.token_shape = shape
-        state.done += hi - lo
-        state.resumed += hi - lo
+        state.update(hi - lo, timed=False)
         state.skipped += len(bad)
         state.skipped_paths += bad
         state.frames += int(z['num_frames'].sum())
@@ -570,20 +573,20 @@ def _extract_chunk(source, indices: range, path, tok: _Tokenizer, load, num_thre
   def finish(done):
     for slot, codes in done:
       results[slot] = (codes, results[slot])  # results[slot] held the fps until now
-      state.done += 1
+      state.update()
       state.frames += len(codes)
       state.tokenized_frames += len(codes)
       state.tokenize_calls = tok.calls
       if progress is not None:
         progress(state)
 
-  videos = tfds_video._ordered_map(load, records, num_threads)
+  videos = tfds_video.ordered_map(load, records, num_threads)
   try:
     for slot, (record, video) in enumerate(zip(records, videos)):
       if isinstance(video, str):
         logging.warning('Skipping unreadable video: %s', video)
         results[slot] = video
-        state.done += 1
+        state.update()
         state.skipped += 1
         state.skipped_paths.append(str(record.path))
         if progress is not None:

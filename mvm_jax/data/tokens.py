@@ -45,7 +45,8 @@ import grain
 import grain.experimental
 import numpy as np
 
-from mvm_jax.data import pipeline, tfds_video, transforms
+from mvm_jax.data import loader_base, tfds_video, transforms
+from mvm_jax.data.settings import fail, validate_data_config
 from mvm_jax.data.sources import SourceError
 
 # Features of a token dataset.
@@ -92,7 +93,7 @@ def read_token_info(name: str, data_dir: str | None = None) -> dict:
     SourceError: no such (prepared) dataset, or one without token_info.json;
       names ``data.tfds_name`` and the directory.
   """
-  return _read_token_info(tfds_video._load_builder(name, data_dir), name)
+  return _read_token_info(tfds_video.load_builder(name, data_dir), name)
 
 
 def token_info(data_config) -> dict:
@@ -137,7 +138,7 @@ class TokenSource:
     Raises:
       SourceError: unknown, unprepared or non-token dataset, unknown or empty split.
     """
-    builder = tfds_video._load_builder(name, data_dir)
+    builder = tfds_video.load_builder(name, data_dir)
     features = builder.info.features
     if TOKENS_KEY not in features or LABEL_KEY not in features:
       raise SourceError(
@@ -294,10 +295,6 @@ class _UnstackTokens(grain.experimental.FlatMapTransform):
     return [{key: value[i] for key, value in element.items()} for i in range(element['tokens'].shape[0])]
 
 
-def _fail(key: str, message: str):
-  raise ValueError(f'config.data.{key}: {message}')
-
-
 def make_token_sampler(data_config, source: TokenSource, *, train: bool) -> TokenSampler:
   """The sampler ``config.data`` asks for, on ``source`` (k = 1 when not training).
 
@@ -311,19 +308,19 @@ def make_token_sampler(data_config, source: TokenSource, *, train: bool) -> Toke
   dc = data_config
   info = source.info
   if dc.sampling not in TOKEN_SAMPLINGS:
-    _fail('sampling', f"source 'tokens' samples {list(TOKEN_SAMPLINGS)}, not {dc.sampling!r}")
+    fail('sampling', f"source 'tokens' samples {list(TOKEN_SAMPLINGS)}, not {dc.sampling!r}")
   for key in ('eval_temporal_views', 'eval_spatial_views'):
     if dc[key] != 1:
-      _fail(key, f"multi-view testing is not supported with source 'tokens' (got {dc[key]})")
+      fail(key, f"multi-view testing is not supported with source 'tokens' (got {dc[key]})")
   if dc.crop_size != info['crop_size']:
-    _fail(
+    fail(
       'crop_size',
       f'{dc.crop_size}, but token dataset {dc.tfds_name!r} was extracted from {info["crop_size"]} px crops '
       f'(token frames {tuple(info["token_shape"])})',
     )
   if dc.target_fps > 0 and not math.isclose(dc.target_fps, info['target_fps']):
     native = ' (the native rate)' if info['target_fps'] <= 0 else ''
-    _fail(
+    fail(
       'target_fps',
       f'{dc.target_fps}, but token dataset {dc.tfds_name!r} holds frames at {info["target_fps"]} fps{native}; '
       'set it to that (or 0)',
@@ -350,7 +347,7 @@ def make_token_loader(
   shard_count: int = 1,
   train: bool = True,
   source: TokenSource | None = None,
-) -> tuple[grain.IterDataset, pipeline.LoaderInfo]:
+) -> tuple[grain.IterDataset, loader_base.LoaderInfo]:
   """Builds the host-local pipeline of a token dataset (``config.data.source = 'tokens'``).
 
   As :func:`mvm_jax.data.pipeline.make_loader` (same arguments, sharding,
@@ -370,16 +367,16 @@ def make_token_loader(
   Raises:
     ValueError / SourceError: naming the ``config.data`` key at fault.
   """
-  pipeline.validate_data_config(data_config)
+  validate_data_config(data_config)
   if data_config.source != 'tokens':
-    _fail('source', f"make_token_loader reads source 'tokens', not {data_config.source!r}")
-  batch_size = pipeline.host_batch_size(global_batch_size, shard_count, seed)
+    fail('source', f"make_token_loader reads source 'tokens', not {data_config.source!r}")
+  batch_size = loader_base.host_batch_size(global_batch_size, shard_count, seed)
   if source is None:
     source = TokenSource(data_config.tfds_name, split, data_dir=data_config.tfds_data_dir or None)
   sampler = make_token_sampler(data_config, source, train=train)
   k = sampler.num_samples
   num_records = len(source)
-  ds, shard_records = pipeline.grain_dataset(
+  ds, shard_records = loader_base.grain_dataset(
     data_config,
     source,
     _SampleTokens(source, sampler),
@@ -391,7 +388,7 @@ def make_token_loader(
     train=train,
   )
 
-  info = pipeline.LoaderInfo(
+  info = loader_base.LoaderInfo(
     num_records=num_records,
     shard_records=shard_records,
     num_classes=source.num_classes,
@@ -400,6 +397,6 @@ def make_token_loader(
     samples_per_epoch=num_records * k,
     batch_size=batch_size,
     global_batch_size=global_batch_size,
-    skipped=pipeline.SkipLog(),
+    skipped=loader_base.SkipLog(),
   )
   return ds, info

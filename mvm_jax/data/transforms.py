@@ -470,7 +470,7 @@ def train_view(
 
 
 # Luma weights (ITU-R BT.601) and the RGB <-> YIQ matrices: a hue shift is a rotation of (I, Q).
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
 
@@ -495,8 +495,8 @@ def color_jitter(
     brightness, contrast, saturation = rng.uniform(low, high, size=3)
     hue = rng.uniform(-0.2 * strength, 0.2 * strength)
     x = x * brightness
-    x = (x - float(np.mean(x @ _LUMA))) * contrast + float(np.mean(x @ _LUMA))
-    gray = (x @ _LUMA)[..., None]
+    x = (x - float(np.mean(x @ LUMA))) * contrast + float(np.mean(x @ LUMA))
+    gray = (x @ LUMA)[..., None]
     x = gray + (x - gray) * saturation
     angle = 2 * np.pi * hue
     rotation = np.array(
@@ -504,7 +504,7 @@ def color_jitter(
     )
     x = x @ (_YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ).T
   if grayscale_prob > 0 and rng.random() < grayscale_prob:
-    x = np.repeat((x @ _LUMA)[..., None], 3, axis=-1)
+    x = np.repeat((x @ LUMA)[..., None], 3, axis=-1)
   return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
 
 

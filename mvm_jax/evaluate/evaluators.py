@@ -90,7 +90,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mvm_jax.config import ConfigError
+from mvm_jax.config_schema import ConfigError
 from mvm_jax.data import pipeline
 from mvm_jax.evaluate import attentive_probe as attentive_probe_lib
 from mvm_jax.evaluate import features as features_lib
@@ -249,21 +249,12 @@ def between_class_share(x: np.ndarray, labels: np.ndarray) -> float:
   return float(between / np.sum(z**2))
 
 
-def raw_pixel_features(video: np.ndarray, patch: Sequence[int]) -> np.ndarray:
-  """The raw-pixel baseline's feature in numpy: video [B, T, H, W, 3] → [B, t·p·q·3], the
-  mean over the spacetime patches of the flattened (u, p, q, c) patch vectors."""
-  t, p, q = patch
-  b, tt, h, w, c = video.shape
-  patches = video.reshape(b, tt // t, t, h // p, p, w // q, q, c).transpose(0, 1, 3, 5, 2, 4, 6, 7)
-  return patches.reshape(b, -1, t * p * q * c).mean(1)
-
-
 # --- the shared feature extraction ----------------------------------------------------------
 
 
 def _data_key(data) -> str:
   return json.dumps(
-    {k: v for k, v in data.to_dict().items() if k not in features_lib._RUNTIME_DATA_KEYS},
+    {k: v for k, v in data.to_dict().items() if k not in features_lib.RUNTIME_DATA_KEYS},
     sort_keys=True,
     default=list,
   )

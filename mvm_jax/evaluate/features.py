@@ -31,7 +31,6 @@ import dataclasses
 import json
 import math
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -39,9 +38,10 @@ import numpy as np
 from absl import logging
 
 from mvm_jax import pixels
-from mvm_jax.config import ConfigError
+from mvm_jax.config_schema import ConfigError
 from mvm_jax.data import pipeline
 from mvm_jax.evaluate.frozen import FrozenEncoder
+from mvm_jax.progress import Progress
 from mvm_jax.train import partitioning
 
 POOLS = ('mean', 'cls')
@@ -50,7 +50,7 @@ POOLS = ('mean', 'cls')
 TOKENS = 'tokens'
 TOKEN_DTYPES = ('float16', 'float32')
 # Data keys that change how fast features come, not what they are.
-_RUNTIME_DATA_KEYS = ('num_workers', 'prefetch', 'cache_decoded_videos', 'max_bad_fraction')
+RUNTIME_DATA_KEYS = ('num_workers', 'prefetch', 'cache_decoded_videos', 'max_bad_fraction')
 LOG_EVERY_S = 30.0
 
 
@@ -166,7 +166,7 @@ def cache_meta(
   """What the cached features depend on; a cache with other meta is re-extracted.
   ``token_dtype`` is part of it for pool 'tokens' only."""
   c = frozen.config
-  data = {k: v for k, v in c.data.to_dict().items() if k not in _RUNTIME_DATA_KEYS}
+  data = {k: v for k, v in c.data.to_dict().items() if k not in RUNTIME_DATA_KEYS}
   extra = {'token_dtype': token_dtype} if pool == TOKENS else {}
   return json.loads(
     json.dumps(
@@ -240,34 +240,6 @@ def _padded(host_batch: dict | None, size: int, num_valid: int, views: np.ndarra
   out['valid'] = np.arange(size) < min(n, num_valid)
   out['view'] = views.astype(np.int32)
   return out
-
-
-class _Progress:
-  """Logs clips/s (after the first, compiling, batch) and an ETA every LOG_EVERY_S."""
-
-  def __init__(self, name: str, total: int):
-    self.name, self.total, self.done = name, total, 0
-    self._start = self._last = None
-    self._done_at_start = 0
-
-  def update(self, n: int) -> None:
-    now = time.perf_counter()
-    self.done += n
-    if self._start is None:
-      self._start, self._last, self._done_at_start = now, now, self.done
-      return
-    if now - self._last >= LOG_EVERY_S or self.done >= self.total:
-      self._last = now
-      rate = (self.done - self._done_at_start) / max(now - self._start, 1e-9)
-      eta = (self.total - self.done) / rate if rate > 0 else float('inf')
-      logging.info(
-        'features %s: %d/%d clips, %.1f clips/s, ETA %.0f s', self.name, self.done, self.total, rate, eta
-      )
-
-  def rate(self) -> float:
-    if self._start is None or self.done == self._done_at_start:
-      return float('nan')
-    return (self.done - self._done_at_start) / max(time.perf_counter() - self._start, 1e-9)
 
 
 def _run_pass(frozen, extract_fn, loader, *, steps, host_batch_size, num_valid, progress, view_of):
@@ -352,8 +324,10 @@ def extract(
     train=False,
   )
   infos = [info]
-  progress = _Progress(split, info.num_records * views)
-  start = time.perf_counter()
+  # Rates after the first batch (it compiles).
+  progress = Progress(
+    f'features {split}', info.num_records * views, unit='clips', every_s=LOG_EVERY_S, warmup_updates=1
+  )
   per_host = math.ceil(info.num_records / shard_count)  # the largest shard
   passes = [
     _run_pass(
@@ -404,15 +378,11 @@ def extract(
     view=out['view'][order].astype(np.int32),
     class_names=tuple(info.class_names),
   )
-  seconds = time.perf_counter() - start
-  rate = progress.rate()
   logging.info(
-    'features %s: %d clips × %s in %.1f s%s; %d skipped.',
-    split,
+    '%s; %d features × %s; %d skipped.',
+    progress.summary(rate_note=' after the first batch'),
     len(features),
     '×'.join(map(str, features.features.shape[1:])),
-    seconds,
-    '' if math.isnan(rate) else f' ({rate:.1f} clips/s after the first batch)',
     sum(i.skipped.count for i in infos),
   )
   return features

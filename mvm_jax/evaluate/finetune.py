@@ -22,9 +22,9 @@ import optax
 from absl import logging
 
 from mvm_jax import config as config_lib
-from mvm_jax import runs
 from mvm_jax.data import pipeline
 from mvm_jax.evaluate import features, frozen, mixup, report
+from mvm_jax.export import checkpoints
 from mvm_jax.models import factorized
 from mvm_jax.models import mae as mae_lib
 from mvm_jax.train import loop, model_setup, optimizer, partitioning
@@ -119,14 +119,14 @@ def build_experiment(config, *, num_classes: int, samples_per_epoch: int, device
 
   rng = jax.random.PRNGKey(config.seed)
   with partitioning.sharding_context(mesh):
-    abstract = state_lib._strip_boxes(jax.eval_shape(init_params, rng))
+    abstract = state_lib.strip_boxes(jax.eval_shape(init_params, rng))
   tx = optimizer.make_finetune_optimizer(config, schedule, abstract, depth)
   state, shardings = state_lib.create_sharded_state(
     lambda r: {'params': init_params(r)}, tx, mesh, rng, frozen=frozen_variables
   )
   if frozen.pretrained_run(config.init_from):  # not for '' or 'random:RUN' (random init)
-    step, pretrained = runs.load_pretrained(config.init_from)
-    weights = frozen._pick(pretrained[backbone], abstract[backbone], backbone)
+    step, pretrained = checkpoints.load_pretrained(config.init_from)
+    weights = frozen.pick_params(pretrained[backbone], abstract[backbone], backbone)
     params = dict(state.params, **{backbone: jax.device_put(weights, shardings.params[backbone])})
     state = state.replace(params=params)
     logging.info('%s initialised from %s (step %d).', backbone.capitalize(), config.init_from, step)

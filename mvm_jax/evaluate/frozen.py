@@ -25,11 +25,13 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from mvm_jax import config as config_lib
+from mvm_jax import config_schema
 from mvm_jax import runs
+from mvm_jax.export import checkpoints
 from mvm_jax.models import mae as mae_lib
 from mvm_jax.models import vit
 from mvm_jax.train import partitioning
+from mvm_jax.train import state as state_lib
 
 # config.data keys that must match pre-training: the token grid (and so the
 # learned position embeddings) and the input statistics the encoder saw.
@@ -155,7 +157,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   run_dir = settings_run(config.init_from)
   if not run_dir:
     if config.init_from:
-      raise config_lib.ConfigError("config.init_from: 'random:' needs the run to copy: 'random:RUN'")
+      raise config_schema.ConfigError("config.init_from: 'random:' needs the run to copy: 'random:RUN'")
     return resolved
   run_dir = os.path.abspath(os.path.expanduser(run_dir))
   resolved.init_from = RANDOM_LIKE + run_dir if config.init_from.startswith(RANDOM_LIKE) else run_dir
@@ -174,12 +176,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   return resolved
 
 
-def _unbox(tree):
-  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
-  return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree, is_leaf=is_box)
-
-
-def _pick(params: dict, like: dict, path: str = 'encoder') -> dict:
+def pick_params(params: dict, like: dict, path: str = 'encoder') -> dict:
   """The sub-tree of checkpoint ``params`` with the structure of ``like``
   (drops e.g. the dense encoder's unused ``mask_token``); checks shapes."""
   out = {}
@@ -187,7 +184,7 @@ def _pick(params: dict, like: dict, path: str = 'encoder') -> dict:
     if key not in params:
       raise ValueError(f'checkpoint has no parameter {path}/{key}; is it from a different model?')
     if isinstance(target, dict):
-      out[key] = _pick(params[key], target, f'{path}/{key}')
+      out[key] = pick_params(params[key], target, f'{path}/{key}')
     elif tuple(params[key].shape) != tuple(target.shape):
       raise ValueError(
         f'checkpoint parameter {path}/{key} has shape {tuple(params[key].shape)}, the encoder '
@@ -243,7 +240,7 @@ class EncoderTemplate:
     ``shardings``; a no-op for arrays already placed so)."""
     if self.key not in params:
       raise ValueError(f'the parameters have no {self.key!r} sub-tree (keys: {sorted(params)})')
-    picked = _pick(params[self.key], self.abstract, self.key)
+    picked = pick_params(params[self.key], self.abstract, self.key)
     with partitioning.sharding_context(self.mesh):
       trainable = jax.device_put(picked, self.shardings)
     return self._frozen(trainable, step, init_from, description)
@@ -269,7 +266,7 @@ def template(resolved: ml_collections.ConfigDict, mesh) -> EncoderTemplate:
   if resolved.model.name == 'vimpac':
     return _vimpac_template(resolved, mesh)
   if resolved.model.name != 'mae':
-    raise config_lib.ConfigError(
+    raise config_schema.ConfigError(
       f'config.init_from: a {resolved.model.name!r} run has no video encoder to evaluate'
     )
   video_shape = mae_lib.video_shape(resolved)
@@ -279,7 +276,7 @@ def template(resolved: ml_collections.ConfigDict, mesh) -> EncoderTemplate:
   with partitioning.sharding_context(mesh):
     boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
     shardings = partitioning.logical_to_sharding(boxed, mesh)
-  return EncoderTemplate(resolved, encoder, mesh, _unbox(boxed), shardings, 'encoder', init)
+  return EncoderTemplate(resolved, encoder, mesh, state_lib.strip_boxes(boxed), shardings, 'encoder', init)
 
 
 def load(config: ml_collections.ConfigDict, devices=None) -> FrozenEncoder:
@@ -290,11 +287,11 @@ def load(config: ml_collections.ConfigDict, devices=None) -> FrozenEncoder:
     FileNotFoundError: ``init_from`` has no config.json or no checkpoint.
   """
   resolved = resolve_config(config)
-  config_lib.validate(resolved, pretraining=False)
+  config_schema.validate_without_evaluators(resolved, pretraining=False)
   mesh = partitioning.make_mesh(resolved.mesh, devices)
   t = template(resolved, mesh)
   if pretrained_run(resolved.init_from):
-    step, params = runs.load_pretrained(resolved.init_from)
+    step, params = checkpoints.load_pretrained(resolved.init_from)
     frozen = t.with_params(params, int(step), resolved.init_from)
   else:
     frozen = t.random_init(resolved.seed)
@@ -329,7 +326,7 @@ def _vimpac_template(resolved, mesh) -> EncoderTemplate:
     resolved,
     TokenFeatureEncoder(backbone, tok),
     mesh,
-    _unbox(boxed),
+    state_lib.strip_boxes(boxed),
     backbone_shardings,
     'backbone',
     init,

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mvm_jax.config import ConfigError
+from mvm_jax.config_schema import ConfigError
 from mvm_jax.evaluate import features as features_lib
 from mvm_jax.evaluate import frozen as frozen_lib
 from mvm_jax.evaluate import report

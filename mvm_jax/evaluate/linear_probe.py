@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from mvm_jax.config import ConfigError
+from mvm_jax.config_schema import ConfigError
 from mvm_jax.evaluate import features as features_lib
 from mvm_jax.evaluate import frozen as frozen_lib
 from mvm_jax.evaluate import report

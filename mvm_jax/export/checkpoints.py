@@ -21,6 +21,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from mvm_jax import runs
+
 PARAMS_ITEM = 'params'
 INFO_FILE = 'import.json'
 CONFIG_FILE = 'config.json'
@@ -63,6 +65,15 @@ def load_imported_params(directory: str) -> dict:
   return jax.device_get(restored['params'])
 
 
+def load_pretrained(path: str) -> tuple[int, dict]:
+  """(step, params) from a pre-training workdir or an `mvm_jax.import_torch` output
+  directory (step 0). What `config.init_from` points to."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if is_imported_dir(path):
+    return 0, load_imported_params(path)
+  return runs.latest_params(path)
+
+
 def load_params(path: str) -> tuple[dict, ml_collections.ConfigDict | None, str]:
   """Params from a run workdir, one of its step directories, or an imported-params dir.
 
@@ -70,8 +81,6 @@ def load_params(path: str) -> tuple[dict, ml_collections.ConfigDict | None, str]
   WORKDIR/checkpoints/STEP (that step), or an import_torch --out DIR.
   Returns (params as numpy, the run's config or None if not found, a description).
   """
-  from mvm_jax import runs
-
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.isdir(path):
     raise FileNotFoundError(f'{path} is not a directory')
@@ -96,8 +105,6 @@ def load_params(path: str) -> tuple[dict, ml_collections.ConfigDict | None, str]
 
 
 def _config_or_none(directory: str) -> ml_collections.ConfigDict | None:
-  from mvm_jax import runs
-
   if not os.path.exists(os.path.join(directory, CONFIG_FILE)):
     return None
   return runs.load_config(directory)

@@ -57,11 +57,6 @@ def map_pixels(x):
   return (1.0 - 2.0 * LOGIT_LAPLACE_EPS) * x + LOGIT_LAPLACE_EPS
 
 
-def unmap_pixels(x):
-  """Inverse of `map_pixels`, clipped to [0, 1]."""
-  return jnp.clip((x - LOGIT_LAPLACE_EPS) / (1.0 - 2.0 * LOGIT_LAPLACE_EPS), 0.0, 1.0)
-
-
 def _conv(features: int, kernel: int, name: str, dtype: Dtype, precision) -> nn.Conv:
   pad = (kernel - 1) // 2
   return nn.Conv(

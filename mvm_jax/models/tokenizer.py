@@ -451,18 +451,3 @@ def vqvae_from_config(config, dtype: Dtype = jnp.float32) -> VQVAE:
     dead_code_threshold=float(cfg.dead_code_threshold),
     dtype=dtype,
   )
-
-
-def tokenizer_from_config(config, dtype: Dtype = jnp.float32) -> nn.Module:
-  """The tokenizer `config.tokenizer.kind` names: `VQVAE`, or `dalle_dvae.DalleEncoder` (paper size).
-
-  Both have `encode(x) -> codes` on [B, (T,) H, W, 3] → int32 [B, (T,) H/8, W/8]
-  (the DALL-E encoder takes x in [0, 1]). DALL-E params come from
-  `dalle_dvae.load_dalle_encoder(config.tokenizer.dalle_encoder)`.
-  """
-  validate_tokenizer_config(config.tokenizer)
-  if config.tokenizer.kind == 'dalle':
-    from mvm_jax.models import dalle_dvae
-
-    return dalle_dvae.DalleEncoder(dtype=dtype)
-  return vqvae_from_config(config, dtype)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mvm_jax import objectives
+from mvm_jax.objectives import registry
 
 NORMALIZE_EPS = 1e-12  # as torch.nn.functional.normalize
 
@@ -196,7 +196,7 @@ def vicreg_loss(
   return loss, {'vicreg/invariance': inv, 'vicreg/variance': var, 'vicreg/covariance': cov}
 
 
-@objectives.register('infonce')
+@registry.register('infonce')
 def make_infonce(config):
   """Needs outputs['projection'] [2N, E]; reads config.contrastive.{temperature,
   sum_directions, scale_by_temperature}."""
@@ -217,7 +217,7 @@ def make_infonce(config):
   return infonce
 
 
-@objectives.register('simsiam')
+@registry.register('simsiam')
 def make_simsiam(config):
   """Needs outputs['projection'] and outputs['prediction'], both [2N, E]."""
   del config
@@ -229,7 +229,7 @@ def make_simsiam(config):
   return simsiam
 
 
-@objectives.register('vicreg')
+@registry.register('vicreg')
 def make_vicreg(config):
   """Needs outputs['projection'] [2N, E]; reads config.contrastive.vicreg."""
   v = config.contrastive.vicreg

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mvm_jax import objectives
+from mvm_jax.objectives import registry
 from mvm_jax.objectives.pixel_mse import NORM_PIX_EPS, masked_mean, per_patch_mse
 
 TARGETS = ('relative_bce', 'absolute_mse')
@@ -116,7 +116,7 @@ def rank_correlation(x, y, mask):
   return jnp.sum(corr) / jnp.maximum(jnp.sum(ok), 1)
 
 
-@objectives.register('loss_prediction')
+@registry.register('loss_prediction')
 def make_loss_prediction(config):
   """Needs outputs 'pred' [B, N, P], 'target' [B, N, P], 'mask' [B, N] (1 = masked)
   and 'pred_loss' [B, N] (the student's loss predictor). Reads

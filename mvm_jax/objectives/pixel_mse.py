@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from mvm_jax import objectives
+from mvm_jax.objectives import registry
 
 NORM_PIX_EPS = 1e-6
 
@@ -32,7 +32,7 @@ def masked_mean(values, mask):
   return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-@objectives.register('pixel_mse')
+@registry.register('pixel_mse')
 def make_pixel_mse(config):
   norm_pix = bool(config.model.norm_pix_loss)
   eps = float(config.model.get('norm_pix_eps', NORM_PIX_EPS))

@@ -29,7 +29,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mvm_jax import objectives
+from mvm_jax.objectives import registry
 
 
 def _gather_positions(x, positions):
@@ -73,7 +73,7 @@ def token_ce_terms(logits, targets, mask, pad=None):
   }
 
 
-@objectives.register('token_ce')
+@registry.register('token_ce')
 def make_token_ce(config):
   del config
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from mvm_jax import objectives
+from mvm_jax.objectives import registry
 
 
-@objectives.register('vq_recon')
+@registry.register('vq_recon')
 def make_vq_recon(config):
   del config
 

@@ -21,29 +21,10 @@ ETA) is printed every ``--report_every_s`` seconds. Then pre-train with::
 
 from __future__ import annotations
 
-import datetime
-import math
 import sys
-import time
 
 from absl import app, flags
 from ml_collections import config_flags
-
-
-def _duration(seconds: float) -> str:
-  if math.isnan(seconds):  # nothing done yet.
-    return '?'
-  return str(datetime.timedelta(seconds=round(seconds)))
-
-
-def progress_line(p) -> str:
-  """One line: split, done / total, rates, skipped, ETA."""
-  resumed = f' ({p.resumed} resumed)' if p.resumed else ''
-  return (
-    f'[{p.split}] {p.done}/{p.total} videos ({100 * p.done / max(p.total, 1):.1f}%){resumed} | '
-    f'{p.rate:.1f} videos/s | {p.frame_rate:.1f} frames/s | {p.frames} frames | {p.skipped} skipped | '
-    f'elapsed {_duration(p.elapsed)} | ETA {_duration(p.eta)}'
-  )
 
 
 def decode_short_side(data_config) -> int | None:
@@ -141,13 +122,9 @@ def extract(
       flush=True,
     )
 
-  last = [0.0]
-
   def report(p):
-    now = time.perf_counter()
-    if now - last[0] >= report_every_s or p.done == p.total:
-      last[0] = now
-      print(progress_line(p), file=out, flush=True)
+    if p.due(report_every_s):
+      print(p.line(), file=out, flush=True)
 
   result = token_extraction.extract_tokens(
     split_sources,

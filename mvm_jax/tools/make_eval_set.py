@@ -56,9 +56,7 @@ from __future__ import annotations
 import colorsys
 import csv
 import dataclasses
-import datetime
 import json
-import math
 import os
 import shutil
 import sys
@@ -66,6 +64,8 @@ import time
 
 import numpy as np
 from absl import app, flags
+
+from mvm_jax.progress import Progress
 
 # Bumped whenever the same flags would give different pixels.
 GENERATOR_VERSION = 5
@@ -694,12 +694,6 @@ def write_preview(
   sheet.save(path)
 
 
-def _duration(seconds: float) -> str:
-  if math.isnan(seconds) or math.isinf(seconds):
-    return '?'
-  return str(datetime.timedelta(seconds=round(seconds)))
-
-
 def build_params(num_train: int, num_test: int, seed: int, num_frames: int, speeds, crf: int) -> dict:
   """The settings that determine a build (compared with info.json's to detect a complete one)."""
   return {
@@ -811,10 +805,11 @@ def build(
   )
   codec = pick_codec()
   motion_names = motion_class_names(len(speeds))
-  total, done = num_train + num_test, 0
-  t0 = last = time.perf_counter()
+  total = num_train + num_test
+  progress = Progress('rendering', total, unit='clips', every_s=report_every_s, log=log)
   preview = []
   for split, split_specs in specs.items():
+    progress.what = f'rendering {split}'
     os.makedirs(os.path.join(out, 'videos', split), exist_ok=True)
     for s in split_specs:
       clip = render_clip(s, assets, num_frames)
@@ -822,15 +817,7 @@ def build(
       if split == 'train' and len(preview) < preview_clips:
         caption = f'train {s.index:05d} | {DIGIT_NAMES[s.appearance]} | {motion_names[s.motion]}'
         preview.append((clip, caption))
-      done += 1
-      now = time.perf_counter()
-      if now - last >= report_every_s or done == total:
-        last = now
-        rate = done / max(now - t0, 1e-9)
-        log(
-          f'[{split}] {done}/{total} clips ({100 * done / total:.1f}%) | {rate:.1f} clips/s | '
-          f'elapsed {_duration(now - start)} | ETA {_duration((total - done) / rate)}'
-        )
+      progress.update()
   _write_clips_csv(out, specs, assets)
   _write_lists(out, specs, motion_names)
   write_preview(os.path.join(out, 'preview.png'), [c for c, _ in preview], [t for _, t in preview])

@@ -18,10 +18,7 @@ ETA) is printed every ``--report_every_s`` seconds. Then train with::
 
 from __future__ import annotations
 
-import datetime
-import math
 import sys
-import time
 
 from absl import app, flags
 
@@ -38,22 +35,6 @@ flags.DEFINE_bool('overwrite', False, 'Replace an existing dataset of that name.
 flags.DEFINE_float('report_every_s', 2.0, 'Seconds between progress lines.')
 for _name in ('source', 'path', 'name', 'data_dir'):
   flags.mark_flag_as_required(_name)
-
-
-def _duration(seconds: float) -> str:
-  if math.isnan(seconds):  # nothing done yet.
-    return '?'
-  return str(datetime.timedelta(seconds=round(seconds)))
-
-
-def progress_line(p) -> str:
-  """One line: split, done / total, rate, throughput, skipped, ETA."""
-  mib = p.bytes_read / 2**20
-  return (
-    f'[{p.split}] {p.done}/{p.total} videos ({100 * p.done / max(p.total, 1):.1f}%) | '
-    f'{p.rate:.1f} videos/s | {mib:.1f} MiB ({mib / max(p.elapsed, 1e-9):.1f} MiB/s) | '
-    f'{p.skipped} skipped | elapsed {_duration(p.elapsed)} | ETA {_duration(p.eta)}'
-  )
 
 
 def pack(
@@ -97,13 +78,9 @@ def pack(
     s = split_sources[split]
     print(f'{split}: {len(s)} videos, {s.num_classes} classes ({s.name})', file=out, flush=True)
 
-  last = [0.0]
-
   def report(p):
-    now = time.perf_counter()
-    if now - last[0] >= report_every_s or p.done == p.total:
-      last[0] = now
-      print(progress_line(p), file=out, flush=True)
+    if p.due(report_every_s):
+      print(p.line(), file=out, flush=True)
 
   result = tfds_video.pack_videos(
     split_sources, name=name, data_dir=data_dir, overwrite=overwrite, num_threads=threads, progress=report

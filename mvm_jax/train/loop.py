@@ -222,7 +222,7 @@ def _replicated_jit(exp: Experiment, fn):
   return jax.jit(fn, out_shardings=partitioning.replicated(exp.mesh))
 
 
-def _write_images(exp: Experiment, workdir: str, step: int, batch: dict):
+def write_images(exp: Experiment, workdir: str, step: int, batch: dict):
   """Reconstructions of the first samples of `batch` (first view of pairs) with
   a fixed random mask, or for HPM the teacher's mask at this step, beside
   the teacher's predicted-loss heat map.
@@ -322,7 +322,7 @@ def _write_token_images(exp: Experiment, workdir: str, step: int, batch: dict):
 LAST_VALUE_METRICS = ('lr',)
 
 
-def _mean_metrics(history: list[dict]) -> dict:
+def mean_metrics(history: list[dict]) -> dict:
   """The mean of each metric over the steps since the last log; 'lr' is the logged step's (the lr
   its update used: schedule(step - 1); with layer decay, the peak group's, the head's)."""
   return {
@@ -356,7 +356,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
 
   def images(step, batch):
     if step % config.image_every_steps == 0 or step == exp.total_steps:
-      _write_images(exp, workdir, step, batch)
+      write_images(exp, workdir, step, batch)
 
   hooks = [images]
   suite = evaluators_lib.build(config, workdir, exp.mesh, exp.total_steps)  # None without config.evaluators
@@ -497,7 +497,7 @@ def _resume_and_train(exp, workdir, ckpt, writer, data_iter, hooks, stop_after_s
       if log_now:
         now = time.perf_counter()
         seconds_per_step = (now - last_log_time) / max(1, step - last_log_step)
-        scalars = _mean_metrics(window)
+        scalars = mean_metrics(window)
         scalars.update(
           {
             'perf/step_time_s': seconds_per_step,

@@ -143,7 +143,7 @@ def create_sharded_state(
   return state, shardings
 
 
-def _strip_boxes(tree):
+def strip_boxes(tree):
   """Remove logical-axis boxes without applying sharding constraints (for abstract trees)."""
   is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
   return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree, is_leaf=is_box)
