@@ -6,7 +6,8 @@ losses, and pulls the mean-pooled features of the two clips together with a
 global-batch InfoNCE.
 
 Presets: `tiny` (CPU, built-in clips; mae_st:tiny's model), `small_data` (the
-`tools.make_eval_set` clips, mae_st:small_data's model; random masks, see below) and
+`tools.make_eval_set` clips, mae_st:small_data's model; random masks and clip pairs that share
+no frame, see below; evaluate it with the linear (ridge) probe) and
 `vit_b` (MAE-ST ViT-B recipe + HPM + InfoNCE weight 0.03 as ViC-MAE's released code).
 """
 

@@ -21,6 +21,9 @@ Presets (`--config configs/vic_mae.py:<preset>`):
                 InfoNCE weight 0.5 so the contrastive term moves within 300 steps.
   small_data    frames of the `tools.make_eval_set` clips (64², patch 8, ViT 128-d×4), 1500 steps,
                 evaluators on one frame per clip (motion cannot be read from one frame).
+                Evaluate it with the linear (ridge) probe: on the digit labels it beats
+                random init by 14 points top-1 (3 seeds; README "Does pre-training help?"),
+                while its attentive probe does not.
   vit_b         released-code recipe: ViT-B/16 frames 224², mask 0.5, decoder
                 512-d×8, sin-cos position embeddings, projector 4096-4096-128,
                 loss 0.97·recon + 0.03·InfoNCE, AdamW (0.9, 0.95), base lr 1.5e-4,
