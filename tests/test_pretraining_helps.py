@@ -19,7 +19,9 @@ STEPS = 1500  # the preset's
 
 def test_vic_mae_small_data_beats_random_init_on_the_digit_labels(tmp_path):
   out = tmp_path / 'eval_set'
-  make_eval_set.build(str(out), num_train=600, num_test=240, seed=11, report_every_s=600.0, log=lambda _: None)
+  make_eval_set.build(
+    str(out), num_train=600, num_test=240, seed=11, report_every_s=600.0, log=lambda _: None
+  )
   evaluator = dict(
     kind='linear_probe',
     every_steps=STEPS,
