@@ -398,8 +398,9 @@ class ClipPairSampler(Sampler):
     return self.target_fps > 0 or self.max_distance_s > 0 or self.min_distance_s > 0
 
   def _positions(self, timeline, rng):
-    max_distance = timeline.positions_in(self.max_distance_s) if self.max_distance_s > 0 else None
-    min_distance = timeline.positions_in(self.min_distance_s) or 0 if self.min_distance_s > 0 else 0
+    max_distance, min_distance = transforms.pair_distance_limits(
+      timeline, self.max_distance_s, self.min_distance_s
+    )
     return transforms.clip_pair_indices(
       0,
       timeline.length,

@@ -242,9 +242,9 @@ class TokenSampler:
       clip = rate * np.arange(t, dtype=np.int64)
       out[:] = np.where(clip < length, clip, -1)
       return out
-    timeline = transforms.Timeline(0, length, 1.0, fps)
-    max_distance = timeline.positions_in(self.max_distance_s) if self.max_distance_s > 0 else None
-    min_distance = timeline.positions_in(self.min_distance_s) or 0 if self.min_distance_s > 0 else 0
+    max_distance, min_distance = transforms.pair_distance_limits(
+      transforms.Timeline(0, length, 1.0, fps), self.max_distance_s, self.min_distance_s
+    )
     for i in range(self.num_samples):
       if self.pair:
         out[i] = transforms.clip_pair_indices(

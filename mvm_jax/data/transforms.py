@@ -249,6 +249,16 @@ def _offset_pair(
   return first, int(rng.choice(seconds))
 
 
+def pair_distance_limits(
+  timeline: Timeline, max_distance_s: float, min_distance_s: float
+) -> tuple[int | None, int]:
+  """(most, fewest) positions between a clip pair's starts, from seconds: a limit <= 0, or a
+  timeline of unknown frame rate, gives none (most None: unlimited; fewest 0)."""
+  most = timeline.positions_in(max_distance_s) if max_distance_s > 0 else None
+  fewest = (timeline.positions_in(min_distance_s) or 0) if min_distance_s > 0 else 0
+  return most, fewest
+
+
 def clip_pair_indices(
   frame_start: int,
   frame_stop: int,
