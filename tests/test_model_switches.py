@@ -44,15 +44,48 @@ def _loss_and_grads(model, config, params, video, mask):
   return jax.jit(jax.value_and_grad(loss))(params)
 
 
-def test_attention_xla_equals_the_default_implementation(setup):
-  config, video, mask, params = setup
-  default = jax.nn.dot_product_attention
-  q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, 5, 2, 8)) for i in range(3))
-  np.testing.assert_array_equal(
-    default(q, k, v, scale=8**-0.5), default(q, k, v, scale=8**-0.5, implementation=vit.ATTENTION['xla'])
+@pytest.mark.parametrize('masked', [False, True])
+def test_einsum_attention_equals_jax_dot_product_attention(masked):
+  """attention 'einsum' (the default) gives jax.nn.dot_product_attention's outputs and gradients,
+  with and without a key mask."""
+  q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, 7, 2, 8)) for i in range(3))
+  key_mask = jnp.array([[True] * 7, [True, False] * 3 + [True]]) if masked else None
+
+  def attend(impl):
+    return lambda q, k, v: vit.attend(q, k, v, key_mask, 8**-0.5, impl)
+
+  np.testing.assert_allclose(attend('einsum')(q, k, v), attend('xla')(q, k, v), rtol=1e-5, atol=1e-6)
+  grads = [
+    jax.grad(lambda *a, f=attend(impl): (f(*a) ** 2).sum(), argnums=(0, 1, 2))(q, k, v)
+    for impl in ('einsum', 'xla')
+  ]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), *grads)
+  if masked:  # a masked key gets no weight: changing its value changes nothing
+    v2 = v.at[1, 1].add(100.0)
+    np.testing.assert_allclose(attend('einsum')(q, k, v2), attend('einsum')(q, k, v), atol=1e-6)
+
+
+def test_einsum_attention_keeps_logits_and_softmax_in_float32():
+  """In bfloat16 the softmax runs on float32 logits: closer to the float32 result than attention
+  computed in bfloat16 throughout."""
+  q, k, v = (3 * jax.random.normal(jax.random.PRNGKey(i), (2, 64, 2, 16)) for i in range(3))
+  exact = vit.einsum_attention(q, k, v, None, 0.25)
+  bf = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+  ours = vit.einsum_attention(*bf, None, 0.25)
+  assert ours.dtype == jnp.bfloat16
+  all_bf16 = jnp.einsum(
+    'bhqk,bkhd->bqhd', jax.nn.softmax(jnp.einsum('bqhd,bkhd->bhqk', *bf[:2]) * 0.25), bf[2]
   )
-  out = _model(config, attention='xla').apply({'params': params}, video, mask)
-  assert np.isfinite(np.asarray(out['pred'])).all()
+  err = lambda y: float(jnp.abs(y.astype(jnp.float32) - exact).mean())  # noqa: E731
+  assert err(ours) < err(all_bf16)
+
+
+def test_model_with_xla_attention_equals_the_einsum_default(setup):
+  config, video, mask, params = setup
+  loss, grads = _loss_and_grads(_model(config, attention='einsum'), config, params, video, mask)
+  loss_xla, grads_xla = _loss_and_grads(_model(config, attention='xla'), config, params, video, mask)
+  np.testing.assert_allclose(loss_xla, loss, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6), grads_xla, grads)
 
 
 @pytest.mark.parametrize('masked', [False, True])
@@ -152,12 +185,32 @@ def test_scanned_model_trains_sharded_with_the_unrolled_weight_decay(config):
 
 
 @jax.default_matmul_precision('highest')  # GPUs default to TF32 for float32 matmuls
-def test_matmul_patch_embedding_equals_the_convolution(setup):
+def test_matmul_patch_embedding_of_the_kept_patches_equals_the_convolution(setup):
+  """patch_embed='matmul' projects only the kept patches (sparse MAE); 'conv' embeds all and keeps
+  ids_keep afterwards: the same tokens, loss and gradients."""
   config, video, mask, params = setup
-  out = _model(config).apply({'params': params}, video, mask)
-  out_mm = _model(config, patch_embed='matmul').apply({'params': params}, video, mask)
+  conv, matmul = _model(config, patch_embed='conv'), _model(config, patch_embed='matmul')
+  out = conv.apply({'params': params}, video, mask)
+  out_mm = matmul.apply({'params': params}, video, mask)
   np.testing.assert_allclose(out_mm['latent'], out['latent'], rtol=1e-5, atol=1e-5)
-  loss, grads = _loss_and_grads(_model(config), config, params, video, mask)
-  loss_mm, grads_mm = _loss_and_grads(_model(config, patch_embed='matmul'), config, params, video, mask)
+  loss, grads = _loss_and_grads(conv, config, params, video, mask)
+  loss_mm, grads_mm = _loss_and_grads(matmul, config, params, video, mask)
   np.testing.assert_allclose(loss_mm, loss, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6), grads_mm, grads)
+  # The kept-patch path must be the one taken: its program has no convolution.
+  hlo = jax.jit(lambda p: matmul.apply({'params': p}, video, mask)['latent']).lower(params).as_text()
+  assert 'convolution' not in hlo
+
+
+def test_patch_embedding_with_ids_keep_projects_only_the_kept_patches():
+  """PatchEmbed('matmul') with ids_keep [B, K] gives rows ids_keep of the full embedding."""
+  embed = vit.PatchEmbed((2, 8, 8), 16, impl='matmul')
+  video = jax.random.normal(jax.random.key(0), (2, 4, 16, 16, 3))
+  params = embed.init(jax.random.key(1), video)
+  ids_keep = jnp.array([[3, 0], [5, 6]])
+  full = embed.apply(params, video)
+  kept = embed.apply(params, video, ids_keep)
+  assert kept.shape == (2, 2, 16)
+  np.testing.assert_allclose(kept, jnp.take_along_axis(full, ids_keep[..., None], axis=1), rtol=1e-6)
+  with pytest.raises(ValueError, match='ids_keep needs impl "matmul"'):
+    vit.PatchEmbed((2, 8, 8), 16, impl='conv').apply(params, video, ids_keep)

@@ -30,7 +30,7 @@ class DecoderStack(nn.Module):
   out_dim: int
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
-  attention: str = 'xla'  # as the encoder's (model.attention)
+  attention: str = 'einsum'  # as the encoder's (model.attention)
   remat: str = 'none'  # as the encoder's (model.remat)
 
   @nn.compact

@@ -10,6 +10,8 @@ n×n matmul (`--peak_dtype`, f32 by default) measured on the same device in the 
 Also: the phases (forward; backward = forward+backward minus forward; optimizer = the step
 minus forward+backward, each compiled and timed alone), the compile time, XLA's memory analysis
 (peak estimate) and, with `--remat_variants`, the same for each rematerialisation policy.
+`--profile_dir DIR` traces three steps; `python -m mvm_jax.tools.profile_summary DIR` prints the
+time per op kind (matmul, attention, gather/scatter, elementwise fusions, ...).
 
 Imports no TensorFlow, Grain or PyAV: runs on an image with only jax/flax/optax/einops/ml-collections.
 """
@@ -66,9 +68,14 @@ def memory_analysis(compiled) -> dict:
   }
 
 
-def time_train_step(config, steps: int, warmup: int, phase: str = 'step') -> dict:
+PROFILED_STEPS = 3
+
+
+def time_train_step(config, steps: int, warmup: int, phase: str = 'step', profile_dir: str = '') -> dict:
   """Median step time (s), XLA FLOPs per step, compile time (s) and XLA memory analysis of the
-  config's train step (or of its first `phase`: 'forward', 'gradients'; see make_train_step)."""
+  config's train step (or of its first `phase`: 'forward', 'gradients'; see make_train_step).
+  With `profile_dir`, three more steps run under `jax.profiler.trace` into it afterwards
+  (read it with `python -m mvm_jax.tools.profile_summary DIR`, or TensorBoard/XProf)."""
   exp = loop.build_experiment(config, samples_per_epoch=config.batch_size * 1000, phase=phase)
   batch = loop.global_batch(synthetic_batch(config), exp.batch_sharding, exp.batch_keys)
   start = time.perf_counter()
@@ -84,6 +91,11 @@ def time_train_step(config, steps: int, warmup: int, phase: str = 'step') -> dic
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
+  if profile_dir:
+    with jax.profiler.trace(profile_dir):
+      for _ in range(PROFILED_STEPS):
+        state, metrics = compiled(state, batch)
+      jax.block_until_ready(metrics)
   return {
     'step_s': float(np.median(times)),
     'flops': step_flops,
@@ -106,9 +118,10 @@ def bench(
   phases: bool = True,
   remat_variants: Sequence[str] = (),
   peak_dtype: str = 'float32',
+  profile_dir: str = '',
 ) -> dict:
   """Everything measured in this one run (see the module doc); the JSON keys of `--json`."""
-  sparse = time_train_step(config, steps, warmup)
+  sparse = time_train_step(config, steps, warmup, profile_dir=profile_dir)
   peak = flops.measure_matmul_peak(dtype=jnp.dtype(peak_dtype))
   gflops_per_s = sparse['flops'] / sparse['step_s'] / 1e9
   result = {
@@ -215,7 +228,7 @@ def main(argv):
   del argv
   f = flags.FLAGS
   variants = [v for v in f.remat_variants.split(',') if v]
-  result = bench(f.config, f.steps, f.warmup, f.dense, f.phases, variants, f.peak_dtype)
+  result = bench(f.config, f.steps, f.warmup, f.dense, f.phases, variants, f.peak_dtype, f.profile_dir)
   print(json.dumps(result) if f.json else format_table(result, f.config))
 
 
@@ -231,6 +244,9 @@ def _define_flags():
     'remat_variants', '', 'Comma-separated model.remat policies to time too (none,full,dots_saveable).'
   )
   flags.DEFINE_string('peak_dtype', 'float32', 'dtype of the n×n matmul whose speed is the MFU peak.')
+  flags.DEFINE_string(
+    'profile_dir', '', 'Trace 3 steps of the (sparse) train step with jax.profiler into this folder.'
+  )
 
 
 if __name__ == '__main__':
