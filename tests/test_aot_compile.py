@@ -42,7 +42,7 @@ def test_abstract_step_compiles_to_the_step_main_runs(config):
   assert _shapes(abstract.state) == _shapes(exp.state)
   assert jax.tree.map(lambda x: x.sharding, abstract.state) == jax.tree.map(lambda x: x.sharding, exp.state)
   assert _shapes(abstract_batch) == _shapes(batch)
-  with partitioning.sharding_context(abstract.mesh):
+  with partitioning.sharding_context(abstract.mesh, config.mesh.rules):
     aot_step = abstract.train_step.lower(abstract.state, abstract_batch).compile()
 
   hlo = _without_debug_info(aot_step.as_text())
@@ -55,14 +55,13 @@ def test_abstract_step_compiles_to_the_step_main_runs(config):
   assert counts['all-reduce']['count'] > 0 and counts['all-gather']['count'] > 0  # fsdp and data axes
 
 
-def test_sharding_check_names_replicated_parameters(config, monkeypatch):
+def test_sharding_check_names_replicated_parameters(config):
   config.mesh.shape = (2, 4, 1)
   exp, _ = aot_compile.abstract_step(config, jax.devices()[:8])
   aot_compile.check_sharding(exp, min_size=1024)  # every weight matrix splits its model dim over fsdp
 
   # A rule that leaves the model dimension ('embed') unsharded replicates the weight matrices.
-  rules = tuple((name, None if name == 'embed' else target) for name, target in partitioning.LOGICAL_RULES)
-  monkeypatch.setattr(partitioning, 'LOGICAL_RULES', rules)
+  config.mesh.rules.embed = ()
   exp, _ = aot_compile.abstract_step(config, jax.devices()[:8])
   with pytest.raises(
     aot_compile.UnshardedParametersError, match=r'encoder/block0/mlp/fc1/kernel \(32, 128\)'

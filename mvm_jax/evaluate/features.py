@@ -260,7 +260,7 @@ def _run_pass(frozen, extract_fn, loader, *, steps, host_batch_size, num_valid, 
       batch = _padded(host_batch, host_batch_size, num_valid - fed, views, sample_shape)
       fed += host_batch_size
       batch = {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
-      with partitioning.sharding_context(frozen.mesh):
+      with partitioning.sharding_context(frozen.mesh, frozen.config.mesh.rules):
         result = extract_fn(frozen.params, batch)
       if pending is not None:  # fetch the previous batch while this one runs
         outputs.append(_fetch(pending, progress))

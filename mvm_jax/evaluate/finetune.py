@@ -118,11 +118,11 @@ def build_experiment(config, *, num_classes: int, samples_per_epoch: int, device
     return model.init({'params': rng, 'dropout': rng}, example)['params']
 
   rng = jax.random.PRNGKey(config.seed)
-  with partitioning.sharding_context(mesh):
+  with partitioning.sharding_context(mesh, config.mesh.rules):
     abstract = state_lib.strip_boxes(jax.eval_shape(init_params, rng))
   tx = optimizer.make_finetune_optimizer(config, schedule, abstract, depth)
   state, shardings = state_lib.create_sharded_state(
-    lambda r: {'params': init_params(r)}, tx, mesh, rng, frozen=frozen_variables
+    lambda r: {'params': init_params(r)}, tx, mesh, rng, rules=config.mesh.rules, frozen=frozen_variables
   )
   if frozen.pretrained_run(config.init_from):  # not for '' or 'random:RUN' (random init)
     step, pretrained = checkpoints.load_pretrained(config.init_from)
@@ -132,7 +132,7 @@ def build_experiment(config, *, num_classes: int, samples_per_epoch: int, device
     logging.info('%s initialised from %s (step %d).', backbone.capitalize(), config.init_from, step)
   batch_sharding = partitioning.batch_sharding(mesh)
   step_fn = make_finetune_step(model, tx, schedule, config, num_classes, total_steps, inputs)
-  jitted = loop.jit_train_step(step_fn, mesh, shardings, batch_sharding)
+  jitted = loop.jit_train_step(step_fn, mesh, config.mesh.rules, shardings, batch_sharding)
   return loop.Experiment(
     config=config,
     mesh=mesh,
@@ -191,7 +191,7 @@ def evaluate(exp: loop.Experiment, split: str | None = None) -> dict:
     x = video if preprocess is None else preprocess(frozen_variables, video)
     return jax.nn.softmax(exp.model.apply({'params': params}, x))
 
-  with partitioning.sharding_context(exp.mesh):
+  with partitioning.sharding_context(exp.mesh, exp.config.mesh.rules):
     predict = jax.jit(probabilities, out_shardings=exp.batch_sharding)
   # Every process runs the same number of steps (padded; the shards may differ by a record),
   # keeps the probabilities of its own rows, and all rows are gathered at the end.

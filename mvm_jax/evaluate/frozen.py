@@ -241,14 +241,14 @@ class EncoderTemplate:
     if self.key not in params:
       raise ValueError(f'the parameters have no {self.key!r} sub-tree (keys: {sorted(params)})')
     picked = pick_params(params[self.key], self.abstract, self.key)
-    with partitioning.sharding_context(self.mesh):
+    with partitioning.sharding_context(self.mesh, self.config.mesh.rules):
       trainable = jax.device_put(picked, self.shardings)
     return self._frozen(trainable, step, init_from, description)
 
   def random_init(self, seed: int, description: str = '') -> FrozenEncoder:
     """Freshly initialised parameters from ``PRNGKey(seed)``, step 0, ``init_from=''``."""
     rng = jax.random.PRNGKey(seed)
-    with partitioning.sharding_context(self.mesh):
+    with partitioning.sharding_context(self.mesh, self.config.mesh.rules):
       init_fn = jax.jit(lambda r: nn.unbox(self.init(r)), out_shardings=self.shardings)
       # Run once: on CPU, XLA's backend optimisation would take most of the
       # (many seconds of) compile time of the random-number code.
@@ -273,9 +273,10 @@ def template(resolved: ml_collections.ConfigDict, mesh) -> EncoderTemplate:
   encoder = vit.encoder_from_config(resolved.model, video_shape, drop_path_rate=0.0)
   example = jnp.zeros((1, *video_shape, 3), jnp.float32)
   init = lambda r: encoder.init(r, example)['params']
-  with partitioning.sharding_context(mesh):
+  rules = resolved.mesh.rules
+  with partitioning.sharding_context(mesh, rules):
     boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
-    shardings = partitioning.logical_to_sharding(boxed, mesh)
+    shardings = partitioning.logical_to_sharding(boxed, mesh, rules)
   return EncoderTemplate(resolved, encoder, mesh, state_lib.strip_boxes(boxed), shardings, 'encoder', init)
 
 
@@ -317,9 +318,10 @@ def _vimpac_template(resolved, mesh) -> EncoderTemplate:
   backbone = factorized.backbone_from_config(resolved)
   tokens = jnp.zeros((1,) + factorized.token_shape_from_config(resolved), jnp.int32)
   init = lambda r: backbone.init(r, tokens)['params']
-  with partitioning.sharding_context(mesh):
+  rules = resolved.mesh.rules
+  with partitioning.sharding_context(mesh, rules):
     boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
-    backbone_shardings = partitioning.logical_to_sharding(boxed, mesh)
+    backbone_shardings = partitioning.logical_to_sharding(boxed, mesh, rules)
   replicated = partitioning.replicated(mesh)
   tok_shardings = jax.tree.map(lambda _: replicated, tok.variables)
   return EncoderTemplate(

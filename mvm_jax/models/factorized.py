@@ -28,8 +28,8 @@ PAD positions are masked out as attention keys (never as queries), so PAD
 contents do not reach non-PAD outputs or [CLS].
 
 Parameters carry logical axis names like `vit` ('embed', 'mlp', 'heads',
-plus 'vocab' for embedding rows and logit biases, which no sharding rule maps:
-replicated).
+plus 'vocab' for embedding rows and logit biases, replicated by the default
+`config.mesh.rules`); the blocks' activations 'act_batch' and 'act_embed'.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from flax import traverse_util
 
 from mvm_jax import block_masking
 from mvm_jax.models import heads, vit
+from mvm_jax.train import partitioning
 
 LN_EPS = 1e-12  # BERT's LayerNorm epsilon (the reference's)
 INIT_STD = 0.02  # BERT initializer range
@@ -196,7 +197,7 @@ class FactorizedLayer(nn.Module):
 
   @nn.compact
   def __call__(self, cls, x, key_valid=None, deterministic: bool = True):
-    x = nn.with_logical_constraint(x, ('batch', None, None, None, 'embed'))
+    x = partitioning.constrain(x, ('act_batch', None, None, None, 'act_embed'))  # [B, T, h, w, D]
     for j, patterns in enumerate(self.blocks):
       block = AttentionBlock(
         patterns, self.num_heads, self.attention_dim, self.dropout, self.dtype, name=f'attn{j}'
@@ -289,7 +290,7 @@ class FactorizedEncoder(nn.Module):
       + self.pos_embed_w[None, None, :, :]
     )
     # Gather from a replicated table (FSDP shards its columns): batch-sharded lookups.
-    table = nn.with_logical_constraint(self.embedding, (None, None))
+    table = partitioning.constrain(self.embedding, (None, None))
     x = jnp.take(table, tokens, axis=0) + pos[None]
     cls = jnp.broadcast_to(self.cls_token + self.pos_embed_cls, (tokens.shape[0], self.width))
     x = self.drop(self.ln_pre(x.astype(self.dtype)), deterministic)

@@ -64,7 +64,7 @@ class Projector(nn.Module):
     if self.num_layers < 1:
       raise ValueError(f'Projector.num_layers={self.num_layers} must be >= 1')
     last = self.num_layers - 1
-    # Every kernel has an axis named 'embed' (sharded over fsdp): a 4096×4096 hidden kernel
+    # Every kernel has an axis named 'embed' (over fsdp by default): a 4096×4096 hidden kernel
     # must not be replicated over fsdp.
     hidden = [
       (

@@ -252,7 +252,7 @@ def check_sharding(exp, min_size: int = DEFAULT_MIN_SHARDED_SIZE) -> None:
     raise UnshardedParametersError(
       f'{len(found)} parameter(s) of >= {min_size} elements are not sharded over the fsdp axis '
       f'({exp.mesh.shape["fsdp"]} devices), so every device holds them whole:\n{lines}\n'
-      f'Give their axes logical names that LOGICAL_RULES (mvm_jax/train/partitioning.py) maps to fsdp, '
+      f'Give their axes logical names that config.mesh.rules maps to fsdp, '
       f'or raise --min_sharded_size.'
     )
 
@@ -386,7 +386,7 @@ def aot_compile(
   }
   say('Lowering...')
   start = time.perf_counter()
-  with partitioning.sharding_context(mesh):
+  with partitioning.sharding_context(mesh, config.mesh.rules):
     lowered = exp.train_step.lower(exp.state, batch)
   result['lower_s'] = time.perf_counter() - start
   say(f'Compiling for {topology.name} (a ViT-L on a pod slice takes minutes on a few CPU cores)...')

@@ -104,7 +104,7 @@ def _experiment_on_mesh(
   logging.info('Model: %s.', setup.description)
 
   with_teacher = mask_policy.uses_teacher(config)
-  state_args = dict(ema_teacher=with_teacher, frozen=setup.frozen)
+  state_args = dict(rules=config.mesh.rules, ema_teacher=with_teacher, frozen=setup.frozen)
   abstract_state, shardings = state_lib.abstract_sharded_state(setup.init_variables, tx, mesh, **state_args)
   batch_sharding = partitioning.batch_sharding(mesh)
   teacher_momentum = None
@@ -126,7 +126,7 @@ def _experiment_on_mesh(
     setup.inputs,
     phase,
   )
-  jitted = jit_train_step(step_fn, mesh, shardings, batch_sharding)
+  jitted = jit_train_step(step_fn, mesh, config.mesh.rules, shardings, batch_sharding)
   exp = Experiment(
     config=config,
     mesh=mesh,
@@ -151,10 +151,11 @@ def _experiment_on_mesh(
   return exp, init_state
 
 
-def jit_train_step(step_fn, mesh, state_shardings, batch_sharding):
+def jit_train_step(step_fn, mesh, rules, state_shardings, batch_sharding):
   """jit `step_fn(state, batch) -> (state, metrics)` with the state sharded as given
-  (and donated), the batch split over the data axes, metrics replicated."""
-  with partitioning.sharding_context(mesh):
+  (and donated), the batch split over the data axes, metrics replicated (`rules`:
+  `config.mesh.rules`)."""
+  with partitioning.sharding_context(mesh, rules):
     return jax.jit(
       step_fn,
       in_shardings=(state_shardings, batch_sharding),
@@ -175,7 +176,7 @@ def global_batch(host_batch: dict, sharding, keys: Optional[Sequence[str]] = Non
 
 def compile_step(exp: Experiment, example_batch: dict):
   """Lower and compile the step once; returns (compiled, XLA flops per step per device)."""
-  with partitioning.sharding_context(exp.mesh):
+  with partitioning.sharding_context(exp.mesh, exp.config.mesh.rules):
     compiled = exp.train_step.lower(exp.state, example_batch).compile()
   return compiled, flops.compiled_flops(compiled)
 
@@ -213,7 +214,7 @@ def _first_samples(exp: Experiment, x, n: int, batch_ndim: int):
   def take(x):
     return normalize((x[:, 0] if x.ndim == batch_ndim + 1 else x)[:n])
 
-  with partitioning.sharding_context(exp.mesh):
+  with partitioning.sharding_context(exp.mesh, exp.config.mesh.rules):
     return _replicated_jit(exp, take)(x)
 
 
@@ -240,7 +241,7 @@ def write_images(exp: Experiment, workdir: str, step: int, batch: dict):
   model, s = exp.model, exp.state
   is_chief = jax.process_index() == 0
   if c.model.name == 'vqvae':
-    with partitioning.sharding_context(exp.mesh):
+    with partitioning.sharding_context(exp.mesh, exp.config.mesh.rules):
       recon = _replicated_jit(exp, lambda p, ms, x: model.apply({'params': p, **ms}, x)['recon'])(
         s.params, s.model_state, video
       )
@@ -263,7 +264,7 @@ def write_images(exp: Experiment, workdir: str, step: int, batch: dict):
     outputs = model.apply({'params': params, **model_state}, video, mask)
     return {k: outputs[k] for k in ('pred', 'target', 'mask')}, predicted, hard
 
-  with partitioning.sharding_context(exp.mesh):
+  with partitioning.sharding_context(exp.mesh, exp.config.mesh.rules):
     outputs, predicted, hard = jax.device_get(
       _replicated_jit(exp, forward)(s.params, s.model_state, s.teacher, video)
     )
@@ -304,7 +305,7 @@ def _write_token_images(exp: Experiment, workdir: str, step: int, batch: dict):
     return tokens, outputs['token_mask'], jnp.argmax(outputs['logits'], -1)
 
   s = exp.state
-  with partitioning.sharding_context(exp.mesh):
+  with partitioning.sharding_context(exp.mesh, exp.config.mesh.rules):
     tokens, mask, predicted = jax.device_get(
       _replicated_jit(exp, forward)(s.params, s.model_state, s.frozen, x)
     )

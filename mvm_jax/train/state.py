@@ -45,6 +45,7 @@ def abstract_sharded_state(
   tx: optax.GradientTransformation,
   mesh,
   *,
+  rules,
   ema_teacher: bool = False,
   frozen: Any = None,
 ) -> tuple[TrainState, TrainState]:
@@ -52,7 +53,8 @@ def abstract_sharded_state(
 
   `init_variables(rng)` returns Flax variables {'params': ..., other
   collections...} (as `model.init`) whose leaves may be LogicallyPartitioned
-  (they name their axes); those names pick each leaf's sharding. Optimizer
+  (they name their axes); those names pick each leaf's sharding by `rules`
+  (`config.mesh.rules`: logical name -> mesh axes). Optimizer
   moments and the EMA teacher (`ema_teacher=True`: starts equal to the
   params) follow their parameter; scalars (step, Adam's count) and `frozen`
   are replicated. Returns (abstract_state, state_shardings): the first a
@@ -60,13 +62,13 @@ def abstract_sharded_state(
   `jax.jit(...).lower` takes for ahead-of-time compilation, or orbax for a
   sharded restore), exactly the shapes `init_sharded_state` makes.
   """
-  with partitioning.sharding_context(mesh):
+  with partitioning.sharding_context(mesh, rules):
     rng = jax.eval_shape(jax.random.PRNGKey, 0)
     boxed_variables = jax.eval_shape(init_variables, rng)
     boxed = boxed_variables['params']
     collections = {k: v for k, v in boxed_variables.items() if k != 'params'}
-    param_shardings = partitioning.logical_to_sharding(boxed, mesh)
-    collection_shardings = partitioning.logical_to_sharding(collections, mesh) if collections else {}
+    param_shardings = partitioning.logical_to_sharding(boxed, mesh, rules)
+    collection_shardings = partitioning.logical_to_sharding(collections, mesh, rules) if collections else {}
     shapes = jax.eval_shape(_init_state_fn(init_variables, tx, ema_teacher), rng)
   # Outside the mesh: optax runs `tx.init` eagerly on placeholders, which must not land on the
   # mesh's devices (compile-only devices of an ahead-of-time topology cannot run anything).
@@ -116,12 +118,13 @@ def init_sharded_state(
   rng: jax.Array,
   shardings: TrainState,
   *,
+  rules,
   ema_teacher: bool = False,
   frozen: Any = None,
 ) -> TrainState:
   """Initialise the state directly in `shardings` (from `abstract_sharded_state` with the same
   arguments): parameters from `init_variables(rng)`, optimizer state, teacher; `frozen` placed."""
-  with partitioning.sharding_context(mesh):
+  with partitioning.sharding_context(mesh, rules):
     init_state = _init_state_fn(init_variables, tx, ema_teacher)
     state = jax.jit(init_state, out_shardings=shardings.replace(frozen={}))(rng)
     return state.replace(frozen=jax.device_put(frozen or {}, shardings.frozen))
@@ -133,13 +136,15 @@ def create_sharded_state(
   mesh,
   rng: jax.Array,
   *,
+  rules,
   ema_teacher: bool = False,
   frozen: Any = None,
 ) -> tuple[TrainState, TrainState]:
-  """Initialise parameters and optimizer state directly in their shardings
+  """Initialise parameters and optimizer state directly in their shardings by `rules`
   (`abstract_sharded_state`, then `init_sharded_state`). Returns (state, state_shardings)."""
-  _, shardings = abstract_sharded_state(init_variables, tx, mesh, ema_teacher=ema_teacher, frozen=frozen)
-  state = init_sharded_state(init_variables, tx, mesh, rng, shardings, ema_teacher=ema_teacher, frozen=frozen)
+  kw = dict(rules=rules, ema_teacher=ema_teacher, frozen=frozen)
+  _, shardings = abstract_sharded_state(init_variables, tx, mesh, **kw)
+  state = init_sharded_state(init_variables, tx, mesh, rng, shardings, **kw)
   return state, shardings
 
 
