@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from mvm_jax import block_masking as bm
+from mvm_jax.masking import blocks as bm
 from mvm_jax.models import factorized
 
 VOCAB = 32

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import run_module
 
-from mvm_jax import block_masking as bm
+from mvm_jax.masking import blocks as bm
 
 # VIMPAC (Tan et al., 2021), Appendix B.1, Table 9: induced masking ratio (%) for
 # K = 4, 5, 6, 7, 8 blocks, by token map (length, frame size / 8, frame size / 8).

@@ -1,7 +1,7 @@
 """VIMPAC token masking: block masking, its i.i.d. ablation and [MASK] corruption.
 
 VIMPAC masks discrete VQ tokens (a [T, H, W] code map per clip) and predicts
-the hidden codes. Unlike `mvm_jax.masking` (a static number of visible
+the hidden codes. Unlike `masking.video` (a static number of visible
 tokens, for sparse encoders), these maskers return a boolean mask [B, T, H, W]
 (True = masked) whose count varies per sample: the backbone is dense and sees
 every position, masked ones as [MASK].
@@ -17,7 +17,7 @@ every position, masked ones as [MASK].
          tokens.
 
 PAD positions are never masked. Sample b's mask depends only on
-`jax.random.fold_in(rng, b)`, as in `masking.make_masker`.
+`jax.random.fold_in(rng, b)`, as in `video.make_masker`.
 
 `corrupt_tokens` turns a mask into the model input: masked tokens become
 [MASK], or BERT's 80/10/10 ([MASK] / random code / unchanged), drawn per token
