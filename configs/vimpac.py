@@ -26,6 +26,7 @@ New sections (read by mvm_jax.models.factorized and mvm_jax.masking.blocks):
 
 import ml_collections
 
+from mvm_jax import token_vocab
 from mvm_jax.masking import blocks
 from mvm_jax.config import base_config, sibling_config
 from mvm_jax.models import tokenizer
@@ -45,7 +46,7 @@ def get_config(preset: str = 'tiny'):
   c.model.dtype = 'float32'
   c.vimpac = ml_collections.ConfigDict(
     dict(
-      vocab_size=blocks.VOCAB_SIZE,  # VQ codes; PAD / [MASK] ids and 8197 rows follow
+      vocab_size=token_vocab.VOCAB_SIZE,  # VQ codes; PAD / [MASK] ids and 8197 rows follow
       downsample=8,  # pixels per token side: tokens = (num_frames, crop/8, crop/8)
       width=512,
       depth=6,

@@ -8,7 +8,8 @@
   policy.py        where each train step's masks come from: a plain masker or HPM's teacher
 
 The names of `video` are re-exported here (`masking.make_masker`, `masking.Mask`, ...); the other
-modules are imported by name (`from mvm_jax.masking import blocks`).
+modules are imported by name (`from mvm_jax.masking import blocks`). VIMPAC's token ids (PAD, [MASK])
+are not masking's: they live in `mvm_jax.token_vocab`.
 """
 
 from mvm_jax.masking.video import (

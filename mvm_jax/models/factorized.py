@@ -1,7 +1,7 @@
 """VIMPAC backbone: a post-LN transformer over VQ token maps with factorized attention.
 
 Shapes: B = batch, (T, H, W) = token map, D = width, V = VQ vocabulary (codes
-0 .. V-1; `blocks.special_token_ids(V)` adds PAD and [MASK] rows).
+0 .. V-1; `token_vocab.special_token_ids(V)` adds PAD and [MASK] rows).
 
 Embedding (VIMPAC Appendix A.1): x = LN(embed(token) + posT(t) + posH(h) +
 posW(w)) with LN eps 1e-12; [CLS] is a separate learned vector with its own
@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from mvm_jax import token_vocab
 from mvm_jax.masking import blocks as blocks_lib
 from mvm_jax.models import heads, vit
 
@@ -223,7 +224,7 @@ class FactorizedEncoder(nn.Module):
   width: int
   depth: int
   num_heads: int
-  vocab_size: int = blocks_lib.VOCAB_SIZE
+  vocab_size: int = token_vocab.VOCAB_SIZE
   mlp_dim: int = 0
   attention_dim: int = 0
   large_half: bool = False
@@ -232,8 +233,8 @@ class FactorizedEncoder(nn.Module):
   dtype: Dtype = jnp.float32
 
   @property
-  def special_tokens(self) -> blocks_lib.SpecialTokens:
-    return blocks_lib.special_token_ids(self.vocab_size)
+  def special_tokens(self) -> token_vocab.SpecialTokens:
+    return token_vocab.special_token_ids(self.vocab_size)
 
   @property
   def resolved_attention_dim(self) -> int:

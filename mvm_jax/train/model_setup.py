@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mvm_jax import masking
+from mvm_jax import masking, token_vocab
 from mvm_jax.config import ConfigError
 from mvm_jax.models import mae as mae_lib
 from mvm_jax.masking import blocks
@@ -159,7 +159,7 @@ def _vimpac_setup(config, total_steps: int) -> ModelSetup:
   token_shape = factorized.token_shape_from_config(config)
   inputs, frozen, source = token_input(config)
   masker = blocks.masker_from_config(config.masking, token_shape)
-  pad_id = blocks.special_token_ids(config.vimpac.vocab_size).pad_id
+  pad_id = token_vocab.special_token_ids(config.vimpac.vocab_size).pad_id
 
   def policy(rng, step, tokens, teacher):
     del step, teacher
