@@ -14,7 +14,7 @@ batch 1024; lr 3e-4 (large_half, 5% warm-up, 100 epochs) or 1e-3 (analysis,
 10% warm-up, 10 epochs). For 5×32×32 tokens (256², the last 10 epochs) use
 K = 6 and resize position embeddings (factorized.interpolate_pos_embed).
 
-New sections (read by mvm_jax.models.factorized and mvm_jax.block_masking):
+New sections (read by mvm_jax.models.factorized and mvm_jax.masking.blocks):
   vimpac.*                    the backbone (width, depth, heads, layout, ...)
   masking.kind                'block' (default) or 'iid' (Table 15 ablation)
   masking.num_blocks          K
@@ -26,7 +26,8 @@ New sections (read by mvm_jax.models.factorized and mvm_jax.block_masking):
 
 import ml_collections
 
-from mvm_jax import block_masking
+from mvm_jax import token_vocab
+from mvm_jax.masking import blocks
 from mvm_jax.config import base_config, sibling_config
 from mvm_jax.models import tokenizer
 
@@ -45,7 +46,7 @@ def get_config(preset: str = 'tiny'):
   c.model.dtype = 'float32'
   c.vimpac = ml_collections.ConfigDict(
     dict(
-      vocab_size=block_masking.VOCAB_SIZE,  # VQ codes; PAD / [MASK] ids and 8197 rows follow
+      vocab_size=token_vocab.VOCAB_SIZE,  # VQ codes; PAD / [MASK] ids and 8197 rows follow
       downsample=8,  # pixels per token side: tokens = (num_frames, crop/8, crop/8)
       width=512,
       depth=6,
@@ -76,7 +77,7 @@ def get_config(preset: str = 'tiny'):
     dict(
       kind='block',
       num_blocks=5,
-      ratio=round(block_masking.expected_block_mask_ratio(token_shape, 5), 4),
+      ratio=round(blocks.expected_block_mask_ratio(token_shape, 5), 4),
       match_block_ratio=True,
       iid_exact_count=False,
       bert_corruption=False,
@@ -111,7 +112,7 @@ def get_config(preset: str = 'tiny'):
     # or extracted once: --config.data.source=tokens --config.data.tfds_name=... --config.data.tfds_data_dir=...
     c.tokenizer.kind = 'vqvae'
     c.masking.num_blocks = 4  # 13.7% masked on 4×8×8, the closest to 15%
-    c.masking.ratio = round(block_masking.expected_block_mask_ratio((4, 8, 8), 4), 4)
+    c.masking.ratio = round(blocks.expected_block_mask_ratio((4, 8, 8), 4), 4)
     c.contrastive.projector.update(hidden=256, out=64)
     c.batch_size = 8  # one epoch of the 8 built-in records: no video twice in a batch (InfoNCE negatives)
     c.total_steps, c.warmup_steps = 300, 30
@@ -127,7 +128,7 @@ def get_config(preset: str = 'tiny'):
     c.vimpac.update(width=128, depth=4, num_heads=4, dropout=0.1, vocab_size=256)
     c.tokenizer.update(kind='vqvae', workdir='runs/eval_set_vqvae')
     c.masking.num_blocks = 4
-    c.masking.ratio = round(block_masking.expected_block_mask_ratio((8, 8, 8), 4), 4)
+    c.masking.ratio = round(blocks.expected_block_mask_ratio((8, 8, 8), 4), 4)
     c.contrastive.projector.update(hidden=256, out=64)
     c.batch_size = 16
     c.total_steps, c.warmup_steps = 1000, 60

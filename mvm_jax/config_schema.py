@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from mvm_jax import hard_patch_masking, masking
+from mvm_jax import masking
+from mvm_jax.masking import hard_patches
 from mvm_jax import objectives
 from mvm_jax.data.settings import default_data_config
 from mvm_jax.objectives.contrastive import default_contrastive_config
@@ -205,10 +206,10 @@ def _validate_hpm(config) -> None:
   h = config.hpm
   if h.hard_masking and 'loss_prediction' in config.objectives and config.masking.kind != 'random':
     _fail('masking.kind', f'HPM hard-patch masking replaces random masking; got {config.masking.kind!r}')
-  if h.selection not in hard_patch_masking.SELECTIONS:
-    _fail('hpm.selection', f'{h.selection!r}; valid: {list(hard_patch_masking.SELECTIONS)}')
-  if h.alpha_manner not in hard_patch_masking.ALPHA_MANNERS:
-    _fail('hpm.alpha_manner', f'{h.alpha_manner!r}; valid: {list(hard_patch_masking.ALPHA_MANNERS)}')
+  if h.selection not in hard_patches.SELECTIONS:
+    _fail('hpm.selection', f'{h.selection!r}; valid: {list(hard_patches.SELECTIONS)}')
+  if h.alpha_manner not in hard_patches.ALPHA_MANNERS:
+    _fail('hpm.alpha_manner', f'{h.alpha_manner!r}; valid: {list(hard_patches.ALPHA_MANNERS)}')
   for key in ('alpha_0', 'alpha_T', 'ema_momentum', 'ema_momentum_final'):
     if not 0.0 <= h[key] <= 1.0:
       _fail(f'hpm.{key}', f'{h[key]} is outside [0, 1]')
@@ -307,7 +308,7 @@ def _validate_mae(config) -> None:
 
 
 def _validate_vimpac(config) -> None:
-  from mvm_jax import block_masking
+  from mvm_jax.masking import blocks
   from mvm_jax.models import factorized
 
   v, d = config.get('vimpac'), config.data
@@ -320,13 +321,11 @@ def _validate_vimpac(config) -> None:
   attention = v.attention_dim or (v.width // 2 if v.large_half else v.width)
   if attention % v.num_heads:
     _fail('vimpac.num_heads', f'{v.num_heads} does not divide the attention width {attention}')
-  if config.masking.kind not in block_masking.MASKERS:
-    _fail(
-      'masking.kind', f'VIMPAC masks tokens with {list(block_masking.MASKERS)}, not {config.masking.kind!r}'
-    )
+  if config.masking.kind not in blocks.MASKERS:
+    _fail('masking.kind', f'VIMPAC masks tokens with {list(blocks.MASKERS)}, not {config.masking.kind!r}')
   token_shape = factorized.token_shape_from_config(config)
   try:
-    block_masking.make_token_masker(
+    blocks.make_token_masker(
       config.masking.kind,
       token_shape,
       num_blocks=config.masking.num_blocks,

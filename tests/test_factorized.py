@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from mvm_jax import block_masking as bm
+from mvm_jax import token_vocab
 from mvm_jax.models import factorized
 
 VOCAB = 32
@@ -197,7 +197,7 @@ def test_pad_contents_do_not_reach_other_outputs_and_pad_defaults_to_pad_id():
     > 1e-3
   )
   # pad=None: PAD = tokens equal to the PAD id.
-  with_ids = np.where(PAD, bm.special_token_ids(VOCAB).pad_id, tokens).astype(np.int32)
+  with_ids = np.where(PAD, token_vocab.special_token_ids(VOCAB).pad_id, tokens).astype(np.int32)
   derived = jax.jit(lambda p, t: model.apply({'params': p}, t))(params, with_ids)
   np.testing.assert_allclose(
     np.asarray(derived['cls']), np.asarray(apply(params, with_ids, PAD)['cls']), atol=1e-6
@@ -221,7 +221,7 @@ def test_large_half_widths_and_dropout():
 
 def test_token_head_tied_to_embedding_and_positions_select_logits():
   model = _tiny(depth=0)  # the tie does not depend on depth; keeps the backward pass small
-  ids = bm.special_token_ids(VOCAB)
+  ids = token_vocab.special_token_ids(VOCAB)
   tokens = np.full((2,) + GRID, ids.mask_id, np.int32)  # code rows get gradient through the head only
   targets = _tokens(3)
   positions = np.asarray([[0, 5, 23], [1, 2, 3]], np.int32)

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mvm_jax import hard_patch_masking as hpm
+from mvm_jax.masking import hard_patches as hpm
 from mvm_jax import objectives
 from mvm_jax.models import ema
 from mvm_jax.objectives import loss_prediction

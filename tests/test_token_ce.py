@@ -8,7 +8,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from configs import vimpac
-from mvm_jax import block_masking, objectives
+from mvm_jax import objectives, token_vocab
 from mvm_jax import config as config_lib
 from mvm_jax.train import optimizer
 
@@ -16,7 +16,7 @@ from mvm_jax.train import optimizer
 FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
 
 V = 6  # tiny vocabulary; PAD id = V + 1 is out of range, as with the real ids
-PAD_ID = block_masking.special_token_ids(V).pad_id
+PAD_ID = token_vocab.special_token_ids(V).pad_id
 SHAPE = (8, 2, 2, 3)  # B, T, H, W
 
 

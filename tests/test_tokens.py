@@ -34,7 +34,7 @@ CROP = 32
 FPS = 2.0
 SHORT_SIDE = 64
 VOCAB = 16
-PAD = VOCAB + 1  # block_masking.special_token_ids(16).pad_id
+PAD = VOCAB + 1  # token_vocab.special_token_ids(16).pad_id
 FRAMES_PER_CALL = 5
 VIDEOS_PER_CHUNK = 2
 

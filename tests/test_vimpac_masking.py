@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from conftest import run_module
 
-from mvm_jax import block_masking as bm
+from mvm_jax import token_vocab
+from mvm_jax.masking import blocks as bm
 
 # VIMPAC (Tan et al., 2021), Appendix B.1, Table 9: induced masking ratio (%) for
 # K = 4, 5, 6, 7, 8 blocks, by token map (length, frame size / 8, frame size / 8).
@@ -168,25 +169,25 @@ def _codes(seed, vocab):
 
 
 def test_special_tokens_and_mask_corruption():
-  assert bm.special_token_ids(8192) == (8192, 8193, 8196, 8197)
-  assert (bm.PAD_ID, bm.MASK_ID, bm.NUM_EMBEDDINGS) == (8193, 8196, 8197)
-  assert bm.special_token_ids(100) == (100, 101, 104, 105)
-  tokens = _codes(0, bm.VOCAB_SIZE)
+  assert token_vocab.special_token_ids(8192) == (8192, 8193, 8196, 8197)
+  assert (token_vocab.PAD_ID, token_vocab.MASK_ID, token_vocab.NUM_EMBEDDINGS) == (8193, 8196, 8197)
+  assert token_vocab.special_token_ids(100) == (100, 101, 104, 105)
+  tokens = _codes(0, token_vocab.VOCAB_SIZE)
   mask = bm.block_mask(jax.random.PRNGKey(7), BATCH, SHAPE, K)
-  plain = bm.corrupt_tokens(jax.random.PRNGKey(2), tokens, mask, bm.MASK_ID, bm.VOCAB_SIZE)
-  np.testing.assert_array_equal(np.asarray(plain), np.where(mask, bm.MASK_ID, tokens))
+  plain = bm.corrupt_tokens(jax.random.PRNGKey(2), tokens, mask, token_vocab.MASK_ID, token_vocab.VOCAB_SIZE)
+  np.testing.assert_array_equal(np.asarray(plain), np.where(mask, token_vocab.MASK_ID, tokens))
 
 
 def test_bert_corruption_shares():
-  vocab = bm.VOCAB_SIZE
+  vocab = token_vocab.VOCAB_SIZE
   tokens, mask = _codes(0, vocab), _uniform_pad(1, 0.5)  # any mask will do
-  out = bm.corrupt_tokens(jax.random.PRNGKey(2), tokens, mask, bm.MASK_ID, vocab, bert=True)
+  out = bm.corrupt_tokens(jax.random.PRNGKey(2), tokens, mask, token_vocab.MASK_ID, vocab, bert=True)
   out, tokens, mask = np.asarray(out), np.asarray(tokens), np.asarray(mask)
   np.testing.assert_array_equal(out[~mask], tokens[~mask])
   masked_out, masked_in = out[mask], tokens[mask]
   n = masked_out.size  # ~640k
-  as_mask = (masked_out == bm.MASK_ID).mean()
-  random = (masked_out != bm.MASK_ID) & (masked_out != masked_in)
+  as_mask = (masked_out == token_vocab.MASK_ID).mean()
+  random = (masked_out != token_vocab.MASK_ID) & (masked_out != masked_in)
   kept = (masked_out == masked_in).mean()  # includes random draws that hit the same code (1e-5)
   tol = 5 * math.sqrt(0.8 * 0.2 / n)
   assert abs(as_mask - 0.8) < tol and abs(random.mean() - 0.1) < tol and abs(kept - 0.1) < tol

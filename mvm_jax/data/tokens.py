@@ -30,7 +30,7 @@ Reading (``config.data.source = 'tokens'``, ``data.tfds_name`` /
    'index': int32 [b]}           example index in the split
 
 A video shorter than a clip's span gives the clip starting at its first frame,
-the frames past its end being PAD (``block_masking.special_token_ids(
+the frames past its end being PAD (``token_vocab.special_token_ids(
 vocab_size).pad_id``), where the pixel samplers would loop.
 """
 
@@ -45,6 +45,7 @@ import grain
 import grain.experimental
 import numpy as np
 
+from mvm_jax import token_vocab
 from mvm_jax.data import loader_base, tfds_video, transforms
 from mvm_jax.data.settings import fail, validate_data_config
 from mvm_jax.data.sources import SourceError
@@ -303,8 +304,6 @@ def make_token_sampler(data_config, source: TokenSource, *, train: bool) -> Toke
       'clip_pair', multi-view testing, or a ``crop_size`` / ``target_fps``
       (when > 0) other than the dataset's.
   """
-  from mvm_jax import block_masking  # here: imports jax, which data workers do not need
-
   dc = data_config
   info = source.info
   if dc.sampling not in TOKEN_SAMPLINGS:
@@ -329,7 +328,7 @@ def make_token_sampler(data_config, source: TokenSource, *, train: bool) -> Toke
     num_frames=dc.num_frames,
     sampling_rate=dc.sampling_rate,
     pair=dc.sampling == 'clip_pair',
-    pad_id=block_masking.special_token_ids(int(info['vocab_size'])).pad_id,
+    pad_id=token_vocab.special_token_ids(int(info['vocab_size'])).pad_id,
     num_samples=dc.repeated_sampling if train else 1,
     train=train,
     max_distance_s=float(dc.clip_pair_max_distance_s),

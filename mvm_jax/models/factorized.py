@@ -1,7 +1,7 @@
 """VIMPAC backbone: a post-LN transformer over VQ token maps with factorized attention.
 
 Shapes: B = batch, (T, H, W) = token map, D = width, V = VQ vocabulary (codes
-0 .. V-1; `block_masking.special_token_ids(V)` adds PAD and [MASK] rows).
+0 .. V-1; `token_vocab.special_token_ids(V)` adds PAD and [MASK] rows).
 
 Embedding (VIMPAC Appendix A.1): x = LN(embed(token) + posT(t) + posH(h) +
 posW(w)) with LN eps 1e-12; [CLS] is a separate learned vector with its own
@@ -44,7 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from mvm_jax import block_masking
+from mvm_jax import token_vocab
+from mvm_jax.masking import blocks as blocks_lib
 from mvm_jax.models import heads, vit
 from mvm_jax.train import partitioning
 
@@ -224,7 +225,7 @@ class FactorizedEncoder(nn.Module):
   width: int
   depth: int
   num_heads: int
-  vocab_size: int = block_masking.VOCAB_SIZE
+  vocab_size: int = token_vocab.VOCAB_SIZE
   mlp_dim: int = 0
   attention_dim: int = 0
   large_half: bool = False
@@ -233,8 +234,8 @@ class FactorizedEncoder(nn.Module):
   dtype: Dtype = jnp.float32
 
   @property
-  def special_tokens(self) -> block_masking.SpecialTokens:
-    return block_masking.special_token_ids(self.vocab_size)
+  def special_tokens(self) -> token_vocab.SpecialTokens:
+    return token_vocab.special_token_ids(self.vocab_size)
 
   @property
   def resolved_attention_dim(self) -> int:
@@ -363,7 +364,7 @@ class VimpacPretrainer(nn.Module):
   """`model` (a VimpacModel, sharing its parameter names) as the pre-training step calls it.
 
   __call__(tokens [B, T, H, W] int32 (uncorrupted; PAD where there is no
-  frame), mask [B, T, H, W] bool (True = masked; from `block_masking`),
+  frame), mask [B, T, H, W] bool (True = masked; from `masking.blocks`),
   deterministic) corrupts the masked tokens ([MASK], or BERT 80/10/10 with
   the 'dropout' rng) and returns the model's outputs plus what `token_ce`
   scores against: 'target_tokens' (the tokens), 'token_mask', 'pad'.
@@ -380,7 +381,7 @@ class VimpacPretrainer(nn.Module):
     pad = tokens == special.pad_id
     mask = mask.astype(bool) & ~pad
     rng = self.make_rng('dropout') if self.bert_corruption else jax.random.PRNGKey(0)
-    corrupted = block_masking.corrupt_tokens(
+    corrupted = blocks_lib.corrupt_tokens(
       rng, tokens, mask, special.mask_id, special.vocab_size, self.bert_corruption
     )
     out = self.model(corrupted, pad, deterministic)

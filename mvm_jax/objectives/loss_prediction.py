@@ -24,7 +24,7 @@ def default_hpm_config() -> ml_collections.ConfigDict:
   """`config.hpm`: HPM defaults (paper / official code).
 
   loss_predictor_target  'relative_bce' (Eq. 5) | 'absolute_mse' (Eq. 4 ablation).
-  Read by the mask policy (`hard_patch_masking`):
+  Read by the mask policy (`masking.hard_patches`):
     hard_masking True: the EMA teacher's predicted losses pick the masks (HPM);
                  False: random masks with the loss-prediction objective only (ablation).
     selection    'hard' mask the highest predicted loss (argmax) | 'easy' (argmin).

@@ -9,7 +9,7 @@ fraction (and, for VIMPAC block masking, the closed-form expectation);
 "samples", ...} on stdout. `--out` writes a PNG: one row per sample, one panel
 per time step, masked tokens black, visible grey.
 
-The masker is `config.masking.kind`: 'block' / 'iid' (mvm_jax.block_masking,
+The masker is `config.masking.kind`: 'block' / 'iid' (mvm_jax.masking.blocks,
 `--num_blocks` overrides masking.num_blocks) or one of mvm_jax.masking.MASKERS
 (ratio from masking.ratio, on the token grid). The token grid is
 `--token_shape`, else the config's: VIMPAC tokens (num_frames, crop/8, crop/8),
@@ -26,7 +26,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mvm_jax import block_masking, masking
+from mvm_jax import masking
+from mvm_jax.masking import blocks
 
 CHUNK = 4096  # samples per jitted call
 
@@ -46,13 +47,13 @@ def make_sampler(config, token_shape, num_blocks=None):
   expected ratio (None where there is none) for `config.masking`."""
   m = config.masking
   kind = m.kind
-  if kind in block_masking.MASKERS:
+  if kind in blocks.MASKERS:
     k = m.get('num_blocks', 5) if num_blocks is None else num_blocks
     ratio = None if m.get('match_block_ratio', True) else m.ratio
-    masker = block_masking.make_token_masker(
+    masker = blocks.make_token_masker(
       kind, token_shape, num_blocks=k, ratio=ratio, exact_count=m.get('iid_exact_count', False)
     )
-    expected = block_masking.expected_block_mask_ratio(token_shape, k)
+    expected = blocks.expected_block_mask_ratio(token_shape, k)
     if kind == 'iid':
       expected = expected if ratio is None else float(ratio)
     return (lambda rng, batch: masker(rng, batch)), expected
@@ -61,7 +62,7 @@ def make_sampler(config, token_shape, num_blocks=None):
     t, h, w = token_shape
     sample = lambda rng, batch: batched(rng, batch).mask.reshape(batch, t, h, w) > 0
     return sample, None
-  known = sorted(set(masking.MASKERS) | set(block_masking.MASKERS))
+  known = sorted(set(masking.MASKERS) | set(blocks.MASKERS))
   raise ValueError(f'config.masking.kind: unknown masker {kind!r}; known: {known}')
 
 
@@ -115,7 +116,7 @@ def mask_stats(
     'kind': config.masking.kind,
     'token_shape': list(token_shape),
   }
-  if config.masking.kind in block_masking.MASKERS:
+  if config.masking.kind in blocks.MASKERS:
     stats['num_blocks'] = int(config.masking.get('num_blocks', 5) if num_blocks is None else num_blocks)
   if expected is not None:
     stats['expected_ratio'] = float(expected)

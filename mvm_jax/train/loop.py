@@ -25,7 +25,8 @@ from absl import logging
 from mvm_jax import config as config_lib
 from mvm_jax import objectives
 from mvm_jax.models import ema, heads
-from mvm_jax.train import checkpointing, flops, mask_policy, model_setup, optimizer, partitioning
+from mvm_jax.masking import policy as policy_lib
+from mvm_jax.train import checkpointing, flops, model_setup, optimizer, partitioning
 from mvm_jax.train import state as state_lib
 from mvm_jax.train.step import make_train_step
 
@@ -103,7 +104,7 @@ def _experiment_on_mesh(
   tx = optimizer.make_optimizer(config, schedule)
   logging.info('Model: %s.', setup.description)
 
-  with_teacher = mask_policy.uses_teacher(config)
+  with_teacher = policy_lib.uses_teacher(config)
   state_args = dict(rules=config.mesh.rules, ema_teacher=with_teacher, frozen=setup.frozen)
   abstract_state, shardings = state_lib.abstract_sharded_state(setup.init_variables, tx, mesh, **state_args)
   batch_sharding = partitioning.batch_sharding(mesh)
@@ -254,8 +255,8 @@ def write_images(exp: Experiment, workdir: str, step: int, batch: dict):
 
   def forward(params, model_state, teacher, video):
     predicted, hard = None, None
-    if mask_policy.uses_teacher(c):
-      masks = mask_policy.teacher_masks(
+    if policy_lib.uses_teacher(c):
+      masks = policy_lib.teacher_masks(
         model, c.hpm, model.encoder.grid, c.masking.ratio, exp.total_steps, exp.steps_per_epoch
       )
       mask, hard, _, predicted = masks(rng, step, video, teacher)

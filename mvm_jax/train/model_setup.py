@@ -6,7 +6,7 @@
   'vimpac'  VimpacPretrainer on VQ tokens: read from the batch
             (`data.source='tokens'`, see `mvm_jax.tools.extract_tokens`) or
             made in the step from pixels by the frozen tokenizer
-            (`config.tokenizer`); block masks from `block_masking`.
+            (`config.tokenizer`); block masks from `masking.blocks`.
   'vqvae'   the VQ-VAE tokenizer itself on pixels; no masks.
 """
 
@@ -20,10 +20,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mvm_jax import block_masking, masking
+from mvm_jax import masking, token_vocab
 from mvm_jax.config import ConfigError
 from mvm_jax.models import mae as mae_lib
-from mvm_jax.train import mask_policy
+from mvm_jax.masking import blocks
+from mvm_jax.masking import policy as policy_lib
 from mvm_jax.train.step import ModelInputs
 
 
@@ -72,7 +73,7 @@ def _mae_setup(config, total_steps: int, steps_per_epoch: int) -> ModelSetup:
     model=model,
     inputs=pixel_inputs(config),
     masker=masker,
-    policy=mask_policy.make_mask_policy(config, model, masker, total_steps, steps_per_epoch),
+    policy=policy_lib.make_mask_policy(config, model, masker, total_steps, steps_per_epoch),
     init_variables=init_variables,
     frozen={},
     grid=grid,
@@ -157,8 +158,8 @@ def _vimpac_setup(config, total_steps: int) -> ModelSetup:
   model = factorized.pretrainer_from_config(config)
   token_shape = factorized.token_shape_from_config(config)
   inputs, frozen, source = token_input(config)
-  masker = block_masking.masker_from_config(config.masking, token_shape)
-  pad_id = block_masking.special_token_ids(config.vimpac.vocab_size).pad_id
+  masker = blocks.masker_from_config(config.masking, token_shape)
+  pad_id = token_vocab.special_token_ids(config.vimpac.vocab_size).pad_id
 
   def policy(rng, step, tokens, teacher):
     del step, teacher

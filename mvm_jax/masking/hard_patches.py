@@ -5,7 +5,7 @@ patch of the unmasked clip. Of the N - n_keep masked patches, a share α_t
 (growing with training, `alpha_schedule`) is "hard": the patches with the
 highest predicted loss; the rest are drawn uniformly at random from the
 remaining patches. Vectorized with static shapes: give every patch a random
-score, set +inf on the hard set, and let `masking.mask_from_scores` keep the
+score, set +inf on the hard set, and let `video.mask_from_scores` keep the
 lowest scores.
 
 Ablations (HPM Tables 2-3, 10-11): `selection='easy'` takes the LOWEST
@@ -22,7 +22,7 @@ import einops
 import jax
 import jax.numpy as jnp
 
-from mvm_jax import masking
+from mvm_jax.masking import video
 
 SELECTIONS = ('hard', 'easy')
 FLOOR_SLACK = 1e-4
@@ -98,15 +98,15 @@ def hard_patch_mask(
   *,
   selection: str = 'hard',
   per_frame: bool = False,
-  grid: masking.Grid | None = None,
-) -> tuple[masking.Mask, jax.Array]:
+  grid: video.Grid | None = None,
+) -> tuple[video.Mask, jax.Array]:
   """Easy-to-hard mask from a teacher's per-patch predicted losses.
 
   Of the M = N - num_keep masked patches, floor(α·M) are chosen by predicted
   loss (the highest for 'hard', the lowest for 'easy'; ties go to the lower
   index); the other M - floor(α·M) are uniformly random among the rest.
   Sample b draws its random scores from fold_in(rng, b), as
-  `masking.make_masker` does, so its mask depends on b only.
+  `video.make_masker` does, so its mask depends on b only.
 
   Args:
     rng: PRNG key.
@@ -141,7 +141,7 @@ def hard_patch_mask(
   hard = _hard_set(key, num_tokens - num_keep, jnp.asarray(alpha, jnp.float32), slices)
   sample_rngs = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(batch))
   scores = jax.vmap(lambda r: jax.random.uniform(r, (num_tokens,)))(sample_rngs)
-  mask = masking.mask_from_scores(jnp.where(hard, jnp.inf, scores), num_keep)
+  mask = video.mask_from_scores(jnp.where(hard, jnp.inf, scores), num_keep)
   return mask, hard
 
 

@@ -1,7 +1,7 @@
 """VIMPAC token masking: block masking, its i.i.d. ablation and [MASK] corruption.
 
 VIMPAC masks discrete VQ tokens (a [T, H, W] code map per clip) and predicts
-the hidden codes. Unlike `mvm_jax.masking` (a static number of visible
+the hidden codes. Unlike `masking.video` (a static number of visible
 tokens, for sparse encoders), these maskers return a boolean mask [B, T, H, W]
 (True = masked) whose count varies per sample: the backbone is dense and sees
 every position, masked ones as [MASK].
@@ -17,14 +17,13 @@ every position, masked ones as [MASK].
          tokens.
 
 PAD positions are never masked. Sample b's mask depends only on
-`jax.random.fold_in(rng, b)`, as in `masking.make_masker`.
+`jax.random.fold_in(rng, b)`, as in `video.make_masker`.
 
 `corrupt_tokens` turns a mask into the model input: masked tokens become
 [MASK], or BERT's 80/10/10 ([MASK] / random code / unchanged), drawn per token
 (the reference's `mask_3d_rand_replace` draws once per block).
 
-Token ids (DALL-E vocabulary 8192): codes 0..8191, PAD 8193, [MASK] 8196,
-8197 embedding rows; `special_token_ids(vocab_size)` derives them.
+Token ids (codes, PAD, [MASK]) live in `mvm_jax.token_vocab`.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ import functools
 import math
 from collections.abc import Callable
 from fractions import Fraction
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,30 +40,9 @@ import numpy as np
 
 Shape3 = tuple[int, int, int]
 
-VOCAB_SIZE = 8192  # DALL-E dVAE codebook
 MASKERS = ('block', 'iid')
 BERT_MASK_FRACTION = 0.8  # of masked tokens shown as [MASK]
 BERT_RANDOM_FRACTION = 0.1  # ... as a random code; the rest stay unchanged
-
-
-class SpecialTokens(NamedTuple):
-  """Token ids around a VQ vocabulary of `vocab_size` codes (0 .. vocab_size - 1)."""
-
-  vocab_size: int
-  pad_id: int
-  mask_id: int
-  num_embeddings: int  # rows of the token embedding table
-
-
-def special_token_ids(vocab_size: int = VOCAB_SIZE) -> SpecialTokens:
-  """The reference's layout: PAD = V + 1, [MASK] = V + 4, V + 5 embedding rows
-  (V + 0, V + 2, V + 3 are unused; [CLS] is a separate learned vector)."""
-  return SpecialTokens(vocab_size, vocab_size + 1, vocab_size + 4, vocab_size + 5)
-
-
-PAD_ID = special_token_ids().pad_id  # 8193
-MASK_ID = special_token_ids().mask_id  # 8196
-NUM_EMBEDDINGS = special_token_ids().num_embeddings  # 8197
 
 
 # --- block geometry ----------------------------------------------------------
@@ -311,7 +288,7 @@ def corrupt_tokens(
     rng: PRNG key (used with `bert`; sample b uses `fold_in(rng, b)`).
     tokens: [B, ...] int codes.
     mask: [B, ...] bool, True = masked (never PAD, as the maskers return it).
-    mask_id: the [MASK] id (`special_token_ids(vocab_size).mask_id`).
+    mask_id: the [MASK] id (`token_vocab.special_token_ids(vocab_size).mask_id`).
     vocab_size: random replacements are uniform in [0, vocab_size).
     bert: False: every masked token becomes [MASK] (VIMPAC default). True:
       BERT 80/10/10, drawn per token: [MASK], a random code, unchanged.

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mvm_jax import hard_patch_masking, masking
+from mvm_jax.masking import hard_patches, video
 
 MaskPolicy = Callable
 
 
 def random_policy(masker) -> MaskPolicy:
-  """Masks from `masking.make_masker(...)`: independent of the model."""
+  """Masks from `video.make_masker(...)`: independent of the model."""
 
   def policy(rng, step, video, teacher):
     del step, teacher
@@ -36,14 +36,14 @@ def teacher_masks(model, hpm_config, grid, mask_ratio: float, total_steps: int, 
   predicted losses [B, N]).
   """
   h = hpm_config
-  num_keep = masking.num_visible('random', grid, mask_ratio)
+  num_keep = video.num_visible('random', grid, mask_ratio)
 
   def masks(rng, step, video, teacher):
     predicted = model.apply({'params': teacher}, video, method=model.predict_losses)
-    alpha = hard_patch_masking.alpha_schedule(
+    alpha = hard_patches.alpha_schedule(
       step, total_steps, h.alpha_0, h.alpha_T, h.alpha_manner, None if h.alpha_per_step else steps_per_epoch
     )
-    mask, hard = hard_patch_masking.hard_patch_mask(
+    mask, hard = hard_patches.hard_patch_mask(
       rng, predicted, num_keep, alpha, selection=h.selection, per_frame=h.per_frame, grid=grid
     )
     return mask, hard, alpha, predicted
@@ -59,7 +59,7 @@ def hard_patch_policy(
 
   def policy(rng, step, video, teacher):
     mask, hard, alpha, _ = masks(rng, step, video, teacher)
-    return mask, hard_patch_masking.hard_mask_metrics(alpha, hard, mask.mask)
+    return mask, hard_patches.hard_mask_metrics(alpha, hard, mask.mask)
 
   return policy
 
@@ -70,7 +70,7 @@ def uses_teacher(config) -> bool:
 
 
 def make_mask_policy(config, model, masker, total_steps: int, steps_per_epoch: int = 1) -> MaskPolicy:
-  """HPM's teacher policy when configured, else `masker` (from `masking.make_masker`)."""
+  """HPM's teacher policy when configured, else `masker` (from `video.make_masker`)."""
   if uses_teacher(config):
     return hard_patch_policy(
       model, config.hpm, model.encoder.grid, config.masking.ratio, total_steps, steps_per_epoch
