@@ -23,10 +23,10 @@ from absl import logging
 # evaluators and the pictures, so that building and timing the step (`mvm_jax.tools.bench`,
 # `tools.aot_compile`) runs on an image with only jax/flax/optax/einops/ml-collections.
 from mvm_jax import config as config_lib
-from mvm_jax import objectives
+from mvm_jax import methods, objectives
 from mvm_jax.models import ema, heads
 from mvm_jax.masking import policy as policy_lib
-from mvm_jax.train import checkpointing, flops, model_setup, optimizer, partitioning
+from mvm_jax.train import checkpointing, flops, optimizer, partitioning
 from mvm_jax.train import state as state_lib
 from mvm_jax.train.step import make_train_step
 
@@ -98,7 +98,7 @@ def _experiment_on_mesh(
     )
   total_steps, warmup_steps = schedule_lengths(config, samples_per_epoch)
   steps_per_epoch = max(1, samples_per_epoch // config.batch_size)
-  setup = model_setup.build_model_setup(config, total_steps, steps_per_epoch)
+  setup = methods.get(config).setup(config, total_steps, steps_per_epoch)
   model = setup.model
   schedule = optimizer.make_schedule(config, total_steps, warmup_steps)
   tx = optimizer.make_optimizer(config, schedule)
