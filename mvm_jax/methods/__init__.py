@@ -4,7 +4,10 @@
   'vimpac'  `vimpac.VimpacMethod`: VimpacPretrainer on VQ tokens.
   'vqvae'   `vqvae.VqvaeMethod`: the VQ-VAE tokenizer itself.
 
-`get(config)` is the method a config trains.
+`get(config)` is the method a config trains. A `Method` builds its model, inputs and mask policy
+(`setup`), says whether the state keeps an EMA teacher and how it moves (`teacher_momentum`), when
+each objective starts (`objective_start_steps`) and draws its pictures (`write_images`); the shared
+loop (`mvm_jax.train.loop`) asks it and never branches on the method's name.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from mvm_jax.models import heads
+from mvm_jax.train import partitioning
 from mvm_jax.train.step import ModelInputs
 
 
@@ -46,8 +48,43 @@ class Method:
     """The model this config trains, what it reads, how its masks are drawn."""
     raise NotImplementedError
 
+  def teacher_momentum(self, config, steps_per_epoch: int) -> Callable | None:
+    """step -> momentum of the EMA teacher kept in the state (`state.teacher`), or None: no teacher."""
+    del config, steps_per_epoch
+    return None
+
+  def objective_start_steps(self, config, steps_per_epoch: int) -> dict[str, int]:
+    """{objective: the step before which it weighs 0}: the contrastive objectives start after
+    `config.contrastive.start_epoch` epochs (ViC-MAE's schedule)."""
+    start = int(config.contrastive.start_epoch * steps_per_epoch)
+    return {name: start for name in heads.CONTRASTIVE_OBJECTIVES}
+
+  def write_images(self, exp, workdir: str, step: int, batch: dict):
+    """The pictures of `exp` (a `loop.Experiment`) at `step` from the first samples of `batch`, under
+    `workdir`/images. Runs on every process (the global batch and the state may span all hosts); only
+    the chief writes the PNGs. Returns their paths on the chief, None elsewhere."""
+    raise NotImplementedError
+
 
 def pixel_inputs(config, preprocess=None) -> ModelInputs:
   """The batch's 'video' pixels (uint8, normalised in the step with config.data.mean / std)."""
   d = config.data
   return ModelInputs('video', 5, preprocess, tuple(d.mean), tuple(d.std))
+
+
+def first_samples(exp, x, n: int, batch_ndim: int):
+  """The first `n` samples of the global batch array `x` (rank `batch_ndim`, or one more for
+  [B, V, ...] view pairs: their first view), uint8 pixels normalised, replicated on every device
+  so that every process can read them (a collective: call on all)."""
+  normalize = exp.inputs.normalize if exp.inputs is not None else (lambda x: x)
+
+  def take(x):
+    return normalize((x[:, 0] if x.ndim == batch_ndim + 1 else x)[:n])
+
+  with partitioning.sharding_context(exp.mesh, exp.config.mesh.rules):
+    return replicated_jit(exp, take)(x)
+
+
+def replicated_jit(exp, fn):
+  """jit `fn` with replicated outputs: the picture forwards, read back on every process."""
+  return jax.jit(fn, out_shardings=partitioning.replicated(exp.mesh))

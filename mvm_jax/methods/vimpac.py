@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -12,7 +13,8 @@ import jax.numpy as jnp
 from mvm_jax import token_vocab
 from mvm_jax.config import ConfigError
 from mvm_jax.masking import blocks
-from mvm_jax.methods.base import Method, ModelSetup, pixel_inputs
+from mvm_jax.methods.base import Method, ModelSetup, first_samples, pixel_inputs, replicated_jit
+from mvm_jax.train import partitioning
 from mvm_jax.train.step import ModelInputs
 
 
@@ -47,6 +49,37 @@ class VimpacMethod(Method):
       frozen=frozen,
       grid=token_shape,
       description=f'VIMPAC on {"x".join(map(str, token_shape))} {source}',
+    )
+
+  def write_images(self, exp, workdir: str, step: int, batch: dict):
+    """For the first samples (first view), the code map, the masked input and the predicted codes
+    with right/wrong marks (and the frames when the step tokenizes pixels), with a fixed block mask."""
+    from mvm_jax import visualize
+
+    c, inputs = exp.config, exp.inputs
+    n = min(c.num_image_samples, batch[inputs.key].shape[0])
+    x = first_samples(exp, batch[inputs.key], n, batch_ndim=inputs.sample_ndim)
+    rng = jax.random.PRNGKey(c.seed + 1)
+    pad_id = exp.model.model.backbone.special_tokens.pad_id
+
+    def forward(params, model_state, frozen, x):
+      tokens = x if inputs.preprocess is None else inputs.preprocess(frozen, x)
+      mask = exp.masker(rng, tokens.shape[0], tokens == pad_id)
+      outputs = exp.model.apply({'params': params, **model_state}, tokens, mask)
+      return tokens, outputs['token_mask'], jnp.argmax(outputs['logits'], -1)
+
+    s = exp.state
+    with partitioning.sharding_context(exp.mesh, exp.config.mesh.rules):
+      tokens, mask, predicted = jax.device_get(
+        replicated_jit(exp, forward)(s.params, s.model_state, s.frozen, x)
+      )
+    if jax.process_index() != 0:
+      return None
+    frames = None
+    if inputs.preprocess is not None:
+      frames = visualize.denormalize(jax.device_get(x), c.data.mean, c.data.std)
+    return visualize.write_token_predictions(
+      os.path.join(workdir, 'images'), step, tokens, mask, predicted, c.vimpac.vocab_size, frames
     )
 
 
