@@ -185,6 +185,8 @@ def test_registry_returns_each_method_for_its_name():
     method = methods.get(c)
     assert isinstance(method, methods.Method) and method.name == name
   assert sorted(methods.METHODS) == ['mae', 'vimpac', 'vqvae']
+  kinds = {name: (m.has_video_encoder, m.uses_tokens) for name, m in methods.METHODS.items()}
+  assert kinds == {'mae': (True, False), 'vimpac': (True, True), 'vqvae': (False, False)}
   c.model.name = 'bert'
   with pytest.raises(config_lib.ConfigError, match=r"config\.model\.name='bert'.*mae.*vimpac.*vqvae"):
     methods.get(c)

@@ -105,7 +105,7 @@ def build_experiment(config, *, num_classes: int, samples_per_epoch: int, device
   config_lib.validate(config, pretraining=False)
   mesh = partitioning.make_mesh(config.mesh, devices)
   f = config.finetune
-  if config.model.name == 'vimpac':
+  if methods.get(config).uses_tokens:
     model, backbone, depth, inputs, frozen_variables, example = _vimpac_classifier(config, num_classes)
   else:
     model = mae_lib.classifier_from_config(config, num_classes, drop_path_rate=f.drop_path, dropout=f.dropout)

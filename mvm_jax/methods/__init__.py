@@ -12,7 +12,7 @@ loop (`mvm_jax.train.loop`) asks it and never branches on the method's name.
 
 from __future__ import annotations
 
-from mvm_jax.config import ConfigError
+from mvm_jax.config_schema import ConfigError
 from mvm_jax.methods.base import Method, ModelSetup, pixel_inputs
 from mvm_jax.methods.mae import MaeMethod
 from mvm_jax.methods.vimpac import VimpacMethod

@@ -40,9 +40,18 @@ class ModelSetup:
 
 
 class Method:
-  """One pre-training method: `name` is its `config.model.name`; subclasses build its model."""
+  """One pre-training method: `name` is its `config.model.name`; subclasses build its model.
+
+  What evaluation asks of a run of the method (`mvm_jax.evaluate`, `tools.model_stats`):
+  has_video_encoder: its backbone is a video encoder that frozen evaluation and fine-tuning can use.
+  uses_tokens: that backbone reads VQ tokens, made from pixels by the run's frozen tokenizer.
+  run_sections: the config sections besides `model` that a run brings along when evaluated.
+  """
 
   name: str = ''
+  has_video_encoder: bool = False
+  uses_tokens: bool = False
+  run_sections: tuple[str, ...] = ()
 
   def setup(self, config, total_steps: int, steps_per_epoch: int = 1) -> ModelSetup:
     """The model this config trains, what it reads, how its masks are drawn."""

@@ -17,6 +17,7 @@ from mvm_jax.train import partitioning
 
 class MaeMethod(Method):
   name = 'mae'
+  has_video_encoder = True
 
   def setup(self, config, total_steps: int, steps_per_epoch: int = 1) -> ModelSetup:
     model = mae_lib.mae_from_config(config)

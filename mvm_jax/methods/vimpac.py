@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from mvm_jax import token_vocab
-from mvm_jax.config import ConfigError
+from mvm_jax.config_schema import ConfigError
 from mvm_jax.masking import blocks
 from mvm_jax.methods.base import Method, ModelSetup, first_samples, pixel_inputs, replicated_jit
 from mvm_jax.train import partitioning
@@ -20,6 +20,9 @@ from mvm_jax.train.step import ModelInputs
 
 class VimpacMethod(Method):
   name = 'vimpac'
+  has_video_encoder = True
+  uses_tokens = True
+  run_sections = ('vimpac', 'tokenizer', 'masking')
 
   def setup(self, config, total_steps: int, steps_per_epoch: int = 1) -> ModelSetup:
     del total_steps, steps_per_epoch
