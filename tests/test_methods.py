@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mvm_jax import config as config_lib
-from mvm_jax import objectives
+from mvm_jax import methods, objectives
 from mvm_jax.models import ema
 from mvm_jax.masking import policy as policy_lib
 from mvm_jax.train import checkpointing, loop
@@ -174,6 +174,22 @@ def test_contrastive_weight_is_zero_before_start_epoch():
   after, _ = objective(outputs, {}, 8)
   np.testing.assert_allclose(before, m['loss/pixel_mse'] + m['loss/loss_prediction'], rtol=1e-6)
   np.testing.assert_allclose(after, before + 0.5 * m['loss/infonce'], rtol=1e-6)
+
+
+def test_registry_returns_each_method_for_its_name():
+  from conftest import micro_config
+
+  c = micro_config()
+  for name in ('mae', 'vimpac', 'vqvae'):
+    c.model.name = name
+    method = methods.get(c)
+    assert isinstance(method, methods.Method) and method.name == name
+  assert sorted(methods.METHODS) == ['mae', 'vimpac', 'vqvae']
+  kinds = {name: (m.has_video_encoder, m.uses_tokens) for name, m in methods.METHODS.items()}
+  assert kinds == {'mae': (True, False), 'vimpac': (True, True), 'vqvae': (False, False)}
+  c.model.name = 'bert'
+  with pytest.raises(config_lib.ConfigError, match=r"config\.model\.name='bert'.*mae.*vimpac.*vqvae"):
+    methods.get(c)
 
 
 def test_bad_method_configs_fail_naming_the_key():

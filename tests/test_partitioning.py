@@ -8,8 +8,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from mvm_jax import config as config_lib
+from mvm_jax import methods
 from mvm_jax.models import factorized, vit
-from mvm_jax.train import loop, model_setup, partitioning
+from mvm_jax.train import loop, partitioning
 
 # The rules before they became config (a Python constant; `rules_for` dropped mesh axes the
 # mesh lacked), with the activations' former names ('batch', 'length', 'embed').
@@ -33,7 +34,7 @@ def _former_sharding(boxed, mesh):
 
 
 def _mae_variables(config):
-  setup = model_setup.build_model_setup(config, 6)
+  setup = methods.get(config).setup(config, 6)
   return jax.eval_shape(setup.init_variables, jax.random.PRNGKey(0))
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from mvm_jax import methods
 from mvm_jax.config_schema import ConfigError
 from mvm_jax.evaluate import features as features_lib
 from mvm_jax.evaluate import frozen as frozen_lib
@@ -299,7 +300,7 @@ def validate(config) -> None:
 
 def token_shape(resolved) -> tuple[int, int]:
   """(L, D): patch tokens per clip and their width, for a resolved config (MAE family or VIMPAC)."""
-  if resolved.model.name == 'vimpac':
+  if methods.get(resolved).uses_tokens:
     from mvm_jax.models import factorized
 
     return math.prod(factorized.token_shape_from_config(resolved)), resolved.vimpac.width
@@ -318,7 +319,7 @@ def check_encoder(config) -> tuple[int, int]:
   from mvm_jax.data import pipeline
 
   resolved = frozen_lib.resolve_config(config)
-  if resolved.model.name not in ('mae', 'vimpac'):
+  if not methods.get(resolved).has_video_encoder:
     raise ConfigError(f'config.init_from: a {resolved.model.name!r} run has no video encoder to evaluate')
   a = config[SECTION]
   length, width = token_shape(resolved)

@@ -90,6 +90,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from mvm_jax import methods
 from mvm_jax.config_schema import ConfigError
 from mvm_jax.data import pipeline
 from mvm_jax.evaluate import attentive_probe as attentive_probe_lib
@@ -662,9 +663,10 @@ def validate(config) -> None:
   sections = config.get('evaluators')
   if not sections:
     return
-  if config.model.name not in ('mae', 'vimpac'):
+  method = methods.get(config)
+  if not method.has_video_encoder:
     raise ConfigError(f'config.evaluators: a {config.model.name!r} run has no video encoder to evaluate')
-  if config.model.name == 'vimpac':
+  if method.uses_tokens:
     t = config.get('tokenizer')
     if t is None or (t.kind == 'vqvae' and not t.workdir) or (t.kind == 'dalle' and not t.dalle_encoder):
       raise ConfigError(

@@ -22,12 +22,13 @@ import optax
 from absl import logging
 
 from mvm_jax import config as config_lib
+from mvm_jax import methods
 from mvm_jax.data import pipeline
 from mvm_jax.evaluate import features, frozen, mixup, report
 from mvm_jax.export import checkpoints
 from mvm_jax.models import factorized
 from mvm_jax.models import mae as mae_lib
-from mvm_jax.train import loop, model_setup, optimizer, partitioning
+from mvm_jax.train import loop, optimizer, partitioning
 from mvm_jax.train import state as state_lib
 
 
@@ -104,12 +105,12 @@ def build_experiment(config, *, num_classes: int, samples_per_epoch: int, device
   config_lib.validate(config, pretraining=False)
   mesh = partitioning.make_mesh(config.mesh, devices)
   f = config.finetune
-  if config.model.name == 'vimpac':
+  if methods.get(config).uses_tokens:
     model, backbone, depth, inputs, frozen_variables, example = _vimpac_classifier(config, num_classes)
   else:
     model = mae_lib.classifier_from_config(config, num_classes, drop_path_rate=f.drop_path, dropout=f.dropout)
     backbone, depth, frozen_variables = 'encoder', config.model.encoder.depth, None
-    inputs = model_setup.pixel_inputs(config)
+    inputs = methods.pixel_inputs(config)
     example = jnp.zeros((2,) + mae_lib.video_shape(config) + (3,), jnp.float32)
   total_steps, warmup_steps = loop.schedule_lengths(config, samples_per_epoch)
   schedule = optimizer.make_schedule(config, total_steps, warmup_steps)
@@ -161,7 +162,7 @@ def _vimpac_classifier(config, num_classes: int):
     raise config_lib.ConfigError('config.finetune.mask_ratio: token dropping is for ViT encoders, not VIMPAC')
   tok = frozen_tokenizer.load_frozen_tokenizer(config)
   model = factorized.classifier_from_config(config, num_classes, dropout=config.finetune.dropout)
-  inputs = model_setup.pixel_inputs(config, tok.tokenize)
+  inputs = methods.pixel_inputs(config, tok.tokenize)
   example = jnp.zeros((2,) + factorized.token_shape_from_config(config), jnp.int32)
   return model, 'backbone', config.vimpac.depth, inputs, tok.variables, example
 

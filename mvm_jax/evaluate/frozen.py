@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from mvm_jax import config_schema
+from mvm_jax import config_schema, methods
 from mvm_jax import runs
 from mvm_jax.export import checkpoints
 from mvm_jax.models import mae as mae_lib
@@ -36,8 +36,6 @@ from mvm_jax.train import state as state_lib
 # config.data keys that must match pre-training: the token grid (and so the
 # learned position embeddings) and the input statistics the encoder saw.
 CLIP_KEYS = ('num_frames', 'crop_size', 'sampling_rate', 'mean', 'std')
-# Sections a VIMPAC run brings along (its backbone and the tokenizer that makes its input).
-VIMPAC_SECTIONS = ('vimpac', 'tokenizer', 'masking')
 # init_from='random:RUN': random init with the model and clip keys of the run in RUN.
 RANDOM_LIKE = 'random:'
 
@@ -163,9 +161,8 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   resolved.init_from = RANDOM_LIKE + run_dir if config.init_from.startswith(RANDOM_LIKE) else run_dir
   run = runs.load_config(run_dir)
   resolved.model = run.model
-  if run.model.name == 'vimpac':
-    for key in VIMPAC_SECTIONS:
-      resolved[key] = run[key]
+  for key in methods.get(run).run_sections:  # e.g. VIMPAC's backbone and the tokenizer of its input
+    resolved[key] = run[key]
   for key in CLIP_KEYS:
     resolved.data[key] = run.data[key]
   ours = _flat({'model': config.model.to_dict(), 'data': config.data.to_dict()})
@@ -263,9 +260,10 @@ def template(resolved: ml_collections.ConfigDict, mesh) -> EncoderTemplate:
   Raises:
     mvm_jax.config.ConfigError: the model has no video encoder (a VQ-VAE run).
   """
-  if resolved.model.name == 'vimpac':
+  method = methods.get(resolved)
+  if method.uses_tokens:
     return _vimpac_template(resolved, mesh)
-  if resolved.model.name != 'mae':
+  if not method.has_video_encoder:
     raise config_schema.ConfigError(
       f'config.init_from: a {resolved.model.name!r} run has no video encoder to evaluate'
     )

@@ -18,7 +18,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mvm_jax import config as config_lib
-from mvm_jax import masking
+from mvm_jax import masking, methods
 from mvm_jax.models import mae as mae_lib
 from mvm_jax.train import flops
 
@@ -102,7 +102,7 @@ def format_vimpac_table(stats: dict, config) -> str:
 
 def model_stats(config, num_classes: int = 400) -> dict:
   """{'params': {...}, 'gflops_per_clip': {...}} (XLA convention, 2 per multiply-add)."""
-  if config.model.name == 'vimpac':
+  if methods.get(config).uses_tokens:
     return vimpac_stats(config)
   config_lib.validate(config)
   sparse, params = _mae_forward_flops(config, dense=False)
@@ -145,7 +145,7 @@ def main(argv):
   del argv
   config = flags.FLAGS.config
   stats = model_stats(config, flags.FLAGS.num_classes)
-  table = format_vimpac_table if config.model.name == 'vimpac' else format_table
+  table = format_vimpac_table if methods.get(config).uses_tokens else format_table
   print(json.dumps(stats) if flags.FLAGS.json else table(stats, config))
 
 

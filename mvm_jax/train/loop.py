@@ -15,7 +15,6 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -23,10 +22,8 @@ from absl import logging
 # evaluators and the pictures, so that building and timing the step (`mvm_jax.tools.bench`,
 # `tools.aot_compile`) runs on an image with only jax/flax/optax/einops/ml-collections.
 from mvm_jax import config as config_lib
-from mvm_jax import objectives
-from mvm_jax.models import ema, heads
-from mvm_jax.masking import policy as policy_lib
-from mvm_jax.train import checkpointing, flops, model_setup, optimizer, partitioning
+from mvm_jax import methods, objectives
+from mvm_jax.train import checkpointing, flops, optimizer, partitioning
 from mvm_jax.train import state as state_lib
 from mvm_jax.train.step import make_train_step
 
@@ -56,6 +53,7 @@ class Experiment:
   inputs: Any = None  # step.ModelInputs: the batch entry the model reads, and its preprocessing
   steps_per_epoch: int = 1
   batch_keys: Optional[tuple[str, ...]] = None  # the batch entries the step reads (None: all)
+  method: Any = None  # methods.Method: the pre-training method (its pictures); None for fine-tuning
 
 
 def schedule_lengths(config, samples_per_epoch: int) -> tuple[int, int]:
@@ -98,28 +96,21 @@ def _experiment_on_mesh(
     )
   total_steps, warmup_steps = schedule_lengths(config, samples_per_epoch)
   steps_per_epoch = max(1, samples_per_epoch // config.batch_size)
-  setup = model_setup.build_model_setup(config, total_steps, steps_per_epoch)
+  method = methods.get(config)
+  setup = method.setup(config, total_steps, steps_per_epoch)
   model = setup.model
   schedule = optimizer.make_schedule(config, total_steps, warmup_steps)
   tx = optimizer.make_optimizer(config, schedule)
   logging.info('Model: %s.', setup.description)
 
-  with_teacher = policy_lib.uses_teacher(config)
-  state_args = dict(rules=config.mesh.rules, ema_teacher=with_teacher, frozen=setup.frozen)
+  teacher_momentum = method.teacher_momentum(config, steps_per_epoch)
+  state_args = dict(rules=config.mesh.rules, ema_teacher=teacher_momentum is not None, frozen=setup.frozen)
   abstract_state, shardings = state_lib.abstract_sharded_state(setup.init_variables, tx, mesh, **state_args)
   batch_sharding = partitioning.batch_sharding(mesh)
-  teacher_momentum = None
-  if with_teacher:
-    h = config.hpm
-    teacher_momentum = lambda step: ema.momentum_schedule(
-      step, steps_per_epoch, h.ema_momentum, h.ema_momentum_final, h.ema_momentum_epochs
-    )
-  start_epoch = config.contrastive.start_epoch
-  start_steps = {name: int(start_epoch * steps_per_epoch) for name in heads.CONTRASTIVE_OBJECTIVES}
   step_fn = make_train_step(
     model,
     setup.policy,
-    objectives.make_objective_fn(config, start_steps),
+    objectives.make_objective_fn(config, method.objective_start_steps(config, steps_per_epoch)),
     tx,
     schedule,
     config.optim.grad_accum_steps,
@@ -145,6 +136,7 @@ def _experiment_on_mesh(
     inputs=setup.inputs,
     steps_per_epoch=steps_per_epoch,
     batch_keys=(setup.inputs.key,),
+    method=method,
   )
   init_state = lambda rng: state_lib.init_sharded_state(
     setup.init_variables, tx, mesh, rng, shardings, **state_args
@@ -206,118 +198,12 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _first_samples(exp: Experiment, x, n: int, batch_ndim: int):
-  """The first `n` samples of the global batch array `x` (rank `batch_ndim`, or one more for
-  [B, V, ...] view pairs: their first view), uint8 pixels normalised, replicated on every device
-  so that every process can read them (a collective: call on all)."""
-  normalize = exp.inputs.normalize if exp.inputs is not None else (lambda x: x)
-
-  def take(x):
-    return normalize((x[:, 0] if x.ndim == batch_ndim + 1 else x)[:n])
-
-  with partitioning.sharding_context(exp.mesh, exp.config.mesh.rules):
-    return _replicated_jit(exp, take)(x)
-
-
-def _replicated_jit(exp: Experiment, fn):
-  """jit `fn` with replicated outputs: the picture forwards, read back on every process."""
-  return jax.jit(fn, out_shardings=partitioning.replicated(exp.mesh))
-
-
 def write_images(exp: Experiment, workdir: str, step: int, batch: dict):
-  """Reconstructions of the first samples of `batch` (first view of pairs) with
-  a fixed random mask, or for HPM the teacher's mask at this step, beside
-  the teacher's predicted-loss heat map.
+  """The method's pictures (`Method.write_images`) of the first samples of `batch` at `step`.
 
   Runs on every process (the global batch and the state may span all hosts);
   only the chief writes the PNGs. Returns their paths on the chief, None elsewhere."""
-  from mvm_jax import visualize
-
-  c = exp.config
-  if c.model.name == 'vimpac':
-    return _write_token_images(exp, workdir, step, batch)
-  n = min(c.num_image_samples, batch['video'].shape[0])
-  video = _first_samples(exp, batch['video'], n, batch_ndim=5)  # [n, T, H, W, C]
-  rng = jax.random.PRNGKey(c.seed + 1)
-  model, s = exp.model, exp.state
-  is_chief = jax.process_index() == 0
-  if c.model.name == 'vqvae':
-    with partitioning.sharding_context(exp.mesh, exp.config.mesh.rules):
-      recon = _replicated_jit(exp, lambda p, ms, x: model.apply({'params': p, **ms}, x)['recon'])(
-        s.params, s.model_state, video
-      )
-    video, recon = jax.device_get((video, recon))
-    if not is_chief:
-      return None
-    return visualize.write_frame_reconstructions(
-      os.path.join(workdir, 'images'), step, video, recon, c.data.mean, c.data.std
-    )
-
-  def forward(params, model_state, teacher, video):
-    predicted, hard = None, None
-    if policy_lib.uses_teacher(c):
-      masks = policy_lib.teacher_masks(
-        model, c.hpm, model.encoder.grid, c.masking.ratio, exp.total_steps, exp.steps_per_epoch
-      )
-      mask, hard, _, predicted = masks(rng, step, video, teacher)
-    else:
-      mask = exp.masker(rng, video.shape[0])
-    outputs = model.apply({'params': params, **model_state}, video, mask)
-    return {k: outputs[k] for k in ('pred', 'target', 'mask')}, predicted, hard
-
-  with partitioning.sharding_context(exp.mesh, exp.config.mesh.rules):
-    outputs, predicted, hard = jax.device_get(
-      _replicated_jit(exp, forward)(s.params, s.model_state, s.teacher, video)
-    )
-  if not is_chief:
-    return None
-  return visualize.write_reconstructions(
-    os.path.join(workdir, 'images'),
-    step,
-    outputs,
-    model.encoder.grid,
-    model.target_patch,
-    c.model.norm_pix_loss,
-    c.data.mean,
-    c.data.std,
-    n,
-    predicted_loss=predicted,
-    hard=hard,
-    norm_pix_eps=c.model.norm_pix_eps,
-  )
-
-
-def _write_token_images(exp: Experiment, workdir: str, step: int, batch: dict):
-  """VIMPAC: for the first samples (first view), the code map, the masked input
-  and the predicted codes with right/wrong marks (and the frames when the step
-  tokenizes pixels), with a fixed block mask. On every process; the chief writes."""
-  from mvm_jax import visualize
-
-  c, inputs = exp.config, exp.inputs
-  n = min(c.num_image_samples, batch[inputs.key].shape[0])
-  x = _first_samples(exp, batch[inputs.key], n, batch_ndim=inputs.sample_ndim)
-  rng = jax.random.PRNGKey(c.seed + 1)
-  pad_id = exp.model.model.backbone.special_tokens.pad_id
-
-  def forward(params, model_state, frozen, x):
-    tokens = x if inputs.preprocess is None else inputs.preprocess(frozen, x)
-    mask = exp.masker(rng, tokens.shape[0], tokens == pad_id)
-    outputs = exp.model.apply({'params': params, **model_state}, tokens, mask)
-    return tokens, outputs['token_mask'], jnp.argmax(outputs['logits'], -1)
-
-  s = exp.state
-  with partitioning.sharding_context(exp.mesh, exp.config.mesh.rules):
-    tokens, mask, predicted = jax.device_get(
-      _replicated_jit(exp, forward)(s.params, s.model_state, s.frozen, x)
-    )
-  if jax.process_index() != 0:
-    return None
-  frames = None
-  if inputs.preprocess is not None:
-    frames = visualize.denormalize(jax.device_get(x), c.data.mean, c.data.std)
-  return visualize.write_token_predictions(
-    os.path.join(workdir, 'images'), step, tokens, mask, predicted, c.vimpac.vocab_size, frames
-  )
+  return exp.method.write_images(exp, workdir, step, batch)
 
 
 # Metrics logged as their value at the log step, not the mean over the window since the last log.
