@@ -32,6 +32,7 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
   ('mlp', ('tensor',)),  # the MLP hidden dimension (and the projection heads' hidden)
   ('heads', ('tensor',)),  # the attention heads × head dim of q/k/v/proj kernels
   ('vocab', ()),  # token-embedding rows and logit biases (VIMPAC): replicated on purpose
+  ('layers', ()),  # the stacked block axis of model.scan_blocks (nn.scan): every device holds all layers
   # Activations (`nn.with_logical_constraint` on the block inputs [B, N, D] / [B, T, h, w, D]).
   ('act_batch', BATCH_AXES),  # as the input batch
   ('act_length', ()),  # tokens: replicated
