@@ -23,7 +23,6 @@ from mvm_jax.train import partitioning
 LN_EPS = 1e-6  # mae_st's LayerNorm epsilon.
 Dtype = Any
 
-# model.attention -> jax.nn.dot_product_attention(implementation=...).
 # model.attention -> how `attend` computes it: 'einsum' (two einsums and a float32 softmax, written
 # here), or jax.nn.dot_product_attention's 'xla' or 'cudnn' (fused, GPU) implementation.
 ATTENTION = {'einsum': 'einsum', 'xla': 'xla', 'cudnn': 'cudnn'}
