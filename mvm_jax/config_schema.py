@@ -18,7 +18,7 @@ from mvm_jax import objectives
 from mvm_jax.data.settings import default_data_config
 from mvm_jax.objectives.contrastive import default_contrastive_config
 from mvm_jax.objectives.loss_prediction import default_hpm_config
-from mvm_jax.train import partitioning
+from mvm_jax import sharding
 
 
 def sibling_config(config_file: str, name: str):
@@ -104,11 +104,11 @@ def base_config() -> ml_collections.ConfigDict:
       axes=('data', 'fsdp', 'tensor'),
       shape=(-1, 1, 1),  # -1 = all remaining devices
       # Sharding rules: logical axis name -> the tuple of mesh axes its array dimension is split
-      # over (() or None = replicated); defaults and meaning: partitioning.DEFAULT_RULES. Each
+      # over (() or None = replicated); defaults and meaning: sharding.DEFAULT_RULES. Each
       # mesh axis must be in `axes`; every logical name a model uses needs a rule. Override e.g.
       # --config.mesh.rules.mlp='()' (replicate the MLP hidden; =None does the same) or
       # --config.mesh.rules.embed="('fsdp','tensor')"; a single axis may be given bare: =tensor.
-      rules={name: tuple(axes) for name, axes in partitioning.DEFAULT_RULES},
+      rules={name: tuple(axes) for name, axes in sharding.DEFAULT_RULES},
     )
   )
 
@@ -175,8 +175,8 @@ def validate_without_evaluators(config, *, pretraining: bool = True) -> None:
   if 'data' not in config.mesh.axes:
     _fail('mesh.axes', "must contain 'data'")
   try:
-    partitioning.resolve_rules(config.mesh.rules, tuple(config.mesh.axes))
-  except partitioning.RuleError as e:
+    sharding.resolve_rules(config.mesh.rules, tuple(config.mesh.axes))
+  except sharding.RuleError as e:
     _fail('mesh.rules' if e.name is None else f'mesh.rules.{e.name}', e.reason)
   for key in ('log_every_steps', 'checkpoint_every_steps', 'image_every_steps', 'keep_checkpoints'):
     if config[key] <= 0:

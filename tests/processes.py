@@ -17,7 +17,9 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def wait_all(procs: Sequence[subprocess.Popen], tails: Callable[[], str], timeout_s: float, what: str) -> None:
+def wait_all(
+  procs: Sequence[subprocess.Popen], tails: Callable[[], str], timeout_s: float, what: str
+) -> None:
   """Wait until every process of `procs` exits 0. Fails the test (with `tails()`, the
   processes' last output) as soon as one exits non-zero or `timeout_s` runs out, and
   kills the ones still running, so a collective that one process never enters cannot hang."""

@@ -10,7 +10,8 @@ import pytest
 from conftest import MICRO_FLAGS, micro_config, run_module
 from mvm_jax.data import pipeline
 from mvm_jax.tools import aot_compile
-from mvm_jax.train import loop, partitioning
+from mvm_jax import sharding
+from mvm_jax.train import loop
 
 
 def _without_debug_info(hlo: str) -> str:
@@ -42,7 +43,7 @@ def test_abstract_step_compiles_to_the_step_main_runs(config):
   assert _shapes(abstract.state) == _shapes(exp.state)
   assert jax.tree.map(lambda x: x.sharding, abstract.state) == jax.tree.map(lambda x: x.sharding, exp.state)
   assert _shapes(abstract_batch) == _shapes(batch)
-  with partitioning.sharding_context(abstract.mesh, config.mesh.rules):
+  with sharding.sharding_context(abstract.mesh, config.mesh.rules):
     aot_step = abstract.train_step.lower(abstract.state, abstract_batch).compile()
 
   hlo = _without_debug_info(aot_step.as_text())

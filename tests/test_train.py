@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from mvm_jax import objectives
-from mvm_jax.train import loop, optimizer, partitioning
+from mvm_jax import sharding
+from mvm_jax.train import loop, optimizer
 from mvm_jax.train import checkpointing
 
 
@@ -87,9 +88,9 @@ def test_schedule_scales_lr_with_batch_and_warms_up(config):
 
 
 def test_mesh_shape_resolution():
-  assert partitioning.resolve_mesh_shape((-1, 2, 1), 8) == (4, 2, 1)
+  assert sharding.resolve_mesh_shape((-1, 2, 1), 8) == (4, 2, 1)
   with pytest.raises(ValueError, match='mesh.shape'):
-    partitioning.resolve_mesh_shape((3, 1, 1), 8)
+    sharding.resolve_mesh_shape((3, 1, 1), 8)
 
 
 def _run(config, workdir, **kw):

@@ -42,7 +42,7 @@ from mvm_jax.config_schema import ConfigError
 from mvm_jax.data import pipeline
 from mvm_jax.evaluate.frozen import FrozenEncoder
 from mvm_jax.progress import Progress
-from mvm_jax.train import partitioning
+from mvm_jax import sharding
 
 POOLS = ('mean', 'cls')
 # The unpooled mode of make_extract_fn / extract: every patch token, [N, L, D] (not one of
@@ -152,7 +152,7 @@ def resolve_splits(config, name: str) -> None:
 def check_batch_size(config, batch_size: int, key: str) -> None:
   """The extraction batch must split evenly over the processes and the data-parallel
   devices of ``config.mesh`` (checked before anything compiles)."""
-  dp = partitioning.data_parallel_size(partitioning.make_mesh(config.mesh))
+  dp = sharding.data_parallel_size(sharding.make_mesh(config.mesh))
   if batch_size % dp or batch_size % jax.process_count():
     raise ConfigError(
       f'config.{key}={batch_size} is not a multiple of the {dp} data-parallel devices of '
@@ -218,8 +218,8 @@ def make_extract_fn(frozen: FrozenEncoder, pool: str, token_dtype: str = 'float1
   mesh = frozen.mesh
   return jax.jit(
     extract,
-    in_shardings=(frozen.param_shardings, partitioning.batch_sharding(mesh)),
-    out_shardings=partitioning.replicated(mesh),
+    in_shardings=(frozen.param_shardings, sharding.batch_sharding(mesh)),
+    out_shardings=sharding.replicated(mesh),
   )
 
 
@@ -248,7 +248,7 @@ def _run_pass(frozen, extract_fn, loader, *, steps, host_batch_size, num_valid, 
   number of the host's n-th sample. Returns all hosts' valid outputs (numpy)."""
   c = frozen.config
   sample_shape = (c.data.num_frames, c.data.crop_size, c.data.crop_size, 3)  # until a batch shows it
-  sharding = partitioning.batch_sharding(frozen.mesh)
+  batch_sharding = sharding.batch_sharding(frozen.mesh)
   iterator = iter(loader)
   outputs, pending, fed = [], None, 0
   try:
@@ -259,8 +259,8 @@ def _run_pass(frozen, extract_fn, loader, *, steps, host_batch_size, num_valid, 
       views = view_of(fed + np.arange(host_batch_size))
       batch = _padded(host_batch, host_batch_size, num_valid - fed, views, sample_shape)
       fed += host_batch_size
-      batch = {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
-      with partitioning.sharding_context(frozen.mesh, frozen.config.mesh.rules):
+      batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()}
+      with sharding.sharding_context(frozen.mesh, frozen.config.mesh.rules):
         result = extract_fn(frozen.params, batch)
       if pending is not None:  # fetch the previous batch while this one runs
         outputs.append(_fetch(pending, progress))

@@ -28,7 +28,8 @@ from mvm_jax.evaluate import features, frozen, mixup, report
 from mvm_jax.export import checkpoints
 from mvm_jax.models import factorized
 from mvm_jax.models import mae as mae_lib
-from mvm_jax.train import loop, optimizer, partitioning
+from mvm_jax import sharding
+from mvm_jax.train import loop, optimizer
 from mvm_jax.train import state as state_lib
 
 
@@ -103,7 +104,7 @@ def build_experiment(config, *, num_classes: int, samples_per_epoch: int, device
   """Classifier, optimizer with layer decay, sharded state (encoder from `init_from`), jitted step."""
   validate(config)
   config_lib.validate(config, pretraining=False)
-  mesh = partitioning.make_mesh(config.mesh, devices)
+  mesh = sharding.make_mesh(config.mesh, devices)
   f = config.finetune
   if methods.get(config).uses_tokens:
     model, backbone, depth, inputs, frozen_variables, example = _vimpac_classifier(config, num_classes)
@@ -119,7 +120,7 @@ def build_experiment(config, *, num_classes: int, samples_per_epoch: int, device
     return model.init({'params': rng, 'dropout': rng}, example)['params']
 
   rng = jax.random.PRNGKey(config.seed)
-  with partitioning.sharding_context(mesh, config.mesh.rules):
+  with sharding.sharding_context(mesh, config.mesh.rules):
     abstract = state_lib.strip_boxes(jax.eval_shape(init_params, rng))
   tx = optimizer.make_finetune_optimizer(config, schedule, abstract, depth)
   state, shardings = state_lib.create_sharded_state(
@@ -131,7 +132,7 @@ def build_experiment(config, *, num_classes: int, samples_per_epoch: int, device
     params = dict(state.params, **{backbone: jax.device_put(weights, shardings.params[backbone])})
     state = state.replace(params=params)
     logging.info('%s initialised from %s (step %d).', backbone.capitalize(), config.init_from, step)
-  batch_sharding = partitioning.batch_sharding(mesh)
+  batch_sharding = sharding.batch_sharding(mesh)
   step_fn = make_finetune_step(model, tx, schedule, config, num_classes, total_steps, inputs)
   jitted = loop.jit_train_step(step_fn, mesh, config.mesh.rules, shardings, batch_sharding)
   return loop.Experiment(
@@ -172,7 +173,7 @@ def evaluate(exp: loop.Experiment, split: str | None = None) -> dict:
   over each video's views → top-1/top-5 and confusion."""
   config = exp.config
   split = split or config.finetune.test_split
-  dp = partitioning.data_parallel_size(exp.mesh)
+  dp = sharding.data_parallel_size(exp.mesh)
   batch_size = max(dp, (config.finetune.eval_batch_size // dp) * dp)
   loader, info = pipeline.make_loader(
     config.data,
@@ -192,7 +193,7 @@ def evaluate(exp: loop.Experiment, split: str | None = None) -> dict:
     x = video if preprocess is None else preprocess(frozen_variables, video)
     return jax.nn.softmax(exp.model.apply({'params': params}, x))
 
-  with partitioning.sharding_context(exp.mesh, exp.config.mesh.rules):
+  with sharding.sharding_context(exp.mesh, exp.config.mesh.rules):
     predict = jax.jit(probabilities, out_shardings=exp.batch_sharding)
   # Every process runs the same number of steps (padded; the shards may differ by a record),
   # keeps the probabilities of its own rows, and all rows are gathered at the end.

@@ -30,7 +30,7 @@ from mvm_jax import runs
 from mvm_jax.export import checkpoints
 from mvm_jax.models import mae as mae_lib
 from mvm_jax.models import vit
-from mvm_jax.train import partitioning
+from mvm_jax import sharding
 from mvm_jax.train import state as state_lib
 
 # config.data keys that must match pre-training: the token grid (and so the
@@ -238,14 +238,14 @@ class EncoderTemplate:
     if self.key not in params:
       raise ValueError(f'the parameters have no {self.key!r} sub-tree (keys: {sorted(params)})')
     picked = pick_params(params[self.key], self.abstract, self.key)
-    with partitioning.sharding_context(self.mesh, self.config.mesh.rules):
+    with sharding.sharding_context(self.mesh, self.config.mesh.rules):
       trainable = jax.device_put(picked, self.shardings)
     return self._frozen(trainable, step, init_from, description)
 
   def random_init(self, seed: int, description: str = '') -> FrozenEncoder:
     """Freshly initialised parameters from ``PRNGKey(seed)``, step 0, ``init_from=''``."""
     rng = jax.random.PRNGKey(seed)
-    with partitioning.sharding_context(self.mesh, self.config.mesh.rules):
+    with sharding.sharding_context(self.mesh, self.config.mesh.rules):
       init_fn = jax.jit(lambda r: nn.unbox(self.init(r)), out_shardings=self.shardings)
       # Run once: on CPU, XLA's backend optimisation would take most of the
       # (many seconds of) compile time of the random-number code.
@@ -272,9 +272,9 @@ def template(resolved: ml_collections.ConfigDict, mesh) -> EncoderTemplate:
   example = jnp.zeros((1, *video_shape, 3), jnp.float32)
   init = lambda r: encoder.init(r, example)['params']
   rules = resolved.mesh.rules
-  with partitioning.sharding_context(mesh, rules):
+  with sharding.sharding_context(mesh, rules):
     boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
-    shardings = partitioning.logical_to_sharding(boxed, mesh, rules)
+    shardings = sharding.logical_to_sharding(boxed, mesh, rules)
   return EncoderTemplate(resolved, encoder, mesh, state_lib.strip_boxes(boxed), shardings, 'encoder', init)
 
 
@@ -287,7 +287,7 @@ def load(config: ml_collections.ConfigDict, devices=None) -> FrozenEncoder:
   """
   resolved = resolve_config(config)
   config_schema.validate_without_evaluators(resolved, pretraining=False)
-  mesh = partitioning.make_mesh(resolved.mesh, devices)
+  mesh = sharding.make_mesh(resolved.mesh, devices)
   t = template(resolved, mesh)
   if pretrained_run(resolved.init_from):
     step, params = checkpoints.load_pretrained(resolved.init_from)
@@ -317,10 +317,10 @@ def _vimpac_template(resolved, mesh) -> EncoderTemplate:
   tokens = jnp.zeros((1,) + factorized.token_shape_from_config(resolved), jnp.int32)
   init = lambda r: backbone.init(r, tokens)['params']
   rules = resolved.mesh.rules
-  with partitioning.sharding_context(mesh, rules):
+  with sharding.sharding_context(mesh, rules):
     boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
-    backbone_shardings = partitioning.logical_to_sharding(boxed, mesh, rules)
-  replicated = partitioning.replicated(mesh)
+    backbone_shardings = sharding.logical_to_sharding(boxed, mesh, rules)
+  replicated = sharding.replicated(mesh)
   tok_shardings = jax.tree.map(lambda _: replicated, tok.variables)
   return EncoderTemplate(
     resolved,

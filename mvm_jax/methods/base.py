@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 
 from mvm_jax.models import heads
-from mvm_jax.train import partitioning
+from mvm_jax import sharding
 from mvm_jax.train.step import ModelInputs
 
 
@@ -90,10 +90,10 @@ def first_samples(exp, x, n: int, batch_ndim: int):
   def take(x):
     return normalize((x[:, 0] if x.ndim == batch_ndim + 1 else x)[:n])
 
-  with partitioning.sharding_context(exp.mesh, exp.config.mesh.rules):
+  with sharding.sharding_context(exp.mesh, exp.config.mesh.rules):
     return replicated_jit(exp, take)(x)
 
 
 def replicated_jit(exp, fn):
   """jit `fn` with replicated outputs: the picture forwards, read back on every process."""
-  return jax.jit(fn, out_shardings=partitioning.replicated(exp.mesh))
+  return jax.jit(fn, out_shardings=sharding.replicated(exp.mesh))

@@ -12,7 +12,7 @@ from mvm_jax.masking import policy as policy_lib
 from mvm_jax.methods.base import Method, ModelSetup, first_samples, pixel_inputs, replicated_jit
 from mvm_jax.models import ema
 from mvm_jax.models import mae as mae_lib
-from mvm_jax.train import partitioning
+from mvm_jax import sharding
 
 
 class MaeMethod(Method):
@@ -76,7 +76,7 @@ class MaeMethod(Method):
       outputs = model.apply({'params': params, **model_state}, video, mask)
       return {k: outputs[k] for k in ('pred', 'target', 'mask')}, predicted, hard
 
-    with partitioning.sharding_context(exp.mesh, exp.config.mesh.rules):
+    with sharding.sharding_context(exp.mesh, exp.config.mesh.rules):
       outputs, predicted, hard = jax.device_get(
         replicated_jit(exp, forward)(s.params, s.model_state, s.teacher, video)
       )

@@ -14,7 +14,7 @@ from mvm_jax import token_vocab
 from mvm_jax.config_schema import ConfigError
 from mvm_jax.masking import blocks
 from mvm_jax.methods.base import Method, ModelSetup, first_samples, pixel_inputs, replicated_jit
-from mvm_jax.train import partitioning
+from mvm_jax import sharding
 from mvm_jax.train.step import ModelInputs
 
 
@@ -72,7 +72,7 @@ class VimpacMethod(Method):
       return tokens, outputs['token_mask'], jnp.argmax(outputs['logits'], -1)
 
     s = exp.state
-    with partitioning.sharding_context(exp.mesh, exp.config.mesh.rules):
+    with sharding.sharding_context(exp.mesh, exp.config.mesh.rules):
       tokens, mask, predicted = jax.device_get(
         replicated_jit(exp, forward)(s.params, s.model_state, s.frozen, x)
       )

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from mvm_jax.methods.base import Method, ModelSetup, first_samples, pixel_inputs, replicated_jit
 from mvm_jax.models import mae as mae_lib
-from mvm_jax.train import partitioning
+from mvm_jax import sharding
 
 
 class VqvaeMethod(Method):
@@ -45,7 +45,7 @@ class VqvaeMethod(Method):
     n = min(c.num_image_samples, batch['video'].shape[0])
     video = first_samples(exp, batch['video'], n, batch_ndim=5)  # [n, T, H, W, C]
     model, s = exp.model, exp.state
-    with partitioning.sharding_context(exp.mesh, exp.config.mesh.rules):
+    with sharding.sharding_context(exp.mesh, exp.config.mesh.rules):
       recon = replicated_jit(exp, lambda p, ms, x: model.apply({'params': p, **ms}, x)['recon'])(
         s.params, s.model_state, video
       )

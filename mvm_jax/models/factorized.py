@@ -47,7 +47,7 @@ from flax import traverse_util
 from mvm_jax import token_vocab
 from mvm_jax.masking import blocks as blocks_lib
 from mvm_jax.models import heads, vit
-from mvm_jax.train import partitioning
+from mvm_jax import sharding
 
 LN_EPS = 1e-12  # BERT's LayerNorm epsilon (the reference's)
 INIT_STD = 0.02  # BERT initializer range
@@ -198,7 +198,7 @@ class FactorizedLayer(nn.Module):
 
   @nn.compact
   def __call__(self, cls, x, key_valid=None, deterministic: bool = True):
-    x = partitioning.constrain(x, ('act_batch', None, None, None, 'act_embed'))  # [B, T, h, w, D]
+    x = sharding.constrain(x, ('act_batch', None, None, None, 'act_embed'))  # [B, T, h, w, D]
     for j, patterns in enumerate(self.blocks):
       block = AttentionBlock(
         patterns, self.num_heads, self.attention_dim, self.dropout, self.dtype, name=f'attn{j}'
@@ -291,7 +291,7 @@ class FactorizedEncoder(nn.Module):
       + self.pos_embed_w[None, None, :, :]
     )
     # Gather from a replicated table (FSDP shards its columns): batch-sharded lookups.
-    table = partitioning.constrain(self.embedding, (None, None))
+    table = sharding.constrain(self.embedding, (None, None))
     x = jnp.take(table, tokens, axis=0) + pos[None]
     cls = jnp.broadcast_to(self.cls_token + self.pos_embed_cls, (tokens.shape[0], self.width))
     x = self.drop(self.ln_pre(x.astype(self.dtype)), deterministic)

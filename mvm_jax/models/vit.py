@@ -5,7 +5,7 @@ G = (T/t, H/p, W/p) = token grid, N = prod(G) tokens ordered (t, h, w), D = widt
 
 Parameters carry logical axis names ('embed', 'mlp', 'heads', ...), the
 blocks' activations 'act_batch', 'act_length', 'act_embed', so that
-`mvm_jax.train.partitioning` can shard them over a mesh by `config.mesh.rules`.
+`mvm_jax.sharding` can shard them over a mesh by `config.mesh.rules`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mvm_jax.train import partitioning
+from mvm_jax import sharding
 
 LN_EPS = 1e-6  # mae_st's LayerNorm epsilon.
 Dtype = Any
@@ -301,7 +301,7 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True, key_mask=None):
-    x = partitioning.constrain(x, ('act_batch', 'act_length', 'act_embed'))  # [B, N, D]
+    x = sharding.constrain(x, ('act_batch', 'act_length', 'act_embed'))  # [B, N, D]
     drop = DropPath(self.drop_path)
     attn = Attention(self.num_heads, self.dtype, self.attention, name='attn')
     x = x + drop(attn(layer_norm('norm1', self.dtype)(x), key_mask), deterministic)

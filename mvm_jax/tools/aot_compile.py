@@ -187,19 +187,19 @@ def topology_devices(topology: Topology) -> list:
 
 def with_per_device_batch(config, per_device_batch: int, num_devices: int):
   """A copy of `config` whose batch_size is `per_device_batch` × the mesh's data-parallel devices."""
-  from mvm_jax.train import partitioning
+  from mvm_jax import sharding
 
   config = config.copy_and_resolve_references()
-  shape = dict(zip(config.mesh.axes, partitioning.resolve_mesh_shape(config.mesh.shape, num_devices)))
+  shape = dict(zip(config.mesh.axes, sharding.resolve_mesh_shape(config.mesh.shape, num_devices)))
   dp = 1
-  for axis in partitioning.BATCH_AXES:
+  for axis in sharding.BATCH_AXES:
     dp *= shape.get(axis, 1)
   config.batch_size = per_device_batch * dp
   return config
 
 
-def abstract_batch(config, sharding) -> dict:
-  """ShapeDtypeStructs of the batch the train loader yields (carrying `sharding`): pixels
+def abstract_batch(config, batch_sharding) -> dict:
+  """ShapeDtypeStructs of the batch the train loader yields (carrying `batch_sharding`): pixels
   {'video': uint8 [B, *sample_shape], 'label': i32 [B], 'index': i32 [B]} (sample_shape per
   `data.sampling`: [T, S, S, 3], pairs [2, T, S, S, 3] or [2, 1, S, S, 3]); for token data
   {'tokens': i32 [B, (2,) T, h, w], ...}."""
@@ -209,7 +209,7 @@ def abstract_batch(config, sharding) -> dict:
   from mvm_jax.data import pipeline
 
   b = config.batch_size
-  sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+  sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
   batch = {'label': sds((b,), jnp.int32), 'index': sds((b,), jnp.int32)}
   if config.data.source == 'tokens':
     from mvm_jax.models import factorized
@@ -334,9 +334,10 @@ def abstract_step(config, devices, *, samples_per_epoch: Optional[int] = None):
   """(exp, batch): `loop.abstract_experiment` on a mesh of `devices` per `config.mesh`, and the
   abstract batch (the entries the step reads); `exp.train_step.lower(exp.state, batch)` lowers the step `main` runs.
   `samples_per_epoch` (default: 1000 batches) only sets the schedule's length."""
-  from mvm_jax.train import loop, partitioning
+  from mvm_jax import sharding
+  from mvm_jax.train import loop
 
-  mesh = partitioning.make_mesh(config.mesh, devices)
+  mesh = sharding.make_mesh(config.mesh, devices)
   samples_per_epoch = samples_per_epoch or config.batch_size * 1000
   exp = loop.abstract_experiment(config, mesh, samples_per_epoch=samples_per_epoch)
   batch = abstract_batch(config, exp.batch_sharding)
@@ -357,7 +358,7 @@ def aot_compile(
   `progress(str)` gets a line per stage."""
   import jax
 
-  from mvm_jax.train import partitioning
+  from mvm_jax import sharding
   from mvm_jax.train import state as state_lib
 
   say = progress or (lambda line: None)
@@ -367,7 +368,7 @@ def aot_compile(
   exp, batch = abstract_step(config, devices, samples_per_epoch=samples_per_epoch)
   mesh = exp.mesh
   check_sharding(exp, min_sharded_size)
-  dp = partitioning.data_parallel_size(mesh)
+  dp = sharding.data_parallel_size(mesh)
   state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(exp.state))
   result: dict[str, Any] = {
     'topology': topology.name,
@@ -386,7 +387,7 @@ def aot_compile(
   }
   say('Lowering...')
   start = time.perf_counter()
-  with partitioning.sharding_context(mesh, config.mesh.rules):
+  with sharding.sharding_context(mesh, config.mesh.rules):
     lowered = exp.train_step.lower(exp.state, batch)
   result['lower_s'] = time.perf_counter() - start
   say(f'Compiling for {topology.name} (a ViT-L on a pod slice takes minutes on a few CPU cores)...')

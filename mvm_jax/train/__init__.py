@@ -1,1 +1,1 @@
-"""Training: state, step, loop, partitioning, checkpointing, optimizer."""
+"""Training: state, step, loop, checkpointing, optimizer (sharding rules: mvm_jax.sharding)."""

@@ -23,7 +23,8 @@ from absl import logging
 # `tools.aot_compile`) runs on an image with only jax/flax/optax/einops/ml-collections.
 from mvm_jax import config as config_lib
 from mvm_jax import methods, objectives
-from mvm_jax.train import checkpointing, flops, optimizer, partitioning
+from mvm_jax import sharding
+from mvm_jax.train import checkpointing, flops, optimizer
 from mvm_jax.train import state as state_lib
 from mvm_jax.train.step import make_train_step
 
@@ -68,7 +69,7 @@ def build_experiment(config, *, samples_per_epoch: int, devices=None, phase: str
   """Validate the config, make the mesh, model, masker, optimizer, sharded state and jitted step
   (`phase`: all of it, or only up to 'forward' / 'gradients', for benchmarks: see make_train_step)."""
   config_lib.validate(config)
-  mesh = partitioning.make_mesh(config.mesh, devices)
+  mesh = sharding.make_mesh(config.mesh, devices)
   exp, init_state = _experiment_on_mesh(config, mesh, samples_per_epoch, phase)
   exp.state = init_state(jax.random.PRNGKey(config.seed))
   return exp
@@ -88,7 +89,7 @@ def _experiment_on_mesh(
 ) -> tuple[Experiment, Callable]:
   """(Experiment with the abstract state, rng -> the initialised sharded state): everything of
   `build_experiment` after the mesh; the second allocates, the first does not."""
-  dp = partitioning.data_parallel_size(mesh)
+  dp = sharding.data_parallel_size(mesh)
   if config.batch_size % dp:
     raise config_lib.ConfigError(
       f'config.batch_size={config.batch_size} is not divisible by the '
@@ -106,7 +107,7 @@ def _experiment_on_mesh(
   teacher_momentum = method.teacher_momentum(config, steps_per_epoch)
   state_args = dict(rules=config.mesh.rules, ema_teacher=teacher_momentum is not None, frozen=setup.frozen)
   abstract_state, shardings = state_lib.abstract_sharded_state(setup.init_variables, tx, mesh, **state_args)
-  batch_sharding = partitioning.batch_sharding(mesh)
+  batch_sharding = sharding.batch_sharding(mesh)
   step_fn = make_train_step(
     model,
     setup.policy,
@@ -148,20 +149,20 @@ def jit_train_step(step_fn, mesh, rules, state_shardings, batch_sharding):
   """jit `step_fn(state, batch) -> (state, metrics)` with the state sharded as given
   (and donated), the batch split over the data axes, metrics replicated (`rules`:
   `config.mesh.rules`)."""
-  with partitioning.sharding_context(mesh, rules):
+  with sharding.sharding_context(mesh, rules):
     return jax.jit(
       step_fn,
       in_shardings=(state_shardings, batch_sharding),
-      out_shardings=(state_shardings, partitioning.replicated(mesh)),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=0,
     )
 
 
-def global_batch(host_batch: dict, sharding, keys: Optional[Sequence[str]] = None) -> dict:
+def global_batch(host_batch: dict, batch_sharding, keys: Optional[Sequence[str]] = None) -> dict:
   """Host-local numpy batch → global jax.Arrays split over the data axes (only `keys`, if given:
   what the step reads goes to the device, nothing else)."""
   return {
-    k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+    k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
     for k, v in host_batch.items()
     if keys is None or k in keys
   }
@@ -169,7 +170,7 @@ def global_batch(host_batch: dict, sharding, keys: Optional[Sequence[str]] = Non
 
 def compile_step(exp: Experiment, example_batch: dict):
   """Lower and compile the step once; returns (compiled, XLA flops per step per device)."""
-  with partitioning.sharding_context(exp.mesh, exp.config.mesh.rules):
+  with sharding.sharding_context(exp.mesh, exp.config.mesh.rules):
     compiled = exp.train_step.lower(exp.state, example_batch).compile()
   return compiled, flops.compiled_flops(compiled)
 

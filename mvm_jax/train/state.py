@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mvm_jax.train import partitioning
+from mvm_jax import sharding
 
 
 @flax.struct.dataclass
@@ -62,17 +62,17 @@ def abstract_sharded_state(
   `jax.jit(...).lower` takes for ahead-of-time compilation, or orbax for a
   sharded restore), exactly the shapes `init_sharded_state` makes.
   """
-  with partitioning.sharding_context(mesh, rules):
+  with sharding.sharding_context(mesh, rules):
     rng = jax.eval_shape(jax.random.PRNGKey, 0)
     boxed_variables = jax.eval_shape(init_variables, rng)
     boxed = boxed_variables['params']
     collections = {k: v for k, v in boxed_variables.items() if k != 'params'}
-    param_shardings = partitioning.logical_to_sharding(boxed, mesh, rules)
-    collection_shardings = partitioning.logical_to_sharding(collections, mesh, rules) if collections else {}
+    param_shardings = sharding.logical_to_sharding(boxed, mesh, rules)
+    collection_shardings = sharding.logical_to_sharding(collections, mesh, rules) if collections else {}
     shapes = jax.eval_shape(_init_state_fn(init_variables, tx, ema_teacher), rng)
   # Outside the mesh: optax runs `tx.init` eagerly on placeholders, which must not land on the
   # mesh's devices (compile-only devices of an ahead-of-time topology cannot run anything).
-  replicated = partitioning.replicated(mesh)
+  replicated = sharding.replicated(mesh)
   opt_shardings = optax.tree_map_params(
     tx,
     lambda _, sharding: sharding,
@@ -124,7 +124,7 @@ def init_sharded_state(
 ) -> TrainState:
   """Initialise the state directly in `shardings` (from `abstract_sharded_state` with the same
   arguments): parameters from `init_variables(rng)`, optimizer state, teacher; `frozen` placed."""
-  with partitioning.sharding_context(mesh, rules):
+  with sharding.sharding_context(mesh, rules):
     init_state = _init_state_fn(init_variables, tx, ema_teacher)
     state = jax.jit(init_state, out_shardings=shardings.replace(frozen={}))(rng)
     return state.replace(frozen=jax.device_put(frozen or {}, shardings.frozen))

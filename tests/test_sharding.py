@@ -1,4 +1,4 @@
-"""train.partitioning: `config.mesh.rules` reproduce the former constant rules, overrides take
+"""mvm_jax.sharding: `config.mesh.rules` reproduce the former constant rules, overrides take
 effect, invalid rules and unknown logical names fail naming `config.mesh.rules`."""
 
 import flax.linen as nn
@@ -10,7 +10,8 @@ from jax.sharding import PartitionSpec as P
 from mvm_jax import config as config_lib
 from mvm_jax import methods
 from mvm_jax.models import factorized, vit
-from mvm_jax.train import loop, partitioning
+from mvm_jax import sharding
+from mvm_jax.train import loop
 
 # The rules before they became config (a Python constant; `rules_for` dropped mesh axes the
 # mesh lacked), with the activations' former names ('batch', 'length', 'embed').
@@ -71,7 +72,7 @@ def test_default_rules_reproduce_the_former_shardings(config, model):
   else:
     config = _vimpac_config()
     variables = {'params': _vimpac_params(config)}  # 'vocab' rows and logit biases
-  new = partitioning.logical_to_sharding(variables, mesh, config.mesh.rules)
+  new = sharding.logical_to_sharding(variables, mesh, config.mesh.rules)
   assert jax.tree.structure(new) == jax.tree.structure(_former_sharding(variables, mesh))
   assert _specs(new) == _specs(_former_sharding(variables, mesh))
   assert new == _former_sharding(variables, mesh)
@@ -79,14 +80,14 @@ def test_default_rules_reproduce_the_former_shardings(config, model):
 
 
 def test_activation_names_map_as_the_former_shared_names():
-  resolved = partitioning.rules_for(_mesh((2, 2, 2)), partitioning.DEFAULT_RULES)
-  block = partitioning.mesh_spec(('act_batch', 'act_length', 'act_embed'), resolved)
+  resolved = sharding.rules_for(_mesh((2, 2, 2)), sharding.DEFAULT_RULES)
+  block = sharding.mesh_spec(('act_batch', 'act_length', 'act_embed'), resolved)
   assert block == nn.logical_to_mesh_axes(FORMER_BLOCK_INPUT, FORMER_RULES) == P(('data', 'fsdp'), None, None)
-  layers = partitioning.mesh_spec(('act_batch', None, None, None, 'act_embed'), resolved)
+  layers = sharding.mesh_spec(('act_batch', None, None, None, 'act_embed'), resolved)
   assert layers == nn.logical_to_mesh_axes(FORMER_FACTORIZED_INPUT, FORMER_RULES)
   assert layers == P(('data', 'fsdp'), None, None, None, None)
   # Features are replicated even when the parameters' model dimension is not split over fsdp.
-  assert partitioning.mesh_spec(('embed',), resolved) == P('fsdp')
+  assert sharding.mesh_spec(('embed',), resolved) == P('fsdp')
 
 
 def _constraints(monkeypatch, module, rules, *args):
@@ -94,18 +95,18 @@ def _constraints(monkeypatch, module, rules, *args):
   (the parameters' initialisers apply theirs too)."""
   seen, original = {}, jax.lax.with_sharding_constraint
 
-  def record(x, sharding):
-    seen.setdefault(tuple(x.shape), []).append(getattr(sharding, 'spec', sharding))
-    return original(x, sharding)
+  def record(x, target):
+    seen.setdefault(tuple(x.shape), []).append(getattr(target, 'spec', target))
+    return original(x, target)
 
   monkeypatch.setattr(jax.lax, 'with_sharding_constraint', record)
-  with partitioning.sharding_context(_mesh((2, 2, 2)), rules):
+  with sharding.sharding_context(_mesh((2, 2, 2)), rules):
     jax.eval_shape(module.init, jax.random.PRNGKey(0), *args)
   return seen
 
 
 def test_blocks_constrain_their_inputs_by_the_activation_rules(monkeypatch):
-  default = dict(partitioning.DEFAULT_RULES)
+  default = dict(sharding.DEFAULT_RULES)
   block, x = vit.Block(num_heads=2), jnp.zeros((8, 4, 16))  # [B, N, D]
   seen = _constraints(monkeypatch, block, default, x)
   assert seen[(8, 4, 16)] == [P(('data', 'fsdp'), None, None)]
@@ -131,13 +132,13 @@ def test_blocks_constrain_their_inputs_by_the_activation_rules(monkeypatch):
 def test_block_with_an_unknown_or_clashing_activation_rule_fails():
   mesh = _mesh((2, 2, 2))
   block, x = vit.Block(num_heads=2), jnp.zeros((8, 4, 16))
-  rules = {k: v for k, v in partitioning.DEFAULT_RULES if k != 'act_length'}
-  with partitioning.sharding_context(mesh, rules):
-    with pytest.raises(partitioning.RuleError, match=r"config\.mesh\.rules: no rule for .*'act_length'"):
+  rules = {k: v for k, v in sharding.DEFAULT_RULES if k != 'act_length'}
+  with sharding.sharding_context(mesh, rules):
+    with pytest.raises(sharding.RuleError, match=r"config\.mesh\.rules: no rule for .*'act_length'"):
       jax.eval_shape(block.init, jax.random.PRNGKey(0), x)
-  rules = dict(partitioning.DEFAULT_RULES, act_embed=('fsdp',))  # fsdp already splits the batch
-  with partitioning.sharding_context(mesh, rules):
-    with pytest.raises(partitioning.RuleError, match=r"'act_batch' and 'act_embed' .* mesh axis 'fsdp'"):
+  rules = dict(sharding.DEFAULT_RULES, act_embed=('fsdp',))  # fsdp already splits the batch
+  with sharding.sharding_context(mesh, rules):
+    with pytest.raises(sharding.RuleError, match=r"'act_batch' and 'act_embed' .* mesh axis 'fsdp'"):
       jax.eval_shape(block.init, jax.random.PRNGKey(0), x)
 
 
@@ -147,12 +148,12 @@ def test_unknown_logical_name_fails_naming_the_rules():
   params = _vimpac_params(config)
   rules = {k: v for k, v in config.mesh.rules.items() if k != 'vocab'}
   with pytest.raises(
-    partitioning.RuleError, match=r"config\.mesh\.rules: no rule for the logical axis name 'vocab'"
+    sharding.RuleError, match=r"config\.mesh\.rules: no rule for the logical axis name 'vocab'"
   ):
-    partitioning.logical_to_sharding(params, mesh, rules)
+    sharding.logical_to_sharding(params, mesh, rules)
   boxed = {'w': nn.LogicallyPartitioned(jax.ShapeDtypeStruct((4, 4), jnp.float32), ('embed', 'hidden'))}
-  with pytest.raises(partitioning.RuleError, match=r"'hidden'"):
-    partitioning.logical_to_sharding(boxed, mesh, partitioning.DEFAULT_RULES)
+  with pytest.raises(sharding.RuleError, match=r"'hidden'"):
+    sharding.logical_to_sharding(boxed, mesh, sharding.DEFAULT_RULES)
 
 
 def test_overriding_a_rule_changes_the_parameter_sharding(config):
@@ -188,7 +189,7 @@ def test_overriding_a_rule_changes_the_parameter_sharding(config):
   ],
 )
 def test_rule_targets(target, expected):
-  assert partitioning.resolve_rules({'mlp': target}, ('data', 'fsdp', 'tensor')) == (('mlp', expected),)
+  assert sharding.resolve_rules({'mlp': target}, ('data', 'fsdp', 'tensor')) == (('mlp', expected),)
 
 
 @pytest.mark.parametrize(

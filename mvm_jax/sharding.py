@@ -154,7 +154,7 @@ def mesh_spec(names: Sequence[Optional[str]], rules: Rules) -> P:
       raise RuleError(
         None,
         f'no rule for the logical axis name {name!r} (of an array with axes {tuple(names)}); '
-        f'rules exist for {sorted(table)} (defaults: partitioning.DEFAULT_RULES)',
+        f'rules exist for {sorted(table)} (defaults: sharding.DEFAULT_RULES)',
       )
     target = table[name]
     for axis in (target,) if isinstance(target, str) else target or ():
