@@ -26,9 +26,7 @@ Presets:
 
 import ml_collections
 
-from mvm_jax.config import sibling_config
-
-mae_st = sibling_config(__file__, 'mae_st')
+from mvm_jax import presets
 
 TABLE_5B = {
   #        lr      batch  epochs repeat drop_path dropout layer_decay
@@ -62,7 +60,7 @@ def finetune_section() -> ml_collections.ConfigDict:
 
 def get_config(preset: str = 'tiny'):
   pretrain_preset = 'tiny' if preset == 'tiny' else preset
-  c = mae_st.get_config(pretrain_preset)
+  c = presets.mae_st(pretrain_preset)  # configs/mae_st.py's preset
   c.finetune = finetune_section()
   c.optim.update(b2=0.999, clip_grad_norm=0.0, decay_pos_embed=False)
   if preset in TABLE_5B:
@@ -83,7 +81,7 @@ def get_config(preset: str = 'tiny'):
     c.checkpoint_every_steps = 50
   elif preset == 'small_data':
     c.evaluators = ml_collections.ConfigDict()  # the pre-training run's, not fine-tuning's
-    c.data.update(class_names_file=f'{mae_st.EVAL_SET}/appearance/class_names.txt', hflip=False)
+    c.data.update(class_names_file=f'{presets.EVAL_SET}/appearance/class_names.txt', hflip=False)
     c.data.update(randaugment_ops=0, eval_temporal_views=2, eval_spatial_views=1)
     c.batch_size = 16
     c.total_steps, c.warmup_steps = 750, 75

@@ -25,26 +25,13 @@ Ablations as overrides: `--config.hpm.selection=easy` (mask the easiest),
 (each frame's hard share chosen on its own), `--config.hpm.hard_masking=False`
 (random masks, loss-prediction objective only),
 `--config.hpm.loss_predictor_target=absolute_mse`.
+
+configs/mae_hpm_infonce.py starts from these presets, so they are built in the package:
+`mvm_jax.presets.hpm` (MAE-ST's preset, `mvm_jax.presets.mae_st`, with the settings above).
 """
 
-from mvm_jax.config import sibling_config
-
-mae_st = sibling_config(__file__, 'mae_st')
+from mvm_jax import presets
 
 
 def get_config(preset: str = 'tiny'):
-  if preset == 'tiny':
-    c = mae_st.get_config('tiny')
-    c.hpm.update(ema_momentum=0.99, ema_momentum_final=0.999, ema_momentum_epochs=100)
-  elif preset == 'small_data':
-    c = mae_st.get_config('small_data')
-    c.hpm.update(ema_momentum=0.99, ema_momentum_final=0.999, ema_momentum_epochs=10)
-    c.total_steps, c.warmup_steps = 1000, 80  # the teacher's full-clip pass costs a second forward
-  elif preset == 'vit_b':
-    c = mae_st.get_config('vit_b')
-    c.model.norm_pix_loss = False
-    c.optim.clip_grad_norm = 5.0
-  else:
-    raise ValueError(f'configs/hpm.py: unknown preset {preset!r}; known: tiny, small_data, vit_b')
-  c.objectives = {'pixel_mse': 1.0, 'loss_prediction': 1.0}
-  return c
+  return presets.hpm(preset)

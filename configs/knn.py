@@ -32,11 +32,11 @@ Keys of `config.knn`:
 
 import ml_collections
 
-from mvm_jax.config import sibling_config
+from mvm_jax import presets
 
 
 def _pretrain_config(preset: str):
-  return sibling_config(__file__, 'mae_st').get_config(preset)
+  return presets.mae_st(preset)  # configs/mae_st.py's preset
 
 
 def get_config(preset: str = 'tiny'):

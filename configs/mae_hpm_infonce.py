@@ -11,13 +11,12 @@ no frame, see below; evaluate it with the linear (ridge) probe) and
 `vit_b` (MAE-ST ViT-B recipe + HPM + InfoNCE weight 0.03 as ViC-MAE's released code).
 """
 
-from mvm_jax.config import sibling_config
-
-hpm = sibling_config(__file__, 'hpm')
+from mvm_jax import presets
+from mvm_jax.config import set_objectives
 
 
 def get_config(preset: str = 'tiny'):
-  c = hpm.get_config(preset)
+  c = presets.hpm(preset)  # configs/hpm.py's preset
   c.data.update(sampling='clip_pair')
   if preset == 'small_data':
     # Each video once per batch (InfoNCE negatives); 32 clips a step. The teacher's full-clip
@@ -29,15 +28,15 @@ def get_config(preset: str = 'tiny'):
     # (README "Does pre-training help?": ridge probe 12.9 -> 42.5 top-1 at step 250).
     c.data.clip_pair_min_distance_s = 0.6
     c.hpm.hard_masking = False
+    set_objectives(c, {'pixel_mse': 1.0, 'loss_prediction': 1.0, 'infonce': 0.5})
     c.contrastive.projector.update(hidden=256, out=64)
-    c.objectives = {'pixel_mse': 1.0, 'loss_prediction': 1.0, 'infonce': 0.5}
     c.total_steps, c.warmup_steps = 500, 30
   elif preset == 'tiny':
     c.data.repeated_sampling = 1
     c.batch_size = 8
     c.optim.base_lr = 1e-3 * 256 / 8
+    set_objectives(c, {'pixel_mse': 1.0, 'loss_prediction': 1.0, 'infonce': 0.5})
     c.contrastive.projector.update(hidden=256, out=64)
-    c.objectives = {'pixel_mse': 1.0, 'loss_prediction': 1.0, 'infonce': 0.5}
   else:
-    c.objectives = {'pixel_mse': 1.0, 'loss_prediction': 1.0, 'infonce': 0.03}
+    set_objectives(c, {'pixel_mse': 1.0, 'loss_prediction': 1.0, 'infonce': 0.03})
   return c

@@ -14,7 +14,7 @@ batch 1024; lr 3e-4 (large_half, 5% warm-up, 100 epochs) or 1e-3 (analysis,
 10% warm-up, 10 epochs). For 5×32×32 tokens (256², the last 10 epochs) use
 K = 6 and resize position embeddings (factorized.interpolate_pos_embed).
 
-New sections (read by mvm_jax.models.factorized and mvm_jax.masking.blocks):
+VIMPAC's sections, their keys, defaults and checks (mvm_jax/methods/vimpac.py):
   vimpac.*                    the backbone (width, depth, heads, layout, ...)
   masking.kind                'block' (default) or 'iid' (Table 15 ablation)
   masking.num_blocks          K
@@ -22,16 +22,14 @@ New sections (read by mvm_jax.models.factorized and mvm_jax.masking.blocks):
                               (masking.ratio holds that value for K = 5; False: use masking.ratio)
   masking.iid_exact_count     iid: exactly round(ratio·n) tokens instead of Bernoulli(ratio)
   masking.bert_corruption     BERT 80/10/10 replacement instead of all-[MASK] (Appendix F.3)
+  tokenizer.*                 the frozen tokenizer (mvm_jax/models/tokenizer.py), used on the fly
+                              unless data.source='tokens' reads codes from mvm_jax.tools.extract_tokens
+  contrastive.*               the [CLS] InfoNCE's projector and temperature (mvm_jax/objectives/contrastive.py)
 """
 
-import ml_collections
-
-from mvm_jax import token_vocab
+from mvm_jax import presets
+from mvm_jax.config import base_config
 from mvm_jax.masking import blocks
-from mvm_jax.config import base_config, sibling_config
-from mvm_jax.models import tokenizer
-
-mae_st = sibling_config(__file__, 'mae_st')
 
 BACKBONES = {
   'small': dict(width=512, depth=6, num_heads=8, large_half=False),
@@ -41,26 +39,10 @@ BACKBONES = {
 
 
 def get_config(preset: str = 'tiny'):
-  c = base_config()
-  c.model.name = 'vimpac'
+  # The paper's backbone (Table 10 'Small' widths), 5×16×16 block masks (K = 5), DALL-E tokenizer,
+  # objectives token_ce + infonce, each weight 1.
+  c = base_config('vimpac')
   c.model.dtype = 'float32'
-  c.vimpac = ml_collections.ConfigDict(
-    dict(
-      vocab_size=token_vocab.VOCAB_SIZE,  # VQ codes; PAD / [MASK] ids and 8197 rows follow
-      downsample=8,  # pixels per token side: tokens = (num_frames, crop/8, crop/8)
-      width=512,
-      depth=6,
-      num_heads=8,
-      mlp_dim=0,  # 0: 4·width (2·width with large_half)
-      attention_dim=0,  # q/k/v width of an attention block; 0: width (width/2 with large_half)
-      large_half=False,  # Large-Half: half attention head dim and half MLP
-      layout='T,H|W',  # 'T,H|W' | 'T,HxW' | 'T,H,W' | 'TxHxW' (factorized.LAYOUTS)
-      dropout=0.1,
-    )
-  )
-  # The frozen tokenizer (paper: DALL-E dVAE, argmax codes, pixels 0.1 + 0.8·x). Used
-  # on the fly unless data.source='tokens' reads codes from mvm_jax.tools.extract_tokens.
-  c.tokenizer = tokenizer.default_tokenizer_config()
   # Resize + centre crop, no flip (a full-area square crop is the centre crop).
   c.data.update(
     num_frames=5,
@@ -72,18 +54,6 @@ def get_config(preset: str = 'tiny'):
     aspect_ratio=(1.0, 1.0),
     target_fps=2.0,
   )
-  token_shape = (c.data.num_frames, c.data.crop_size // 8, c.data.crop_size // 8)
-  c.masking = ml_collections.ConfigDict(
-    dict(
-      kind='block',
-      num_blocks=5,
-      ratio=round(blocks.expected_block_mask_ratio(token_shape, 5), 4),
-      match_block_ratio=True,
-      iid_exact_count=False,
-      bert_corruption=False,
-    )
-  )
-  c.objectives = ml_collections.ConfigDict({'token_ce': 1.0, 'infonce': 1.0})
   c.contrastive.update(temperature=0.2, scale_by_temperature=True, sum_directions=True, pooling='cls')
   c.contrastive.projector.update(hidden=4096, out=256, num_layers=3, use_bias_last=False, bn_last=False)
   c.optim.update(b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.05, clip_grad_norm=1.0, min_lr=0.0)
@@ -123,7 +93,7 @@ def get_config(preset: str = 'tiny'):
   elif preset == 'small_data':
     # Tokens on the fly from configs/vqvae.py:small_data trained first into runs/eval_set_vqvae;
     # the clip and model sizes of mae_st:small_data (8 frames at stride 2 of 64² → 8×8×8 tokens).
-    mae_st.eval_set_source(c.data)
+    presets.eval_set_source(c.data)
     c.data.update(num_frames=8, crop_size=64, sampling_rate=2, target_fps=0.0)
     c.vimpac.update(width=128, depth=4, num_heads=4, dropout=0.1, vocab_size=256)
     c.tokenizer.update(kind='vqvae', workdir='runs/eval_set_vqvae')
@@ -136,7 +106,7 @@ def get_config(preset: str = 'tiny'):
     c.log_every_steps = 25
     c.checkpoint_every_steps = 250
     c.image_every_steps = 500
-    c.evaluators = mae_st.eval_set_evaluators(250)
+    c.evaluators = presets.eval_set_evaluators(250)
   else:
     raise ValueError(
       f'configs/vimpac.py: unknown preset {preset!r}; known: tiny, small_data, {", ".join(BACKBONES)}'

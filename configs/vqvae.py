@@ -18,22 +18,12 @@ Metrics: vq/recon_mse, vq/perplexity (codes in use, effectively), vq/usage.
 Pictures: original frames above their reconstructions.
 """
 
-import ml_collections
-
-from mvm_jax.config import base_config, sibling_config
-from mvm_jax.models import tokenizer
-
-
-mae_st = sibling_config(__file__, 'mae_st')
+from mvm_jax import presets
+from mvm_jax.config import base_config
 
 
 def get_config(preset: str = 'tiny'):
-  c = base_config()
-  c.model.name = 'vqvae'
-  c.tokenizer = tokenizer.default_tokenizer_config()
-  c.tokenizer.kind = 'vqvae'
-  c.objectives = ml_collections.ConfigDict({'vq_recon': 1.0})
-  c.masking.ratio = 0.5  # unused: the VQ-VAE sees whole frames
+  c = base_config('vqvae')  # sections: tokenizer (kind 'vqvae'); objectives: vq_recon; no masks
   # Frames are tokenized one by one: a clip of 2 frames far apart is 2 training images.
   c.data.update(num_frames=2, sampling_rate=8, hflip=True, scale=(0.35, 1.0))
   c.optim.update(base_lr=3e-4 * 256 / 256, b1=0.9, b2=0.99, weight_decay=0.0, clip_grad_norm=1.0)
@@ -57,7 +47,7 @@ def get_config(preset: str = 'tiny'):
     c.image_every_steps = 150
   elif preset == 'small_data':  # the tokenizer of vimpac.py:small_data: tiny's, on the eval set's frames
     c.tokenizer.update(codebook_size=256, code_dim=32, widths=(16, 32, 64), num_res_blocks=1)
-    mae_st.eval_set_source(c.data)
+    presets.eval_set_source(c.data)
     c.data.update(crop_size=64, num_frames=2, sampling_rate=15)
     c.batch_size = 16
     c.total_steps, c.warmup_steps = 400, 20

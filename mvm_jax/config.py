@@ -1,27 +1,30 @@
-"""The config schema shared by every method, and validation with clear errors.
+"""Configs and their validation with clear errors.
 
-`base_config()` holds every key with its default; a method's config file
-(`configs/<method>.py`) starts from it and sets a preset. The result is
-locked, so a misspelt `--config.x.y=` override fails at the command line,
-and `validate(config)` rejects inconsistent values before anything compiles.
+`base_config(method, objectives)` is a method's config at its defaults: the keys every method
+shares (:mod:`mvm_jax.config_schema`) and the sections that method and its objectives read (their
+defaults and checks live with the method: :mod:`mvm_jax.methods`). A config file
+(`configs/<method>.py`) starts from it and sets a preset. The result is locked, so a misspelt
+`--config.x.y=` override fails at the command line, and `validate(config)` rejects inconsistent
+values before anything compiles.
 
-The schema and the checks of its sections live in :mod:`mvm_jax.config_schema`
-(which the evaluation stack imports); this module adds the checks of
-`config.evaluators`, which need that stack.
+The shared checks live in :mod:`mvm_jax.config_schema` (which the evaluation stack imports); this
+module adds the checks of `config.evaluators`, which need that stack.
 """
 
 from __future__ import annotations
 
-from mvm_jax.config_schema import ConfigError, base_config, sibling_config, validate_without_evaluators
+from mvm_jax.config_schema import ConfigError, validate_without_evaluators
+from mvm_jax.methods import base_config, set_objectives
 
-__all__ = ['ConfigError', 'base_config', 'sibling_config', 'validate']
+__all__ = ['ConfigError', 'base_config', 'set_objectives', 'validate']
 
 
 def validate(config, *, pretraining: bool = True) -> None:
   """Raise ConfigError naming the key for any inconsistent value.
 
   `pretraining=False` (evaluations of a frozen or fine-tuned encoder) skips
-  the keys only pre-training reads: objectives, HPM, contrastive heads, evaluators.
+  the keys only pre-training reads: objectives and their sections (HPM, contrastive heads),
+  evaluators. Validating twice is validating once: nothing is changed.
   """
   validate_without_evaluators(config, pretraining=pretraining)
   if pretraining and config.get('evaluators'):  # (none: no import of the evaluation stack)

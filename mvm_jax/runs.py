@@ -15,14 +15,19 @@ from mvm_jax.config_schema import base_config
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config the run wrote to `workdir/config.json`, over today's defaults
-  (so keys added since the run was made get their default values)."""
+  """The config the run wrote to `workdir/config.json`, over today's defaults of its method and
+  objectives (so keys added since the run was made get their default values). A run saved before
+  configs carried only the sections they use keeps its other sections as they were saved."""
+  from mvm_jax import methods  # here: methods import the training step
+
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} not found: is {workdir!r} a mvm_jax workdir?')
   with open(path) as f:
     saved = json.load(f)
-  config = base_config()
+  method = methods.METHODS.get(saved.get('model', {}).get('name', 'mae'))
+  objectives = saved.get('objectives')
+  config = base_config() if method is None else method.base_config(objectives)
   _merge(config, saved)
   return config
 

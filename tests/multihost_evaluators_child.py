@@ -25,14 +25,14 @@ def main():
   jax.distributed.initialize(coordinator_address=f'127.0.0.1:{port}', num_processes=2, process_id=process_id)
   from conftest import micro_config
 
-  from configs import mae_st
+  from mvm_jax import presets
   from mvm_jax.evaluate import evaluators
   from mvm_jax.train import loop
 
   c = micro_config()
   c.total_steps = 4  # stopped at 2: the evaluation of a step mid-run
   c.mesh.shape = (-1, 1, 1)
-  c.evaluators = mae_st.tiny_evaluators(every_steps=2)
+  c.evaluators = presets.tiny_evaluators(every_steps=2)
   scalars = {}
   call = evaluators.EvaluatorSuite.__call__
 

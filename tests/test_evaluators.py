@@ -273,14 +273,12 @@ def test_history_keeps_the_last_entry_of_a_step_and_skips_a_cut_line(tmp_path):
 
 @pytest.mark.slow
 def test_pretraining_runs_evaluators_writes_outputs_and_resumes_without_new_baselines(tmp_path, monkeypatch):
-  from mvm_jax import runs
+  from mvm_jax import presets, runs
   from mvm_jax.train import loop
-
-  from configs import mae_st
 
   c = micro_config()
   c.total_steps = 4
-  c.evaluators = mae_st.tiny_evaluators(every_steps=3)  # at step 3 and at the last step, 4
+  c.evaluators = presets.tiny_evaluators(every_steps=3)  # at step 3 and at the last step, 4
   suites, extracted = [], []
   build, extract = ev.build, features_lib.extract
   monkeypatch.setattr(ev, 'build', lambda *a, **k: suites.append(build(*a, **k)) or suites[-1])

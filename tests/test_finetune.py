@@ -100,16 +100,14 @@ def test_dropped_tokens_do_not_reach_the_classifier(config):
 
 @pytest.mark.slow
 def test_finetune_end_to_end_with_multiview_testing(config, tmp_path):
-  from mvm_jax.config import sibling_config
+  from configs import finetune as finetune_config
   from mvm_jax.train import loop
 
   config.total_steps = 2
   pretrain_dir = tmp_path / 'pretrain'
   loop.train_and_evaluate(config, str(pretrain_dir))
 
-  ft = sibling_config(
-    os.path.join(os.path.dirname(__file__), '..', 'configs', 'x.py'), 'finetune'
-  ).get_config('tiny')
+  ft = finetune_config.get_config('tiny')
   ft.init_from = str(pretrain_dir)
   ft.data.update(num_workers=0, eval_temporal_views=2, eval_spatial_views=3, repeated_sampling=1)
   ft.batch_size, ft.total_steps, ft.warmup_steps = 8, 4, 1

@@ -20,7 +20,7 @@ def hpm_config():
   from conftest import micro_config
 
   c = micro_config()
-  c.objectives = {'pixel_mse': 1.0, 'loss_prediction': 1.0}
+  config_lib.set_objectives(c, {'pixel_mse': 1.0, 'loss_prediction': 1.0})
   c.hpm.update(ema_momentum=0.9, ema_momentum_final=0.99, ema_momentum_epochs=1)
   return c
 
@@ -29,8 +29,8 @@ def combined_config():
   """Two clips per video; HPM masks; pixel MSE + loss prediction + InfoNCE."""
   c = hpm_config()
   c.data.sampling = 'clip_pair'
+  config_lib.set_objectives(c, {'pixel_mse': 1.0, 'loss_prediction': 1.0, 'infonce': 0.5})
   c.contrastive.projector.update(hidden=64, out=16)
-  c.objectives = {'pixel_mse': 1.0, 'loss_prediction': 1.0, 'infonce': 0.5}
   return c
 
 
@@ -194,7 +194,7 @@ def test_registry_returns_each_method_for_its_name():
 
 def test_bad_method_configs_fail_naming_the_key():
   c = hpm_config()
-  c.objectives = {'pixel_mse': 1.0, 'infonce': 0.1}
+  config_lib.set_objectives(c, {'pixel_mse': 1.0, 'infonce': 0.1})
   with pytest.raises(config_lib.ConfigError, match='data.sampling'):
     config_lib.validate(c)
   c.data.sampling = 'frame_pair'

@@ -67,7 +67,7 @@ def test_default_rules_reproduce_the_former_shardings(config, model):
   assert jax.device_count() >= 8, 'conftest sets 8 fake CPU devices'
   mesh = _mesh((2, 2, 2))
   if model == 'mae':
-    config.objectives = {'pixel_mse': 1.0, 'vicreg': 1.0}  # + the projector (BN stats named 'mlp')
+    config_lib.set_objectives(config, {'pixel_mse': 1.0, 'vicreg': 1.0})  # + the projector (BN stats 'mlp')
     variables = _mae_variables(config)
   else:
     config = _vimpac_config()

@@ -339,10 +339,6 @@ def raw_pixels(resolved: ml_collections.ConfigDict, mesh) -> FrozenEncoder:
   """The raw-pixel baseline as a `FrozenEncoder` (pool 'mean' only): per clip, the mean
   over its spacetime patches of the normalized patch vector, t·p·p·3 values; patches
   of the model's (t, p, p) (VIMPAC: one frame × its tokenizer's downsampling)."""
-  m = resolved.model
-  if m.name == 'vimpac':
-    patch = (1, resolved.vimpac.downsample, resolved.vimpac.downsample)
-  else:
-    patch = (m.t_patch_size, m.patch_size, m.patch_size)
+  patch = methods.get(resolved).token_patch(resolved)
   description = f'raw pixels (mean {patch[0]}×{patch[1]}×{patch[2]} patch)'
   return FrozenEncoder(resolved, PixelFeatureEncoder(patch), {}, {}, mesh, 0, '', description)

@@ -4,28 +4,62 @@
   'vimpac'  `vimpac.VimpacMethod`: VimpacPretrainer on VQ tokens.
   'vqvae'   `vqvae.VqvaeMethod`: the VQ-VAE tokenizer itself.
 
-`get(config)` is the method a config trains. A `Method` builds its model, inputs and mask policy
-(`setup`), says whether the state keeps an EMA teacher and how it moves (`teacher_momentum`), when
-each objective starts (`objective_start_steps`) and draws its pictures (`write_images`); the shared
-loop (`mvm_jax.train.loop`) asks it and never branches on the method's name.
+`get(config)` is the method a config trains. A `Method` owns its config: the objectives it can
+train, the sections its runs carry with their defaults and checks (`base_config`, `validate`). It
+builds its model, inputs and mask policy (`setup`), says whether the state keeps an EMA teacher and
+how it moves (`teacher_momentum`), when each objective starts (`objective_start_steps`) and draws
+its pictures (`write_images`); the shared loop (`mvm_jax.train.loop`) and the config schema ask it
+and never branch on the method's name.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import ml_collections
+
 from mvm_jax.config_schema import ConfigError
-from mvm_jax.methods.base import Method, ModelSetup, pixel_inputs
+from mvm_jax.methods.base import Method, ModelSetup, Section, pixel_inputs
 from mvm_jax.methods.mae import MaeMethod
 from mvm_jax.methods.vimpac import VimpacMethod
 from mvm_jax.methods.vqvae import VqvaeMethod
 
 METHODS: dict[str, Method] = {m.name: m for m in (MaeMethod(), VimpacMethod(), VqvaeMethod())}
 
-__all__ = ['METHODS', 'Method', 'ModelSetup', 'get', 'pixel_inputs']
+__all__ = [
+  'METHODS',
+  'Method',
+  'ModelSetup',
+  'Section',
+  'base_config',
+  'by_name',
+  'get',
+  'pixel_inputs',
+  'set_objectives',
+]
+
+
+def by_name(name: str) -> Method:
+  """The method called `name` (`config.model.name`); a ConfigError naming the known ones if none."""
+  if name not in METHODS:
+    raise ConfigError(f'config.model.name={name!r}: no such method; known: {sorted(METHODS)}')
+  return METHODS[name]
 
 
 def get(config) -> Method:
   """The method of `config.model.name`; a ConfigError naming the known ones if there is none."""
-  name = config.model.name
-  if name not in METHODS:
-    raise ConfigError(f'config.model.name={name!r}: no such method; known: {sorted(METHODS)}')
-  return METHODS[name]
+  return by_name(config.model.name)
+
+
+def base_config(
+  name: str = 'mae', objectives: Mapping[str, float] | None = None
+) -> ml_collections.ConfigDict:
+  """Method `name`'s config at its defaults: the shared keys and the sections it reads when it
+  trains `objectives` (default: its `default_objectives`). Config files start from it."""
+  return by_name(name).base_config(objectives)
+
+
+def set_objectives(config, objectives: Mapping[str, float]) -> None:
+  """`config.objectives = objectives`, adding the sections of the objectives now trained (at their
+  defaults) and dropping those of the objectives no longer trained (`Method.set_objectives`)."""
+  get(config).set_objectives(config, objectives)

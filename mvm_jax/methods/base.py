@@ -1,17 +1,45 @@
-"""What every method gives the shared training loop: `Method`, and the `ModelSetup` it builds."""
+"""What every method gives the shared training loop: `Method`, the `ModelSetup` it builds, and the
+config `Section`s its runs carry."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
+import ml_collections
 
+from mvm_jax import config_schema
+from mvm_jax import objectives as objectives_lib
+from mvm_jax.config_schema import fail
 from mvm_jax.models import heads
+from mvm_jax.objectives import contrastive
 from mvm_jax import sharding
 from mvm_jax.train.step import ModelInputs
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+  """A config section a method's runs carry, `config.<name>`.
+
+  defaults: () -> the section with every key at its default (keys documented there).
+  validate: config -> None, a ConfigError naming the key of an inconsistent value; it may read
+    the other sections (the clip in `config.data`, the model) to check the section against them.
+  Both are written side by side, in the module that reads the section.
+  """
+
+  name: str
+  defaults: Callable[[], ml_collections.ConfigDict]
+  validate: Callable[[Any], None]
+
+
+# Two-view objectives' section (infonce, simsiam, vicreg): MAE (ViC-MAE) and VIMPAC train them.
+CONTRASTIVE = Section(
+  'contrastive', contrastive.default_contrastive_config, contrastive.validate_contrastive_config
+)
 
 
 @dataclasses.dataclass
@@ -42,16 +70,120 @@ class ModelSetup:
 class Method:
   """One pre-training method: `name` is its `config.model.name`; subclasses build its model.
 
+  Its config (`base_config`, `validate`):
+  objectives: the objectives its model's outputs can feed (`config.objectives`).
+  default_objectives: {objective: weight} of `base_config()`.
+  sections: the config sections every run of the method carries (beside the shared ones of
+    `config_schema.base_config`), with their defaults and checks.
+  objective_sections: {objective: the section a run carries when it trains that objective}.
+  config_file: the config file whose presets start a run (named in errors).
+  can_scan_blocks: `model.scan_blocks` may stack its encoder blocks under nn.scan.
+
   What evaluation asks of a run of the method (`mvm_jax.evaluate`, `tools.model_stats`):
   has_video_encoder: its backbone is a video encoder that frozen evaluation and fine-tuning can use.
   uses_tokens: that backbone reads VQ tokens, made from pixels by the run's frozen tokenizer.
   run_sections: the config sections besides `model` that a run brings along when evaluated.
+  is_tokenizer: the run trains a tokenizer that VIMPAC can read tokens with (`tokenizer.workdir`).
   """
 
   name: str = ''
+  objectives: tuple[str, ...] = ()
+  default_objectives: Mapping[str, float] = types.MappingProxyType({})
+  sections: tuple[Section, ...] = ()
+  objective_sections: Mapping[str, Section] = types.MappingProxyType({})
+  config_file: str = ''
+  can_scan_blocks: bool = False
   has_video_encoder: bool = False
   uses_tokens: bool = False
   run_sections: tuple[str, ...] = ()
+  is_tokenizer: bool = False
+
+  # --- config -----------------------------------------------------------------------------------
+
+  def sections_for(self, objectives) -> tuple[Section, ...]:
+    """The sections of a run that trains `objectives`: `sections`, then those its objectives read."""
+    out = list(self.sections)
+    for name in objectives:
+      section = self.objective_sections.get(name)
+      if section is not None and section not in out:
+        out.append(section)
+    return tuple(out)
+
+  def base_config(self, objectives: Mapping[str, float] | None = None) -> ml_collections.ConfigDict:
+    """A config of this method at its defaults: the shared keys (`config_schema.base_config`),
+    `model.name`, `objectives` (default `default_objectives`) and the sections they need."""
+    c = config_schema.base_config()
+    c.model.name = self.name
+    c.objectives = ml_collections.ConfigDict(
+      dict(self.default_objectives if objectives is None else objectives)
+    )
+    for section in self.sections_for(c.objectives):
+      c[section.name] = section.defaults()
+    return c
+
+  def set_objectives(self, config, objectives: Mapping[str, float]) -> None:
+    """`config.objectives = objectives`, with the sections that follow: those of the objectives it
+    now trains are added at their defaults (kept where present), those of no objective it trains
+    are dropped. Works on a locked config (a config file's, or one from the command line)."""
+    keep = {s.name for s in self.sections_for(objectives)}
+    with config.unlocked():
+      for section in self.sections_for(config.objectives):
+        if section.name not in keep and section.name in config:
+          del config[section.name]
+      config.objectives = ml_collections.ConfigDict(dict(objectives))
+      for section in self.sections_for(objectives):
+        if section.name not in config:
+          config[section.name] = section.defaults()
+
+  def validate(self, config, *, pretraining: bool = True) -> None:
+    """Raise ConfigError naming the key for an inconsistent value of what this method reads: its
+    model keys (`validate_model`) and `sections`; when `pretraining`, also `config.objectives` and
+    the sections of those objectives (an evaluation of a run's encoder reads neither)."""
+    self.validate_model(config, pretraining=pretraining)
+    for section in self.sections:
+      if section.name not in config:
+        fail(
+          section.name,
+          f'model.name={self.name!r} needs this section; start from {self.config_file} '
+          f'(or methods.base_config({self.name!r}))',
+        )
+      section.validate(config)
+    if not pretraining:
+      return
+    self.validate_objectives(config)
+    for name in config.objectives:
+      section = self.objective_sections.get(name)
+      if section is None or section in self.sections:
+        continue
+      if section.name not in config:
+        fail(
+          section.name,
+          f'objectives.{name} needs this section, which this config lacks: start from a preset that '
+          f'trains {name} (in Python, methods.set_objectives(config, ...) adds it at its defaults)',
+        )
+      section.validate(config)
+
+  def validate_model(self, config, *, pretraining: bool) -> None:
+    """The method's checks of `config.model` (and of the clip against it); ConfigError naming the key."""
+    del config, pretraining
+
+  def validate_objectives(self, config) -> None:
+    """`config.objectives`: known names, numeric weights, ones this method can train (an objective
+    registered outside `mvm_jax.objectives` is left to its author)."""
+    if not config.objectives:
+      fail('objectives', 'at least one objective is needed')
+    for name, weight in config.objectives.items():
+      if name not in objectives_lib.OBJECTIVES:
+        fail(f'objectives.{name}', f'unknown objective; known: {sorted(objectives_lib.OBJECTIVES)}')
+      if not isinstance(weight, (int, float)):
+        fail(f'objectives.{name}', f'weight must be a number, got {weight!r}')
+      if name in objectives_lib.BUILT_IN and name not in self.objectives:
+        fail(
+          f'objectives.{name}',
+          f'model.name={self.name!r} cannot train it; its objectives: {list(self.objectives)}',
+        )
+
+  # --- training ---------------------------------------------------------------------------------
 
   def setup(self, config, total_steps: int, steps_per_epoch: int = 1) -> ModelSetup:
     """The model this config trains, what it reads, how its masks are drawn."""
@@ -63,10 +195,18 @@ class Method:
     return None
 
   def objective_start_steps(self, config, steps_per_epoch: int) -> dict[str, int]:
-    """{objective: the step before which it weighs 0}: the contrastive objectives start after
-    `config.contrastive.start_epoch` epochs (ViC-MAE's schedule)."""
+    """{objective: the step before which it weighs 0}: the contrastive objectives it trains start
+    after `config.contrastive.start_epoch` epochs (ViC-MAE's schedule)."""
+    names = heads.contrastive_objectives(config)
+    if not names:
+      return {}
     start = int(config.contrastive.start_epoch * steps_per_epoch)
-    return {name: start for name in heads.CONTRASTIVE_OBJECTIVES}
+    return {name: start for name in names}
+
+  def token_patch(self, config) -> tuple[int, int, int]:
+    """(t, p, p) pixels of the clip behind one token of its encoder (the raw-pixel baseline's patch)."""
+    m = config.model
+    return (m.t_patch_size, m.patch_size, m.patch_size)
 
   def write_images(self, exp, workdir: str, step: int, batch: dict):
     """The pictures of `exp` (a `loop.Experiment`) at `step` from the first samples of `batch`, under

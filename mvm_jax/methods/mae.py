@@ -1,23 +1,99 @@
-"""Pixel MAE: MaskedAutoencoder on pixels (MAE-ST, HPM, ViC-MAE); masks from `masking` or HPM's teacher."""
+"""Pixel MAE: MaskedAutoencoder on pixels (MAE-ST, HPM, ViC-MAE); masks from `masking` or HPM's teacher.
+
+Its config: the shared `model` keys (ViT encoder, decoder, patches), `masking` (below), `hpm` with
+the loss_prediction objective (`objectives.loss_prediction`) and `contrastive` with infonce /
+simsiam / vicreg (`objectives.contrastive`).
+"""
 
 from __future__ import annotations
 
 import os
+import types
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from mvm_jax import masking
+from mvm_jax.config_schema import fail
 from mvm_jax.masking import policy as policy_lib
-from mvm_jax.methods.base import Method, ModelSetup, first_samples, pixel_inputs, replicated_jit
+from mvm_jax.methods.base import (
+  CONTRASTIVE,
+  Method,
+  ModelSetup,
+  Section,
+  first_samples,
+  pixel_inputs,
+  replicated_jit,
+)
 from mvm_jax.models import ema
 from mvm_jax.models import mae as mae_lib
+from mvm_jax.objectives import loss_prediction
 from mvm_jax import sharding
+
+
+def default_masking_config() -> ml_collections.ConfigDict:
+  """`config.masking` of a pixel MAE.
+
+  kind   'random' | 'tube' | 'frame' | 'cube' (`masking.MASKERS`) spacetime patches hidden.
+  ratio  share of the patches hidden, in (0, 1); the visible count must be whole for `kind`.
+  """
+  return ml_collections.ConfigDict(dict(kind='random', ratio=0.9))
+
+
+def validate_masking_config(config) -> None:
+  m, d = config.masking, config.data
+  if not 0.0 < m.ratio < 1.0:
+    fail('masking.ratio', f'{m.ratio} is outside (0, 1)')
+  if m.kind not in masking.MASKERS:
+    fail('masking.kind', f'unknown masker {m.kind!r}; known: {sorted(masking.MASKERS)}')
+  p, t = config.model.patch_size, config.model.t_patch_size
+  try:
+    masking.num_visible(m.kind, (d.num_frames // t, d.crop_size // p, d.crop_size // p), m.ratio)
+  except ValueError as e:
+    fail('masking.ratio', str(e))
+
+
+MASKING = Section('masking', default_masking_config, validate_masking_config)
+HPM = Section('hpm', loss_prediction.default_hpm_config, loss_prediction.validate_hpm_config)
 
 
 class MaeMethod(Method):
   name = 'mae'
+  objectives = ('pixel_mse', 'loss_prediction', 'infonce', 'simsiam', 'vicreg')
+  default_objectives = types.MappingProxyType({'pixel_mse': 1.0})
+  sections = (MASKING,)
+  objective_sections = types.MappingProxyType(
+    {'loss_prediction': HPM, 'infonce': CONTRASTIVE, 'simsiam': CONTRASTIVE, 'vicreg': CONTRASTIVE}
+  )
+  config_file = 'configs/mae_st.py'
+  can_scan_blocks = True
   has_video_encoder = True
+
+  def validate_model(self, config, *, pretraining: bool) -> None:
+    """Patches that tile the clip, whole heads, the decoder's predicted frames, the known switches."""
+    del pretraining
+    m, d = config.model, config.data
+    if d.crop_size % m.patch_size:
+      fail('model.patch_size', f'{m.patch_size} does not divide data.crop_size={d.crop_size}')
+    if d.num_frames % m.t_patch_size:
+      fail('model.t_patch_size', f'{m.t_patch_size} does not divide data.num_frames={d.num_frames}')
+    grid_t = d.num_frames // m.t_patch_size
+    if m.pred_t_dim % grid_t or not grid_t <= m.pred_t_dim <= d.num_frames:
+      fail(
+        'model.pred_t_dim',
+        f'{m.pred_t_dim} must be a multiple of the temporal token count '
+        f'{grid_t} and at most data.num_frames={d.num_frames}',
+      )
+    for part in ('encoder', 'decoder'):
+      if m[part].width % m[part].num_heads:
+        fail(f'model.{part}.num_heads', f'{m[part].num_heads} does not divide width {m[part].width}')
+    if m.decoder_cls not in ('learned', 'encoder'):
+      fail('model.decoder_cls', f'{m.decoder_cls!r} is not "learned" or "encoder"')
+    if m.norm_pix_eps <= 0:
+      fail('model.norm_pix_eps', f'{m.norm_pix_eps} must be > 0')
+    if m.pos_embed not in ('learned', 'sincos'):
+      fail('model.pos_embed', f'{m.pos_embed!r} is not "learned" or "sincos"')
 
   def setup(self, config, total_steps: int, steps_per_epoch: int = 1) -> ModelSetup:
     model = mae_lib.mae_from_config(config)

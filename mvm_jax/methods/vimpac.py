@@ -1,25 +1,163 @@
 """VIMPAC: VimpacPretrainer on VQ tokens, read from the batch (`data.source='tokens'`, see
 `mvm_jax.tools.extract_tokens`) or made in the step from pixels by the frozen tokenizer
-(`config.tokenizer`); block masks from `masking.blocks`."""
+(`config.tokenizer`); block masks from `masking.blocks`.
+
+Its config: `vimpac` (the backbone), `masking` (block masks over the token map) and `tokenizer`
+(below), `contrastive` with infonce / vicreg (`objectives.contrastive`). Of the shared `model` keys it
+reads `model.dtype`.
+"""
 
 from __future__ import annotations
 
 import os
+import types
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from mvm_jax import token_vocab
-from mvm_jax.config_schema import ConfigError
+from mvm_jax.config_schema import ConfigError, fail
 from mvm_jax.masking import blocks
-from mvm_jax.methods.base import Method, ModelSetup, first_samples, pixel_inputs, replicated_jit
+from mvm_jax.methods.base import (
+  CONTRASTIVE,
+  Method,
+  ModelSetup,
+  Section,
+  first_samples,
+  pixel_inputs,
+  replicated_jit,
+)
+from mvm_jax.models import tokenizer as tokenizer_lib
 from mvm_jax import sharding
 from mvm_jax.train.step import ModelInputs
 
 
+def default_vimpac_config() -> ml_collections.ConfigDict:
+  """`config.vimpac`: the factorized-attention backbone (paper Table 10 'Small' widths).
+
+  vocab_size     VQ codes; the PAD and [MASK] ids follow them (`token_vocab`).
+  downsample     pixels per token side: tokens = (num_frames, crop/downsample, crop/downsample).
+  width, depth, num_heads
+  mlp_dim        0: 4·width (2·width with large_half).
+  attention_dim  q/k/v width of an attention block; 0: width (width/2 with large_half).
+  large_half     Large-Half: half attention head dim and half MLP.
+  layout         'T,H|W' | 'T,HxW' | 'T,H,W' | 'TxHxW' (`models.factorized.LAYOUTS`).
+  dropout
+  """
+  return ml_collections.ConfigDict(
+    dict(
+      vocab_size=token_vocab.VOCAB_SIZE,
+      downsample=8,
+      width=512,
+      depth=6,
+      num_heads=8,
+      mlp_dim=0,
+      attention_dim=0,
+      large_half=False,
+      layout='T,H|W',
+      dropout=0.1,
+    )
+  )
+
+
+def validate_vimpac_config(config) -> None:
+  from mvm_jax.models import factorized
+
+  v, d = config.vimpac, config.data
+  if v.layout not in factorized.LAYOUTS:
+    fail('vimpac.layout', f'{v.layout!r}; valid: {list(factorized.LAYOUTS)}')
+  if d.crop_size % v.downsample:
+    fail('vimpac.downsample', f'{v.downsample} does not divide data.crop_size={d.crop_size}')
+  attention = v.attention_dim or (v.width // 2 if v.large_half else v.width)
+  if attention % v.num_heads:
+    fail('vimpac.num_heads', f'{v.num_heads} does not divide the attention width {attention}')
+
+
+# The paper's token map: 5 frames of 128² at 8× downsampling.
+PAPER_TOKEN_SHAPE = (5, 16, 16)
+
+
+def default_masking_config() -> ml_collections.ConfigDict:
+  """`config.masking` of VIMPAC (read by `masking.blocks.masker_from_config`).
+
+  kind               'block' (the paper) | 'iid' (Table 15 ablation).
+  num_blocks         K blocks a sample (5: about 14.5% of 5×16×16 tokens).
+  ratio              iid: the share masked; holds the block masker's expected ratio for K
+                     on the paper's 5×16×16 tokens (a preset with another map sets its own).
+  match_block_ratio  iid: mask with the block masker's expected ratio for K (False: `ratio`).
+  iid_exact_count    iid: exactly round(ratio·n) tokens instead of Bernoulli(ratio).
+  bert_corruption    BERT 80/10/10 replacement instead of all-[MASK] (Appendix F.3).
+  """
+  return ml_collections.ConfigDict(
+    dict(
+      kind='block',
+      num_blocks=5,
+      ratio=round(blocks.expected_block_mask_ratio(PAPER_TOKEN_SHAPE, 5), 4),
+      match_block_ratio=True,
+      iid_exact_count=False,
+      bert_corruption=False,
+    )
+  )
+
+
+def validate_masking_config(config) -> None:
+  from mvm_jax.models import factorized
+
+  m = config.masking
+  if m.kind not in blocks.MASKERS:
+    fail('masking.kind', f'VIMPAC masks tokens with {list(blocks.MASKERS)}, not {m.kind!r}')
+  try:
+    blocks.make_token_masker(
+      m.kind,
+      factorized.token_shape_from_config(config),
+      num_blocks=m.num_blocks,
+      ratio=None if m.match_block_ratio else m.ratio,
+    )
+  except ValueError as e:
+    fail('masking.num_blocks', str(e))
+
+
+def validate_tokenizer_config(config) -> None:
+  """Tokens made in the step (data.source other than 'tokens') need a tokenizer with weights."""
+  if config.data.source == 'tokens':
+    return
+  t = config.tokenizer
+  check_tokenizer_config(t)
+  if t.kind == 'vqvae' and not t.workdir:
+    fail(
+      'tokenizer.workdir',
+      'tokenizer.kind="vqvae" needs the workdir of a trained VQ-VAE '
+      '(python -m mvm_jax.main --config configs/vqvae.py:tiny --workdir DIR), '
+      'or extract tokens and set data.source="tokens"',
+    )
+  if t.kind == 'dalle' and not t.dalle_encoder:
+    fail('tokenizer.dalle_encoder', 'tokenizer.kind="dalle" needs the path of the DALL-E encoder.pkl')
+
+
+def check_tokenizer_config(t) -> None:
+  """`models.tokenizer.validate_tokenizer_config` (the keys our modules can build), as a ConfigError."""
+  try:
+    tokenizer_lib.validate_tokenizer_config(t)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+VIMPAC = Section('vimpac', default_vimpac_config, validate_vimpac_config)
+MASKING = Section('masking', default_masking_config, validate_masking_config)
+# The frozen tokenizer (paper: DALL-E dVAE, argmax codes, pixels 0.1 + 0.8·x), used on the fly
+# unless data.source='tokens' reads codes extracted by mvm_jax.tools.extract_tokens.
+TOKENIZER = Section('tokenizer', tokenizer_lib.default_tokenizer_config, validate_tokenizer_config)
+
+
 class VimpacMethod(Method):
   name = 'vimpac'
+  objectives = ('token_ce', 'infonce', 'vicreg')
+  default_objectives = types.MappingProxyType({'token_ce': 1.0, 'infonce': 1.0})
+  sections = (VIMPAC, MASKING, TOKENIZER)
+  objective_sections = types.MappingProxyType({'infonce': CONTRASTIVE, 'vicreg': CONTRASTIVE})
+  config_file = 'configs/vimpac.py'
   has_video_encoder = True
   uses_tokens = True
   run_sections = ('vimpac', 'tokenizer', 'masking')
@@ -53,6 +191,10 @@ class VimpacMethod(Method):
       grid=token_shape,
       description=f'VIMPAC on {"x".join(map(str, token_shape))} {source}',
     )
+
+  def token_patch(self, config) -> tuple[int, int, int]:
+    """One frame × the tokenizer's downsampling."""
+    return (1, config.vimpac.downsample, config.vimpac.downsample)
 
   def write_images(self, exp, workdir: str, step: int, batch: dict):
     """For the first samples (first view), the code map, the masked input and the predicted codes

@@ -1,19 +1,54 @@
-"""The VQ-VAE tokenizer itself, trained on pixels; no masks."""
+"""The VQ-VAE tokenizer itself, trained on pixels; no masks.
+
+Its config: `tokenizer` (`models.tokenizer.default_tokenizer_config`, kind 'vqvae'); of the
+shared `model` keys it reads `model.dtype`.
+"""
 
 from __future__ import annotations
 
 import os
+import types
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from mvm_jax.methods.base import Method, ModelSetup, first_samples, pixel_inputs, replicated_jit
+from mvm_jax.config_schema import fail
+from mvm_jax.methods.base import Method, ModelSetup, Section, first_samples, pixel_inputs, replicated_jit
+from mvm_jax.methods.vimpac import check_tokenizer_config
 from mvm_jax.models import mae as mae_lib
+from mvm_jax.models import tokenizer as tokenizer_lib
 from mvm_jax import sharding
+
+
+def default_tokenizer_config() -> ml_collections.ConfigDict:
+  """`config.tokenizer` (keys: `models.tokenizer.default_tokenizer_config`), kind 'vqvae'."""
+  t = tokenizer_lib.default_tokenizer_config()
+  t.kind = 'vqvae'
+  return t
+
+
+def validate_tokenizer_config(config) -> None:
+  t = config.tokenizer
+  check_tokenizer_config(t)
+  f = 2 ** len(t.widths)
+  if config.data.crop_size % f:
+    fail(
+      'tokenizer.widths',
+      f'{len(t.widths)} stages downsample {f}x, which does not divide data.crop_size={config.data.crop_size}',
+    )
+
+
+TOKENIZER = Section('tokenizer', default_tokenizer_config, validate_tokenizer_config)
 
 
 class VqvaeMethod(Method):
   name = 'vqvae'
+  objectives = ('vq_recon',)
+  default_objectives = types.MappingProxyType({'vq_recon': 1.0})
+  sections = (TOKENIZER,)
+  config_file = 'configs/vqvae.py'
+  is_tokenizer = True
 
   def setup(self, config, total_steps: int, steps_per_epoch: int = 1) -> ModelSetup:
     del total_steps, steps_per_epoch

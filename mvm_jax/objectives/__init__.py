@@ -17,4 +17,7 @@ from mvm_jax.objectives import contrastive  # noqa: F401
 from mvm_jax.objectives import vq  # noqa: F401
 from mvm_jax.objectives import token_ce  # noqa: F401
 
-__all__ = ['OBJECTIVES', 'ObjectiveFn', 'make_objective_fn', 'register']
+# The objectives registered above; one registered elsewhere (a user's, a test's) is no method's.
+BUILT_IN = frozenset(OBJECTIVES)
+
+__all__ = ['BUILT_IN', 'OBJECTIVES', 'ObjectiveFn', 'make_objective_fn', 'register']

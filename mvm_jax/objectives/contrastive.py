@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mvm_jax.config_schema import fail
 from mvm_jax.objectives import registry
 
 NORMALIZE_EPS = 1e-12  # as torch.nn.functional.normalize
@@ -64,6 +65,34 @@ def default_contrastive_config() -> ml_collections.ConfigDict:
       vicreg=dict(invariance=25.0, variance=25.0, covariance=1.0, gamma=1.0, eps=1e-4, l2_normalize=False),
     )
   )
+
+
+def validate_contrastive_config(config) -> None:
+  """ConfigError naming the key for an invalid `config.contrastive`, or a clip sampling that gives
+  the two-view objectives of `config.objectives` no second view."""
+  from mvm_jax.models import heads
+
+  c = config.contrastive
+  if c.pooling not in heads.POOLINGS:
+    fail('contrastive.pooling', f'{c.pooling!r}; valid: {list(heads.POOLINGS)}')
+  if c.temperature <= 0:
+    fail('contrastive.temperature', f'{c.temperature} must be > 0')
+  if c.bn_stats not in heads.BN_STATS:
+    fail('contrastive.bn_stats', f'{c.bn_stats!r}; valid: {list(heads.BN_STATS)}')
+  two_view = heads.contrastive_objectives(config)
+  if two_view and config.data.sampling not in ('clip_pair', 'frame_pair'):
+    fail(
+      'data.sampling',
+      f'objectives {two_view} compare two views of each video: use "frame_pair" (ViC-MAE) or '
+      f'"clip_pair" (VIMPAC), not {config.data.sampling!r}',
+    )
+  if config.data.sampling == 'frame_pair' and config.data.num_frames != 1:
+    fail(
+      'data.num_frames',
+      f'frame_pair sampling gives one frame per view; set it to 1, not {config.data.num_frames}',
+    )
+  if two_view and config.batch_size < 2:
+    fail('batch_size', 'contrastive objectives need at least 2 videos per batch (negatives)')
 
 
 def l2_normalize(x):

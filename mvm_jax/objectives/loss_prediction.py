@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mvm_jax.config_schema import fail
 from mvm_jax.objectives import registry
 from mvm_jax.objectives.pixel_mse import NORM_PIX_EPS, masked_mean, per_patch_mse
 
@@ -51,6 +52,24 @@ def default_hpm_config() -> ml_collections.ConfigDict:
       ema_momentum_epochs=100,
     )
   )
+
+
+def validate_hpm_config(config) -> None:
+  """ConfigError naming the key for an invalid `config.hpm`, or a masking it cannot pick from."""
+  from mvm_jax.masking import hard_patches
+
+  h = config.hpm
+  if h.hard_masking and 'loss_prediction' in config.objectives and config.masking.kind != 'random':
+    fail('masking.kind', f'HPM hard-patch masking replaces random masking; got {config.masking.kind!r}')
+  if h.selection not in hard_patches.SELECTIONS:
+    fail('hpm.selection', f'{h.selection!r}; valid: {list(hard_patches.SELECTIONS)}')
+  if h.alpha_manner not in hard_patches.ALPHA_MANNERS:
+    fail('hpm.alpha_manner', f'{h.alpha_manner!r}; valid: {list(hard_patches.ALPHA_MANNERS)}')
+  for key in ('alpha_0', 'alpha_T', 'ema_momentum', 'ema_momentum_final'):
+    if not 0.0 <= h[key] <= 1.0:
+      fail(f'hpm.{key}', f'{h[key]} is outside [0, 1]')
+  if h.loss_predictor_target not in TARGETS:
+    fail('hpm.loss_predictor_target', f'{h.loss_predictor_target!r}; valid: {list(TARGETS)}')
 
 
 def relative_bce(pred_loss, true_loss, mask):

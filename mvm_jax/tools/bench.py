@@ -185,11 +185,11 @@ def _mb(value) -> str:
 
 
 def format_table(result: dict, config) -> str:
-  d, m = config.data, config.model
+  d, m, masking = config.data, config.model, config.get('masking')  # (a VQ-VAE masks nothing)
   lines = [
     f'{result["device"]}; clip {d.num_frames}×{d.crop_size}², '
     f'batch {config.batch_size}, encoder {m.encoder.width}-d×{m.encoder.depth}, '
-    f'mask {config.masking.ratio}, {m.dtype}, attention {m.get("attention", "xla")}, remat {m.get("remat", "none")}',
+    f'mask {masking.ratio if masking else "none"}, {m.dtype}, attention {m.get("attention", "xla")}, remat {m.get("remat", "none")}',
     f'train step (median)       {result["step_ms"]:10.1f} ms',
     f'clips/s                   {result["clips_per_s"]:10.2f}',
     f'achieved GFLOP/s (XLA)    {result["gflops_per_s"]:10.1f}',

@@ -45,7 +45,9 @@ def token_shape_of(config) -> tuple[int, int, int]:
 def make_sampler(config, token_shape, num_blocks=None):
   """`sample(rng, batch) -> [batch, T, H, W] bool` (True = masked) and the closed-form
   expected ratio (None where there is none) for `config.masking`."""
-  m = config.masking
+  m = config.get('masking')
+  if m is None:
+    raise ValueError(f'config.masking: none in this config; model.name={config.model.name!r} masks nothing')
   kind = m.kind
   if kind in blocks.MASKERS:
     k = m.get('num_blocks', 5) if num_blocks is None else num_blocks

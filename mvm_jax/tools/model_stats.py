@@ -102,7 +102,10 @@ def format_vimpac_table(stats: dict, config) -> str:
 
 def model_stats(config, num_classes: int = 400) -> dict:
   """{'params': {...}, 'gflops_per_clip': {...}} (XLA convention, 2 per multiply-add)."""
-  if methods.get(config).uses_tokens:
+  method = methods.get(config)
+  if not method.has_video_encoder:
+    raise config_lib.ConfigError(f'config.model.name: {method.name!r} has no video encoder to count')
+  if method.uses_tokens:
     return vimpac_stats(config)
   config_lib.validate(config)
   sparse, params = _mae_forward_flops(config, dense=False)
