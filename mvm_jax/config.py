@@ -7,13 +7,15 @@ defaults and checks live with the method: :mod:`mvm_jax.methods`). A config file
 `--config.x.y=` override fails at the command line, and `validate(config)` rejects inconsistent
 values before anything compiles.
 
-The shared checks live in :mod:`mvm_jax.config_schema` (which the evaluation stack imports); this
-module adds the checks of `config.evaluators`, which need that stack.
+The checks of the shared keys live in :mod:`mvm_jax.config_schema`, the method's in its `Method`
+(`methods.validate` runs both; the evaluation stack calls it); this module adds the checks of
+`config.evaluators`, which need that stack.
 """
 
 from __future__ import annotations
 
-from mvm_jax.config_schema import ConfigError, validate_without_evaluators
+from mvm_jax import methods
+from mvm_jax.config_schema import ConfigError
 from mvm_jax.methods import base_config, set_objectives
 
 __all__ = ['ConfigError', 'base_config', 'set_objectives', 'validate']
@@ -26,7 +28,7 @@ def validate(config, *, pretraining: bool = True) -> None:
   the keys only pre-training reads: objectives and their sections (HPM, contrastive heads),
   evaluators. Validating twice is validating once: nothing is changed.
   """
-  validate_without_evaluators(config, pretraining=pretraining)
+  methods.validate(config, pretraining=pretraining)
   if pretraining and config.get('evaluators'):  # (none: no import of the evaluation stack)
     from mvm_jax.evaluate import evaluators  # here: it imports Grain, PyAV and the models
 

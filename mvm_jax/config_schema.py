@@ -8,10 +8,10 @@ and its objectives read (`methods.Method.sections`, `objective_sections`); a con
 `--config.x.y=` override fails at the command line, as does an override of a section the run
 does not carry.
 
-`validate_without_evaluators(config)` rejects inconsistent values of every section but
-`config.evaluators` (whose checks need the evaluation stack): the shared keys here, the method's
-model keys and sections by the method (`Method.validate`). `mvm_jax.config.validate` runs both
-(the one to call before a run).
+`validate_shared(config, method)` rejects inconsistent values of the shared keys (the method's
+model keys and sections are the method's to check: `Method.validate`). `methods.validate` runs
+both, `mvm_jax.config.validate` adds the checks of `config.evaluators` (the one to call before a
+run).
 """
 
 from __future__ import annotations
@@ -122,20 +122,17 @@ def fail(key: str, message: str):
   raise ConfigError(f'config.{key}: {message}')
 
 
-def validate_without_evaluators(config, *, pretraining: bool = True) -> None:
-  """Raise ConfigError naming the key for any inconsistent value, `config.evaluators` aside.
+def validate_shared(config, method, *, pretraining: bool = True) -> None:
+  """Raise ConfigError naming the key for an inconsistent value of the keys every method shares
+  (`method`: the config's `methods.Method`, asked whether it can scan its blocks).
 
-  `pretraining=False` (evaluations of a frozen or fine-tuned encoder) skips
-  the keys only pre-training reads: objectives and their sections (HPM, contrastive heads).
+  `pretraining=False` (evaluations of a frozen or fine-tuned encoder): `model.scan_blocks` is
+  refused, the evaluations read the unrolled blocks.
   """
-  from mvm_jax import methods  # here: methods import this module (ConfigError)
-
-  method = methods.get(config)
   m = config.model
   if m.dtype not in ('float32', 'bfloat16', 'float16'):
     fail('model.dtype', f'{m.dtype!r} is not float32, bfloat16 or float16')
   _validate_accelerator_switches(m, method, pretraining)
-  method.validate(config, pretraining=pretraining)
   if config.batch_size <= 0:
     fail('batch_size', 'must be positive')
   if config.batch_size % config.optim.grad_accum_steps:

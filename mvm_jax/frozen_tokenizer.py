@@ -113,15 +113,11 @@ def load_vqvae_tokenizer(workdir: str, input_mean, input_std) -> FrozenTokenizer
     )
   if not os.path.exists(os.path.join(workdir, 'config.json')):
     raise ValueError(f'config.tokenizer.workdir: {workdir!r} has no config.json; is it a VQ-VAE run?')
-  from mvm_jax import methods
-
   trained = runs.load_config(workdir)
-  method = methods.METHODS.get(trained.model.name)
-  if method is None or not method.is_tokenizer:
-    tokenizers = [name for name, m in methods.METHODS.items() if m.is_tokenizer]
+  if 'vq_recon' not in trained.objectives or 'tokenizer' not in trained:  # what a VQ-VAE run trains
     raise ValueError(
-      f'config.tokenizer.workdir: {workdir!r} trained model.name={trained.model.name!r}, not a tokenizer '
-      f'(model.name {" or ".join(map(repr, tokenizers))})'
+      f'config.tokenizer.workdir: {workdir!r} trained model.name={trained.model.name!r} with objectives '
+      f'{list(trained.objectives)}, not a VQ-VAE (vq_recon)'
     )
   module = tokenizer_lib.vqvae_from_config(trained)
   step, items = runs.latest_state_items(workdir, ('params', 'model_state'))

@@ -15,19 +15,15 @@ from mvm_jax.config_schema import base_config
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config the run wrote to `workdir/config.json`, over today's defaults of its method and
-  objectives (so keys added since the run was made get their default values). A run saved before
-  configs carried only the sections they use keeps its other sections as they were saved."""
-  from mvm_jax import methods  # here: methods import the training step
-
+  """The config the run wrote to `workdir/config.json`, over today's defaults of the keys every
+  method shares (so those added since the run was made get their default values); the sections
+  of its method come as saved (a run saved when every config carried every section keeps them)."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} not found: is {workdir!r} a mvm_jax workdir?')
   with open(path) as f:
     saved = json.load(f)
-  method = methods.METHODS.get(saved.get('model', {}).get('name', 'mae'))
-  objectives = saved.get('objectives')
-  config = base_config() if method is None else method.base_config(objectives)
+  config = base_config()
   _merge(config, saved)
   return config
 

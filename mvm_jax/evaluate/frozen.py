@@ -286,7 +286,7 @@ def load(config: ml_collections.ConfigDict, devices=None) -> FrozenEncoder:
     FileNotFoundError: ``init_from`` has no config.json or no checkpoint.
   """
   resolved = resolve_config(config)
-  config_schema.validate_without_evaluators(resolved, pretraining=False)
+  methods.validate(resolved, pretraining=False)
   mesh = sharding.make_mesh(resolved.mesh, devices)
   t = template(resolved, mesh)
   if pretrained_run(resolved.init_from):

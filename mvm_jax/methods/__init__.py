@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 import ml_collections
 
+from mvm_jax import config_schema
 from mvm_jax.config_schema import ConfigError
 from mvm_jax.methods.base import Method, ModelSetup, Section, pixel_inputs
 from mvm_jax.methods.mae import MaeMethod
@@ -36,6 +37,7 @@ __all__ = [
   'get',
   'pixel_inputs',
   'set_objectives',
+  'validate',
 ]
 
 
@@ -63,3 +65,16 @@ def set_objectives(config, objectives: Mapping[str, float]) -> None:
   """`config.objectives = objectives`, adding the sections of the objectives now trained (at their
   defaults) and dropping those of the objectives no longer trained (`Method.set_objectives`)."""
   get(config).set_objectives(config, objectives)
+
+
+def validate(config, *, pretraining: bool = True) -> None:
+  """Raise ConfigError naming the key for any inconsistent value, `config.evaluators` aside: the
+  keys every method shares (`config_schema.validate_shared`), then the method's model keys and
+  sections (`Method.validate`). Nothing is changed: validating twice is validating once.
+
+  `pretraining=False` (evaluations of a frozen or fine-tuned encoder) skips the keys only
+  pre-training reads: objectives and their sections (HPM, contrastive heads).
+  """
+  method = get(config)
+  config_schema.validate_shared(config, method, pretraining=pretraining)
+  method.validate(config, pretraining=pretraining)

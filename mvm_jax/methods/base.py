@@ -83,7 +83,6 @@ class Method:
   has_video_encoder: its backbone is a video encoder that frozen evaluation and fine-tuning can use.
   uses_tokens: that backbone reads VQ tokens, made from pixels by the run's frozen tokenizer.
   run_sections: the config sections besides `model` that a run brings along when evaluated.
-  is_tokenizer: the run trains a tokenizer that VIMPAC can read tokens with (`tokenizer.workdir`).
   """
 
   name: str = ''
@@ -96,7 +95,6 @@ class Method:
   has_video_encoder: bool = False
   uses_tokens: bool = False
   run_sections: tuple[str, ...] = ()
-  is_tokenizer: bool = False
 
   # --- config -----------------------------------------------------------------------------------
 

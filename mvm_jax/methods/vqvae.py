@@ -48,7 +48,6 @@ class VqvaeMethod(Method):
   default_objectives = types.MappingProxyType({'vq_recon': 1.0})
   sections = (TOKENIZER,)
   config_file = 'configs/vqvae.py'
-  is_tokenizer = True
 
   def setup(self, config, total_steps: int, steps_per_epoch: int = 1) -> ModelSetup:
     del total_steps, steps_per_epoch
