@@ -127,12 +127,17 @@ def validate_shared(config, method, *, pretraining: bool = True) -> None:
   (`method`: the config's `methods.Method`, asked whether it can scan its blocks).
 
   `pretraining=False` (evaluations of a frozen or fine-tuned encoder): `model.scan_blocks` is
-  refused, the evaluations read the unrolled blocks.
+  refused, the evaluations read the unrolled blocks; the pre-training sampling is not checked.
   """
   m = config.model
   if m.dtype not in ('float32', 'bfloat16', 'float16'):
     fail('model.dtype', f'{m.dtype!r} is not float32, bfloat16 or float16')
   _validate_accelerator_switches(m, method, pretraining)
+  if pretraining and config.data.sampling == 'frame_pair' and config.data.num_frames != 1:
+    fail(
+      'data.num_frames',
+      f'frame_pair sampling gives one frame per view; set it to 1, not {config.data.num_frames}',
+    )
   if config.batch_size <= 0:
     fail('batch_size', 'must be positive')
   if config.batch_size % config.optim.grad_accum_steps:

@@ -75,6 +75,7 @@ def _missing(c, section):
     (lambda: mae_st.get_config('tiny'), 'masking.ratio', 1.5, 'masking.ratio'),
     (lambda: mae_st.get_config('tiny'), 'masking.kind', 'block', 'masking.kind'),
     (lambda: mae_st.get_config('tiny'), 'model.patch_size', 7, 'model.patch_size'),
+    (lambda: mae_st.get_config('tiny'), 'data.sampling', 'frame_pair', 'data.num_frames'),
     (lambda: hpm.get_config('tiny'), 'hpm.alpha_0', 2.0, 'hpm.alpha_0'),
     (lambda: hpm.get_config('tiny'), 'hpm.loss_predictor_target', 'l1', 'hpm.loss_predictor_target'),
     (lambda: vic_mae.get_config('tiny'), 'contrastive.temperature', 0.0, 'contrastive.temperature'),

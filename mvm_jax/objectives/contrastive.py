@@ -86,11 +86,6 @@ def validate_contrastive_config(config) -> None:
       f'objectives {two_view} compare two views of each video: use "frame_pair" (ViC-MAE) or '
       f'"clip_pair" (VIMPAC), not {config.data.sampling!r}',
     )
-  if config.data.sampling == 'frame_pair' and config.data.num_frames != 1:
-    fail(
-      'data.num_frames',
-      f'frame_pair sampling gives one frame per view; set it to 1, not {config.data.num_frames}',
-    )
   if two_view and config.batch_size < 2:
     fail('batch_size', 'contrastive objectives need at least 2 videos per batch (negatives)')
 
