@@ -503,6 +503,7 @@ def main(argv):
     config = f.config
     if f.per_device_batch > 0:
       config = with_per_device_batch(config, f.per_device_batch, len(devices))
+    config_lib.validate(config)  # once, here (after jax is configured: checks may look at devices)
     result = aot_compile(config, topology, devices, min_sharded_size=f.min_sharded_size, progress=say)
   except (config_lib.ConfigError, UnshardedParametersError, ValueError) as e:
     say(f'Error: {e}')

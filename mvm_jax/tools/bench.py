@@ -110,6 +110,16 @@ def _variant(config, **model):
   return c
 
 
+def configs_to_time(config, dense: bool = True, remat_variants: Sequence[str] = ()) -> list:
+  """Every config `bench` builds a step of: `config`, its dense variant, its remat variants (what
+  `main` validates before timing any)."""
+  return (
+    [config]
+    + ([_variant(config, dense_encoder=True)] if dense else [])
+    + [_variant(config, remat=name) for name in remat_variants]
+  )
+
+
 def bench(
   config,
   steps: int = 10,
@@ -226,8 +236,15 @@ def format_table(result: dict, config) -> str:
 
 def main(argv):
   del argv
+  from mvm_jax import config as config_lib
+
   f = flags.FLAGS
   variants = [v for v in f.remat_variants.split(',') if v]
+  try:
+    for config in configs_to_time(f.config, f.dense, variants):
+      config_lib.validate(config)
+  except config_lib.ConfigError as e:
+    raise app.UsageError(str(e)) from None
   result = bench(f.config, f.steps, f.warmup, f.dense, f.phases, variants, f.peak_dtype, f.profile_dir)
   print(json.dumps(result) if f.json else format_table(result, f.config))
 
