@@ -68,10 +68,11 @@ class Method:
     start = int(config.contrastive.start_epoch * steps_per_epoch)
     return {name: start for name in heads.CONTRASTIVE_OBJECTIVES}
 
-  def write_images(self, exp, workdir: str, step: int, batch: dict):
-    """The pictures of `exp` (a `loop.Experiment`) at `step` from the first samples of `batch`, under
-    `workdir`/images. Runs on every process (the global batch and the state may span all hosts); only
-    the chief writes the PNGs. Returns their paths on the chief, None elsewhere."""
+  def write_images(self, exp, state, workdir: str, step: int, batch: dict):
+    """The pictures of `state` (the `TrainState` at `step` of `exp`, a `loop.Experiment`) from the
+    first samples of `batch`, under `workdir`/images. Runs on every process (the global batch and the
+    state may span all hosts); only the chief writes the PNGs. Returns their paths on the chief, None
+    elsewhere."""
     raise NotImplementedError
 
 

@@ -76,12 +76,11 @@ def time_train_step(config, steps: int, warmup: int, phase: str = 'step', profil
   config's train step (or of its first `phase`: 'forward', 'gradients'; see make_train_step).
   With `profile_dir`, three more steps run under `jax.profiler.trace` into it afterwards
   (read it with `python -m mvm_jax.tools.profile_summary DIR`, or TensorBoard/XProf)."""
-  exp = loop.build_experiment(config, samples_per_epoch=config.batch_size * 1000, phase=phase)
+  exp, state = loop.build_experiment(config, samples_per_epoch=config.batch_size * 1000, phase=phase)
   batch = loop.global_batch(synthetic_batch(config), exp.batch_sharding, exp.batch_keys)
   start = time.perf_counter()
-  compiled, step_flops = loop.compile_step(exp, batch)
+  compiled, step_flops = loop.compile_step(exp, state, batch)
   compile_s = time.perf_counter() - start
-  state = exp.state
   for _ in range(warmup):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(state)
