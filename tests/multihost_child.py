@@ -108,8 +108,7 @@ def main():
     result['global_video_sha'].append(sample_hashes(gathered['video']))
 
   if args.train_steps:
-    exp = loop.build_experiment(config, samples_per_epoch=info.samples_per_epoch)
-    state = exp.state
+    exp, state = loop.build_experiment(config, samples_per_epoch=info.samples_per_epoch)
     for host_batch in host_batches[: args.train_steps]:
       state, metrics = exp.train_step(state, loop.global_batch(host_batch, exp.batch_sharding))
       result['losses'].append(float(jax.device_get(metrics['loss'])))

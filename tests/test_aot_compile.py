@@ -35,16 +35,18 @@ def test_abstract_step_compiles_to_the_step_main_runs(config):
   it = iter(loader)
   host_batch = next(it)
   it.close()
-  exp = loop.build_experiment(config, samples_per_epoch=64, devices=devices)
+  exp, state = loop.build_experiment(config, samples_per_epoch=64, devices=devices)
   batch = loop.global_batch(host_batch, exp.batch_sharding, exp.batch_keys)
-  main_step, main_flops = loop.compile_step(exp, batch)
+  main_step, main_flops = loop.compile_step(exp, state, batch)
 
   abstract, abstract_batch = aot_compile.abstract_step(config, devices, samples_per_epoch=64)
-  assert _shapes(abstract.state) == _shapes(exp.state)
-  assert jax.tree.map(lambda x: x.sharding, abstract.state) == jax.tree.map(lambda x: x.sharding, exp.state)
+  assert _shapes(abstract.abstract_state) == _shapes(state)
+  assert jax.tree.map(lambda x: x.sharding, abstract.abstract_state) == jax.tree.map(
+    lambda x: x.sharding, state
+  )
   assert _shapes(abstract_batch) == _shapes(batch)
   with sharding.sharding_context(abstract.mesh, config.mesh.rules):
-    aot_step = abstract.train_step.lower(abstract.state, abstract_batch).compile()
+    aot_step = abstract.train_step.lower(abstract.abstract_state, abstract_batch).compile()
 
   hlo = _without_debug_info(aot_step.as_text())
   assert 'StackFrames' not in hlo and 'all-gather' in hlo and len(hlo) > 100_000
@@ -71,7 +73,7 @@ def test_sharding_check_names_replicated_parameters(config):
   found = [
     name
     for name, _, _ in aot_compile.unsharded_parameters(
-      exp.state.params, exp.state_shardings.params, exp.mesh, 4096
+      exp.abstract_state.params, exp.state_shardings.params, exp.mesh, 4096
     )
   ]
   assert (
@@ -96,7 +98,7 @@ def test_the_contrastive_projector_is_sharded_over_fsdp_too():
   c.contrastive.projector.update(hidden=64, out=16)
   c.mesh.shape = (2, 4, 1)
   exp, _ = aot_compile.abstract_step(c, jax.devices()[:8])
-  assert 'projector' in str(jax.tree_util.tree_structure(exp.state.params))
+  assert 'projector' in str(jax.tree_util.tree_structure(exp.abstract_state.params))
   aot_compile.check_sharding(exp, min_size=1024)  # 64×64 = 4096: fc1 included
 
 

@@ -30,6 +30,25 @@ def test_bad_config_fails_before_compiling_naming_the_key(tmp_path, override, ke
   assert time.time() - start < 60
 
 
+@pytest.mark.parametrize(
+  'module,args',
+  [
+    ('mvm_jax.tools.bench', ['--config', 'configs/mae_st.py:tiny']),
+    ('mvm_jax.tools.aot_compile', ['--config', 'configs/mae_st.py:tiny', '--topology', 'cpu-1']),
+    ('mvm_jax.finetune', ['--config', 'configs/finetune.py:tiny', '--workdir', '{workdir}']),
+  ],
+)
+def test_the_tools_and_finetuning_validate_before_building_naming_the_key(tmp_path, module, args):
+  """The library's builders take the config as valid: each entry point validates it, once."""
+  start = time.time()
+  args = [a.format(workdir=tmp_path) for a in args]
+  result = run_module(module, *args, '--config.model.patch_size=7', timeout=120)
+  assert result.returncode != 0 and 'config.model.patch_size' in result.stderr, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-2000:]
+  assert not os.path.exists(tmp_path / 'checkpoints')
+  assert time.time() - start < 60
+
+
 def test_misspelt_key_is_rejected(tmp_path):
   result = run_module(
     'mvm_jax.main',

@@ -13,7 +13,6 @@ from mvm_jax import methods, objectives
 from mvm_jax.models import ema
 from mvm_jax.masking import policy as policy_lib
 from mvm_jax.train import checkpointing, loop
-from mvm_jax.train import state as state_lib
 
 
 def hpm_config():
@@ -42,9 +41,8 @@ def _batches(config, n, views=1, seed=0):
 
 
 def _train(config, batches, devices):
-  exp = loop.build_experiment(config, samples_per_epoch=64, devices=devices)
-  states, history = [jax.device_get(exp.state)], []
-  state = exp.state
+  exp, state = loop.build_experiment(config, samples_per_epoch=64, devices=devices)
+  states, history = [jax.device_get(state)], []
   for host_batch in batches:
     state, metrics = exp.train_step(state, loop.global_batch(host_batch, exp.batch_sharding))
     states.append(jax.device_get(state))
@@ -221,8 +219,7 @@ def test_teacher_and_batch_stats_survive_a_checkpoint_round_trip(tmp_path):
   trained = jax.device_put(states[-1])
   ckpt = checkpointing.Checkpointer(str(tmp_path), keep=1, every_steps=1, asynchronous=False)
   ckpt.save(1, trained, {'position': 1}, force=True)
-  abstract = state_lib.abstract_with_shardings(exp.state, exp.state_shardings)
-  restored, data_state = ckpt.restore(1, abstract)
+  restored, data_state = ckpt.restore(1, exp.abstract_state)
   ckpt.close()
   assert data_state == {'position': 1}
   assert restored.model_state['batch_stats']['projector']['bn0']['var'].shape == (64,)
@@ -230,9 +227,9 @@ def test_teacher_and_batch_stats_survive_a_checkpoint_round_trip(tmp_path):
 
 
 def test_hpm_picture_adds_the_teachers_heat_map(hpm_run, tmp_path):
-  config, exp, _, _ = hpm_run
+  config, exp, states, _ = hpm_run
   batch = _batches(config, 1, seed=6)[0]
-  (png, *_) = loop.write_images(exp, str(tmp_path), 2, batch)
+  (png, *_) = loop.write_images(exp, jax.device_put(states[0]), str(tmp_path), 2, batch)
   scale = max(1, 128 // config.data.crop_size)
   rows = (Image.open(png).size[1] // scale + 2) // (config.data.crop_size + 2)
   assert rows == 4  # original, masked (hard patches red), reconstruction, predicted-loss heat map

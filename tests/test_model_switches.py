@@ -174,13 +174,13 @@ def test_scanned_model_trains_sharded_with_the_unrolled_weight_decay(config):
 
   config.model.scan_blocks = True
   config.mesh.shape = (4, 2, 1)
-  exp = loop.build_experiment(config, samples_per_epoch=64, devices=jax.devices()[:8])
-  decay = optimizer.weight_decay_mask(exp.state.params)
+  exp, state = loop.build_experiment(config, samples_per_epoch=64, devices=jax.devices()[:8])
+  decay = optimizer.weight_decay_mask(state.params)
   blocks = decay['encoder']['blocks']['block']
   assert blocks['mlp']['fc1']['kernel'] and not blocks['mlp']['fc1']['bias'] and not blocks['norm1']['scale']
   rng = np.random.default_rng(0)
   video = rng.integers(0, 256, (8, 4, 32, 32, 3), np.uint8)
-  state, metrics = exp.train_step(exp.state, loop.global_batch({'video': video}, exp.batch_sharding))
+  state, metrics = exp.train_step(state, loop.global_batch({'video': video}, exp.batch_sharding))
   assert np.isfinite(float(metrics['loss']))
 
 

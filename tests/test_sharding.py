@@ -159,19 +159,19 @@ def test_unknown_logical_name_fails_naming_the_rules():
 def test_overriding_a_rule_changes_the_parameter_sharding(config):
   config.mesh.shape = (2, 2, 2)
   devices = jax.devices()[:8]
-  exp = loop.build_experiment(config, samples_per_epoch=64, devices=devices)
-  kernel = exp.state.params['encoder']['block0']['mlp']['fc1']['kernel']  # [32, 128]: ('embed', 'mlp')
+  _, state = loop.build_experiment(config, samples_per_epoch=64, devices=devices)
+  kernel = state.params['encoder']['block0']['mlp']['fc1']['kernel']  # [32, 128]: ('embed', 'mlp')
   assert kernel.sharding.spec == P('fsdp', 'tensor')
   assert kernel.addressable_shards[0].data.shape == (16, 64)
 
   config.mesh.rules.mlp = None  # as --config.mesh.rules.mlp=None gives: replicated
-  exp = loop.build_experiment(config, samples_per_epoch=64, devices=devices)
-  kernel = exp.state.params['encoder']['block0']['mlp']['fc1']['kernel']
+  _, state = loop.build_experiment(config, samples_per_epoch=64, devices=devices)
+  kernel = state.params['encoder']['block0']['mlp']['fc1']['kernel']
   assert kernel.sharding.spec == P('fsdp', None)
   assert kernel.addressable_shards[0].data.shape == (16, 128)
   fc1 = [  # the optimizer moments follow their parameter
     x.sharding.spec
-    for path, x in jax.tree_util.tree_flatten_with_path(exp.state.opt_state)[0]
+    for path, x in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
     if jax.tree_util.keystr(path).endswith("['mlp']['fc1']['kernel']")
   ]
   assert len(fc1) >= 2 and set(fc1) == {P('fsdp', None)}

@@ -24,8 +24,8 @@ def _batches(config, n, seed=0):
 
 
 def _losses(config, batches, devices):
-  exp = loop.build_experiment(config, samples_per_epoch=64, devices=devices)
-  state, losses = exp.state, []
+  exp, state = loop.build_experiment(config, samples_per_epoch=64, devices=devices)
+  losses = []
   for host_batch in batches:
     state, metrics = exp.train_step(state, loop.global_batch(host_batch, exp.batch_sharding))
     losses.append(float(metrics['loss']))
@@ -45,8 +45,8 @@ def test_one_device_and_4x2_mesh_give_the_same_losses(config):
 
 def test_parameters_are_sharded_over_fsdp(config):
   config.mesh.shape = (4, 2, 1)
-  exp = loop.build_experiment(config, samples_per_epoch=64, devices=jax.devices()[:8])
-  kernel = exp.state.params['encoder']['block0']['mlp']['fc1']['kernel']
+  _, state = loop.build_experiment(config, samples_per_epoch=64, devices=jax.devices()[:8])
+  kernel = state.params['encoder']['block0']['mlp']['fc1']['kernel']
   assert kernel.sharding.spec[0] == 'fsdp'
   assert kernel.addressable_shards[0].data.shape[0] == kernel.shape[0] // 2
 

@@ -103,8 +103,8 @@ def _batches(config, n, seed=0):
 
 
 def _train(config, batches, devices):
-  exp = loop.build_experiment(config, samples_per_epoch=64, devices=devices)
-  state, losses, metrics = exp.state, [], []
+  exp, state = loop.build_experiment(config, samples_per_epoch=64, devices=devices)
+  losses, metrics = [], []
   for host_batch in batches:
     state, m = exp.train_step(state, loop.global_batch(host_batch, exp.batch_sharding))
     losses.append(float(m['loss']))
@@ -262,12 +262,14 @@ def test_finetune_starts_from_the_vimpac_backbone_and_tests(vimpac_runs, tmp_pat
   c.data.update(num_workers=0, eval_temporal_views=1, eval_spatial_views=1)
   c.finetune.update(eval_every_steps=100, eval_batch_size=8)
   resolved = finetune.frozen.resolve_config(c)
-  exp = finetune.build_experiment(resolved, num_classes=8, samples_per_epoch=40, devices=jax.devices()[:1])
+  _, state = finetune.build_experiment(
+    resolved, num_classes=8, samples_per_epoch=40, devices=jax.devices()[:1]
+  )
   _, pretrained = runs.latest_params(workdir)
   jax.tree.map(
-    np.testing.assert_array_equal, jax.device_get(exp.state.params['backbone']), pretrained['backbone']
+    np.testing.assert_array_equal, jax.device_get(state.params['backbone']), pretrained['backbone']
   )
-  np.testing.assert_array_equal(exp.state.params['head']['kernel'], 0.0)
+  np.testing.assert_array_equal(state.params['head']['kernel'], 0.0)
   result = finetune.finetune_and_evaluate(c, str(tmp_path))
   assert result['step'] == 2 and np.isfinite(result['losses']).all()
   assert result['eval']['views_per_video'] == 1 and 0.0 <= result['eval']['top1'] <= 100.0

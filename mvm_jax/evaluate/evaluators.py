@@ -710,7 +710,7 @@ class EvaluatorSuite:
   """
 
   def __init__(self, config, workdir: str, mesh, total_steps: int):
-    validate(config)
+    # `config` is valid: the entry point validated it, `config.evaluators` with it (`validate` below).
     self.config, self.workdir, self.total_steps = config, workdir, total_steps
     self.cache = FeatureCache()
     self.evaluators = [

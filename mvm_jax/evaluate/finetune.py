@@ -100,10 +100,11 @@ def make_finetune_step(model, tx, schedule, config, num_classes: int, total_step
   return train_step
 
 
-def build_experiment(config, *, num_classes: int, samples_per_epoch: int, devices=None) -> loop.Experiment:
-  """Classifier, optimizer with layer decay, sharded state (encoder from `init_from`), jitted step."""
-  validate(config)
-  config_lib.validate(config, pretraining=False)
+def build_experiment(
+  config, *, num_classes: int, samples_per_epoch: int, devices=None
+) -> tuple[loop.Experiment, state_lib.TrainState]:
+  """(experiment, initial state): classifier, optimizer with layer decay, jitted step, and the sharded
+  state (encoder from `init_from`). `config`: resolved (`frozen.resolve_config`) and valid."""
   mesh = sharding.make_mesh(config.mesh, devices)
   f = config.finetune
   if methods.get(config).uses_tokens:
@@ -134,24 +135,26 @@ def build_experiment(config, *, num_classes: int, samples_per_epoch: int, device
     logging.info('%s initialised from %s (step %d).', backbone.capitalize(), config.init_from, step)
   batch_sharding = sharding.batch_sharding(mesh)
   step_fn = make_finetune_step(model, tx, schedule, config, num_classes, total_steps, inputs)
-  jitted = loop.jit_train_step(step_fn, mesh, config.mesh.rules, shardings, batch_sharding)
-  return loop.Experiment(
+  exp = loop.Experiment(
     config=config,
     mesh=mesh,
+    method=None,
     model=model,
+    inputs=inputs,
     masker=None,
     grid=model.encoder.grid if inputs.preprocess is None else factorized.token_shape_from_config(config),
     tx=tx,
     schedule=schedule,
     total_steps=total_steps,
     warmup_steps=warmup_steps,
-    train_step=jitted,
-    state=state,
+    steps_per_epoch=max(1, samples_per_epoch // config.batch_size),
+    train_step=loop.jit_train_step(step_fn, mesh, config.mesh.rules, shardings, batch_sharding),
+    abstract_state=state_lib.abstract_with_shardings(state, shardings),
     state_shardings=shardings,
     batch_sharding=batch_sharding,
-    inputs=inputs,
     batch_keys=('video', 'label'),
   )
+  return exp, state
 
 
 def _vimpac_classifier(config, num_classes: int):
@@ -168,8 +171,8 @@ def _vimpac_classifier(config, num_classes: int):
   return model, 'backbone', config.vimpac.depth, inputs, tok.variables, example
 
 
-def evaluate(exp: loop.Experiment, split: str | None = None) -> dict:
-  """Multi-view test on `split` (default `finetune.test_split`): softmax averaged
+def evaluate(exp: loop.Experiment, state: state_lib.TrainState, split: str | None = None) -> dict:
+  """Multi-view test of `state` on `split` (default `finetune.test_split`): softmax averaged
   over each video's views → top-1/top-5 and confusion."""
   config = exp.config
   split = split or config.finetune.test_split
@@ -221,7 +224,7 @@ def evaluate(exp: loop.Experiment, split: str | None = None) -> dict:
       valid.append(np.arange(rows) < n)
       for start in range(0, rows, local):
         chunk = jax.make_array_from_process_local_data(exp.batch_sharding, video[start : start + local])
-        probs = predict(exp.state.params, exp.state.frozen, chunk)
+        probs = predict(state.params, state.frozen, chunk)
         probs = multihost_utils.global_array_to_host_local_array(probs, exp.mesh, exp.batch_sharding.spec)
         scores.append(np.asarray(probs))  # [local, classes]: this process's rows
   finally:
@@ -245,9 +248,13 @@ def evaluate(exp: loop.Experiment, split: str | None = None) -> dict:
 
 
 def finetune_and_evaluate(config, workdir: str, *, stop_after_steps=None) -> dict:
-  """Fine-tune per `config` (resumable), then test with multi-view; writes results.json + confusion PNG."""
+  """Fine-tune per `config` (resumable), then test with multi-view; writes results.json + confusion PNG.
+
+  The config is whole only here, with the model and clip keys of `init_from`'s run merged in
+  (`frozen.resolve_config`), so this driver validates it, once, before anything is built (the
+  command line has checked the `finetune` section: `validate`)."""
   config = frozen.resolve_config(config)
-  validate(config)
+  config_lib.validate(config, pretraining=False)
   features.resolve_splits(config, 'finetune')
   loader, data_info = pipeline.make_loader(
     config.data,
@@ -258,22 +265,24 @@ def finetune_and_evaluate(config, workdir: str, *, stop_after_steps=None) -> dic
     shard_count=jax.process_count(),
     train=True,
   )
-  exp = build_experiment(
+  exp, state = build_experiment(
     config, num_classes=data_info.num_classes, samples_per_epoch=data_info.samples_per_epoch
   )
-  exp.data_info = data_info
 
-  def periodic_eval(step, batch):  # on every process: evaluate() is collective
+  def periodic_eval(step, state, batch):  # on every process: evaluate() is collective
+    del batch
     if step % config.finetune.eval_every_steps == 0 and step != exp.total_steps:
-      m = evaluate(exp)
+      m = evaluate(exp, state)
       logging.info('step %d: test top1 %.2f top5 %.2f', step, m['top1'], m['top5'])
       return {'test/top1': m['top1'], 'test/top5': m['top5']}
     return None
 
-  result = loop.fit(exp, loader, workdir, hooks=[periodic_eval], stop_after_steps=stop_after_steps)
+  state, result = loop.fit(
+    exp, state, loader, data_info, workdir, hooks=[periodic_eval], stop_after_steps=stop_after_steps
+  )
   if result['step'] < exp.total_steps:
     return result
-  metrics = evaluate(exp)
+  metrics = evaluate(exp, state)
   if jax.process_index() == 0:
     png = report.save_confusion_png(
       os.path.join(workdir, 'finetune_confusion.png'),

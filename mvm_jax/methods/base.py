@@ -206,10 +206,11 @@ class Method:
     m = config.model
     return (m.t_patch_size, m.patch_size, m.patch_size)
 
-  def write_images(self, exp, workdir: str, step: int, batch: dict):
-    """The pictures of `exp` (a `loop.Experiment`) at `step` from the first samples of `batch`, under
-    `workdir`/images. Runs on every process (the global batch and the state may span all hosts); only
-    the chief writes the PNGs. Returns their paths on the chief, None elsewhere."""
+  def write_images(self, exp, state, workdir: str, step: int, batch: dict):
+    """The pictures of `state` (the `TrainState` at `step` of `exp`, a `loop.Experiment`) from the
+    first samples of `batch`, under `workdir`/images. Runs on every process (the global batch and the
+    state may span all hosts); only the chief writes the PNGs. Returns their paths on the chief, None
+    elsewhere."""
     raise NotImplementedError
 
 

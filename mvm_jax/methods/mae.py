@@ -128,7 +128,7 @@ class MaeMethod(Method):
 
     return momentum
 
-  def write_images(self, exp, workdir: str, step: int, batch: dict):
+  def write_images(self, exp, state, workdir: str, step: int, batch: dict):
     """Reconstructions of the first samples of `batch` (first view of pairs) with
     a fixed random mask, or for HPM the teacher's mask at this step, beside
     the teacher's predicted-loss heat map."""
@@ -138,7 +138,7 @@ class MaeMethod(Method):
     n = min(c.num_image_samples, batch['video'].shape[0])
     video = first_samples(exp, batch['video'], n, batch_ndim=5)  # [n, T, H, W, C]
     rng = jax.random.PRNGKey(c.seed + 1)
-    model, s = exp.model, exp.state
+    model, s = exp.model, state
 
     def forward(params, model_state, teacher, video):
       predicted, hard = None, None

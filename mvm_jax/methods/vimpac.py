@@ -196,7 +196,7 @@ class VimpacMethod(Method):
     """One frame × the tokenizer's downsampling."""
     return (1, config.vimpac.downsample, config.vimpac.downsample)
 
-  def write_images(self, exp, workdir: str, step: int, batch: dict):
+  def write_images(self, exp, state, workdir: str, step: int, batch: dict):
     """For the first samples (first view), the code map, the masked input and the predicted codes
     with right/wrong marks (and the frames when the step tokenizes pixels), with a fixed block mask."""
     from mvm_jax import visualize
@@ -213,7 +213,7 @@ class VimpacMethod(Method):
       outputs = exp.model.apply({'params': params, **model_state}, tokens, mask)
       return tokens, outputs['token_mask'], jnp.argmax(outputs['logits'], -1)
 
-    s = exp.state
+    s = state
     with sharding.sharding_context(exp.mesh, exp.config.mesh.rules):
       tokens, mask, predicted = jax.device_get(
         replicated_jit(exp, forward)(s.params, s.model_state, s.frozen, x)

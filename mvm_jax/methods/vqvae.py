@@ -71,14 +71,14 @@ class VqvaeMethod(Method):
       description=f'VQ-VAE, {model.codebook_size} codes, {f}x downsampling',
     )
 
-  def write_images(self, exp, workdir: str, step: int, batch: dict):
+  def write_images(self, exp, state, workdir: str, step: int, batch: dict):
     """The first samples' frames beside their reconstructions."""
     from mvm_jax import visualize
 
     c = exp.config
     n = min(c.num_image_samples, batch['video'].shape[0])
     video = first_samples(exp, batch['video'], n, batch_ndim=5)  # [n, T, H, W, C]
-    model, s = exp.model, exp.state
+    model, s = exp.model, state
     with sharding.sharding_context(exp.mesh, exp.config.mesh.rules):
       recon = replicated_jit(exp, lambda p, ms, x: model.apply({'params': p, **ms}, x)['recon'])(
         s.params, s.model_state, video

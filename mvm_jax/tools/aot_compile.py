@@ -246,7 +246,7 @@ def unsharded_parameters(
 
 def check_sharding(exp, min_size: int = DEFAULT_MIN_SHARDED_SIZE) -> None:
   """Raise UnshardedParametersError naming the parameters `unsharded_parameters` finds."""
-  found = unsharded_parameters(exp.state.params, exp.state_shardings.params, exp.mesh, min_size)
+  found = unsharded_parameters(exp.abstract_state.params, exp.state_shardings.params, exp.mesh, min_size)
   if found:
     lines = '\n'.join(f'  {name} {shape} sharded as {spec}' for name, shape, spec in found)
     raise UnshardedParametersError(
@@ -332,7 +332,8 @@ def _is_out_of_memory(error: Exception) -> bool:
 
 def abstract_step(config, devices, *, samples_per_epoch: Optional[int] = None):
   """(exp, batch): `loop.abstract_experiment` on a mesh of `devices` per `config.mesh`, and the
-  abstract batch (the entries the step reads); `exp.train_step.lower(exp.state, batch)` lowers the step `main` runs.
+  abstract batch (the entries the step reads); `exp.train_step.lower(exp.abstract_state, batch)` lowers the step
+  `main` runs.
   `samples_per_epoch` (default: 1000 batches) only sets the schedule's length."""
   from mvm_jax import sharding
   from mvm_jax.train import loop
@@ -369,7 +370,7 @@ def aot_compile(
   mesh = exp.mesh
   check_sharding(exp, min_sharded_size)
   dp = sharding.data_parallel_size(mesh)
-  state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(exp.state))
+  state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(exp.abstract_state))
   result: dict[str, Any] = {
     'topology': topology.name,
     'platform': topology.platform,
@@ -379,7 +380,7 @@ def aot_compile(
     'batch_size': config.batch_size,
     'per_device_batch': config.batch_size / dp,
     'grad_accum_steps': config.optim.grad_accum_steps,
-    'params': state_lib.param_count(exp.state.params),
+    'params': state_lib.param_count(exp.abstract_state.params),
     'state_bytes': state_bytes,
     'hbm_bytes': topology.hbm_bytes,
     'fits': None,
@@ -388,7 +389,7 @@ def aot_compile(
   say('Lowering...')
   start = time.perf_counter()
   with sharding.sharding_context(mesh, config.mesh.rules):
-    lowered = exp.train_step.lower(exp.state, batch)
+    lowered = exp.train_step.lower(exp.abstract_state, batch)
   result['lower_s'] = time.perf_counter() - start
   say(f'Compiling for {topology.name} (a ViT-L on a pod slice takes minutes on a few CPU cores)...')
   start = time.perf_counter()
@@ -503,6 +504,7 @@ def main(argv):
     config = f.config
     if f.per_device_batch > 0:
       config = with_per_device_batch(config, f.per_device_batch, len(devices))
+    config_lib.validate(config)  # once, here (after jax is configured: checks may look at devices)
     result = aot_compile(config, topology, devices, min_sharded_size=f.min_sharded_size, progress=say)
   except (config_lib.ConfigError, UnshardedParametersError, ValueError) as e:
     say(f'Error: {e}')

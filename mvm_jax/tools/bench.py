@@ -76,12 +76,11 @@ def time_train_step(config, steps: int, warmup: int, phase: str = 'step', profil
   config's train step (or of its first `phase`: 'forward', 'gradients'; see make_train_step).
   With `profile_dir`, three more steps run under `jax.profiler.trace` into it afterwards
   (read it with `python -m mvm_jax.tools.profile_summary DIR`, or TensorBoard/XProf)."""
-  exp = loop.build_experiment(config, samples_per_epoch=config.batch_size * 1000, phase=phase)
+  exp, state = loop.build_experiment(config, samples_per_epoch=config.batch_size * 1000, phase=phase)
   batch = loop.global_batch(synthetic_batch(config), exp.batch_sharding, exp.batch_keys)
   start = time.perf_counter()
-  compiled, step_flops = loop.compile_step(exp, batch)
+  compiled, step_flops = loop.compile_step(exp, state, batch)
   compile_s = time.perf_counter() - start
-  state = exp.state
   for _ in range(warmup):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(state)
@@ -108,6 +107,16 @@ def _variant(config, **model):
   c = config.copy_and_resolve_references()
   c.model.update(model)
   return c
+
+
+def configs_to_time(config, dense: bool = True, remat_variants: Sequence[str] = ()) -> list:
+  """Every config `bench` builds a step of: `config`, its dense variant, its remat variants (what
+  `main` validates before timing any)."""
+  return (
+    [config]
+    + ([_variant(config, dense_encoder=True)] if dense else [])
+    + [_variant(config, remat=name) for name in remat_variants]
+  )
 
 
 def bench(
@@ -226,8 +235,15 @@ def format_table(result: dict, config) -> str:
 
 def main(argv):
   del argv
+  from mvm_jax import config as config_lib
+
   f = flags.FLAGS
   variants = [v for v in f.remat_variants.split(',') if v]
+  try:
+    for config in configs_to_time(f.config, f.dense, variants):
+      config_lib.validate(config)
+  except config_lib.ConfigError as e:
+    raise app.UsageError(str(e)) from None
   result = bench(f.config, f.steps, f.warmup, f.dense, f.phases, variants, f.peak_dtype, f.profile_dir)
   print(json.dumps(result) if f.json else format_table(result, f.config))
 
