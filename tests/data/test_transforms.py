@@ -1,10 +1,14 @@
-"""Tests for transforms.color_jitter and the data.color_jitter / data.grayscale_prob keys."""
+"""mvm_jax.data.transforms: temporal indices, crop boxes, normalisation, color_jitter and the
+data.color_jitter / data.grayscale_prob keys."""
 
 import numpy as np
 import pytest
-from tests.data.test_randaugment import _batches, small_config, textured_clip
 
 from mvm_jax.data import make_sampler, transforms, validate_data_config
+from tests.data.test_randaugment import _batches, small_config, textured_clip
+
+MEAN = np.array((0.485, 0.456, 0.406), np.float32)
+STD = np.array((0.229, 0.224, 0.225), np.float32)
 
 
 def _hue_turn(rgb: np.ndarray) -> np.ndarray:
@@ -66,3 +70,29 @@ def test_config_keys_validated_reach_the_train_sampler_and_change_train_batches_
   assert all(not np.array_equal(a, b) for a, b in zip(plain, jittered))
   for a, b in zip(_batches(small_config(), False, 1), _batches(small_config(color_jitter=0.8), False, 1)):
     np.testing.assert_array_equal(a, b)  # evaluation views are never distorted
+
+
+def test_temporal_indices_fit_and_loop():
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    idx = transforms.temporal_indices(10, 30, 4, 3, rng)
+    assert idx[0] >= 10 and idx[-1] < 30 and np.all(np.diff(idx) == 3)
+  np.testing.assert_array_equal(transforms.temporal_indices(10, 30, 4, 3), [15, 18, 21, 24])
+  # Too short: loops inside [start, stop), never leaves the range.
+  np.testing.assert_array_equal(transforms.temporal_indices(5, 9, 4, 3), [5, 8, 7, 6])
+  idx = transforms.temporal_indices(5, 9, 8, 3, rng)
+  assert idx.min() >= 5 and idx.max() < 9
+
+
+def test_crop_boxes_and_normalize():
+  rng = np.random.default_rng(0)
+  for _ in range(50):
+    top, left, h, w = transforms.random_resized_crop_box(72, 128, rng, (0.5, 1.0), (0.75, 1.3333))
+    assert 0 <= top and top + h <= 72 and 0 <= left and left + w <= 128
+    assert 0.5 * 72 * 128 * 0.9 <= h * w <= 72 * 128
+  assert transforms.center_crop_box(72, 128) == (0, 28, 72, 72)
+  x = np.array([[[0, 128, 255]]], np.uint8)
+  np.testing.assert_allclose(
+    transforms.normalize(x)[0, 0], (np.array([0, 128, 255]) / 255 - MEAN) / STD, rtol=1e-5
+  )
+  assert transforms.normalize(x).dtype == np.float32

@@ -1,4 +1,5 @@
-"""Frozen-encoder evaluation: k-NN votes, linear probe, end to end on the built-in clips, feature cache."""
+"""mvm_jax.evaluate.linear_probe: a probe on separable features, and the linear probe and k-NN end to end on
+the built-in clips (a run read back with runs.latest_params, the feature cache)."""
 
 import json
 import os
@@ -7,43 +8,8 @@ import numpy as np
 import pytest
 
 from mvm_jax.evaluate import features as features_lib
-from mvm_jax.evaluate import knn, linear_probe, report
+from mvm_jax.evaluate import knn, linear_probe
 from tests.conftest import micro_config, run_module
-
-
-def _knn_reference(train_x, train_y, test_x, num_classes, k, temperature):
-  """Straightforward weighted k-NN: per query, sort by cosine similarity, sum exp(sim/τ) per label."""
-  unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
-  sims = unit(test_x.astype(np.float64)) @ unit(train_x.astype(np.float64)).T
-  votes = np.zeros((test_x.shape[0], num_classes))
-  for q in range(test_x.shape[0]):
-    for j in np.argsort(-sims[q])[: min(k, train_x.shape[0])]:
-      votes[q, train_y[j]] += np.exp(sims[q, j] / temperature)
-  return votes
-
-
-def test_knn_votes_match_numpy_reference():
-  rng = np.random.default_rng(0)
-  train_x, test_x = rng.standard_normal((30, 6)), rng.standard_normal((7, 6))
-  train_y = rng.integers(0, 4, 30)
-  ks = (1, 3, 10, 100)
-  scores = knn.knn_scores(train_x, train_y, test_x, 4, ks, temperature=0.07, chunk_size=3)
-  for k in ks:
-    np.testing.assert_allclose(scores[k], _knn_reference(train_x, train_y, test_x, 4, k, 0.07), rtol=1e-4)
-  # k beyond the train set is clipped: every train clip votes.
-  np.testing.assert_allclose(scores[100], _knn_reference(train_x, train_y, test_x, 4, 30, 0.07), rtol=1e-4)
-
-
-def test_topk_clips_to_classes_and_views_average():
-  scores = np.array([[0.1, 0.5, 0.4], [0.6, 0.3, 0.1], [0.2, 0.2, 0.6]], np.float32)
-  labels = np.array([2, 0, 2])
-  assert report.topk_accuracy(scores, labels, 1) == pytest.approx(200 / 3)
-  assert report.topk_accuracy(scores, labels, 5) == 100.0  # top-5 of 3 classes
-  averaged, record_labels = report.aggregate_views(scores, labels, np.array([4, 1, 4]))
-  np.testing.assert_allclose(averaged, [[0.6, 0.3, 0.1], [0.15, 0.35, 0.5]], rtol=1e-6)
-  np.testing.assert_array_equal(record_labels, [0, 2])
-  cm = report.confusion_matrix(np.array([1, 0, 2]), labels, 3)
-  np.testing.assert_array_equal(cm, [[1, 0, 0], [0, 0, 0], [0, 1, 1]])
 
 
 @pytest.mark.parametrize('optimizer', ['sgd', 'lars'])

@@ -1,7 +1,6 @@
-"""VIMPAC block masking: Table 9 ratios, closed form, bounds, PAD, per-sample keys, corruption, mask_stats."""
+"""VIMPAC block masking: Table 9 ratios, closed form, bounds, PAD, per-sample keys, corruption."""
 
 import itertools
-import json
 import math
 
 import jax
@@ -11,7 +10,6 @@ import pytest
 
 from mvm_jax import token_vocab
 from mvm_jax.masking import blocks as bm
-from tests.conftest import run_module
 
 # VIMPAC (Tan et al., 2021), Appendix B.1, Table 9: induced masking ratio (%) for
 # K = 4, 5, 6, 7, 8 blocks, by token map (length, frame size / 8, frame size / 8).
@@ -210,48 +208,3 @@ def test_masker_from_config_and_validation():
     bm.block_mask(jax.random.PRNGKey(0), 2, (5, 16, 16), 0)
   with pytest.raises(ValueError, match='token_shape'):
     bm.block_mask(jax.random.PRNGKey(0), 2, (16, 16), 5)
-
-
-def test_mask_stats_other_maskers_in_process():
-  from configs import vimpac
-  from mvm_jax.tools import mask_stats
-
-  c = vimpac.get_config('tiny')
-  with c.unlocked():
-    c.masking.kind, c.masking.ratio = 'tube', 0.5
-  stats, masks = mask_stats.mask_stats(c, samples=16, num_images=2)
-  assert masks.shape == (2, 4, 8, 8) and (masks.sum(axis=(2, 3)) == 32).all()  # half of each frame
-  assert (
-    stats['token_shape'] == [4, 8, 8] and stats['mask_ratio_mean'] == 0.5 and stats['mask_ratio_std'] == 0
-  )
-
-
-def test_mask_stats_cli(tmp_path):
-  png = tmp_path / 'masks.png'
-  result = run_module(
-    'mvm_jax.tools.mask_stats',
-    '--config',
-    'configs/vimpac.py:small',
-    '--token_shape',
-    '5,16,16',
-    '--num_blocks',
-    '5',
-    '--samples',
-    '4000',
-    '--json',
-    '--out',
-    str(png),
-  )
-  assert result.returncode == 0, result.stderr[-2000:]
-  lines = result.stdout.strip().splitlines()
-  assert len(lines) == 1
-  stats = json.loads(lines[0])
-  assert set(stats) >= {'mask_ratio_mean', 'mask_ratio_std', 'samples'} and stats['samples'] == 4000
-  assert stats['expected_ratio'] == pytest.approx(bm.expected_block_mask_ratio((5, 16, 16), 5))
-  assert abs(stats['mask_ratio_mean'] - stats['expected_ratio']) < 4 * stats['mask_ratio_std'] / math.sqrt(
-    4000
-  )
-  from PIL import Image
-
-  with Image.open(png) as img:
-    assert img.size[0] > img.size[1] > 0  # 4 rows × 5 panels of 16×16 tokens

@@ -26,17 +26,6 @@ def setup():
   return config, model, grid, masker, video, mask, params, apply
 
 
-def test_patchify_roundtrip_and_order():
-  video = jnp.arange(2 * 4 * 8 * 8 * 3, dtype=jnp.float32).reshape(2, 4, 8, 8, 3)
-  patches = vit.patchify(video, (2, 4, 4))
-  assert patches.shape == (2, 2 * 2 * 2, 2 * 4 * 4 * 3)
-  np.testing.assert_array_equal(vit.unpatchify(patches, (2, 2, 2), (2, 4, 4)), video)
-  # token 1 = (t=0, h=0, w=1); its first vector entry is frame 0, row 0, column 4, channel 0
-  assert patches[0, 1, 0] == video[0, 0, 0, 4, 0]
-  # vector order (u, p, q, c): entry 3 is channel 0 of column 1
-  assert patches[0, 0, 3] == video[0, 0, 0, 1, 0]
-
-
 def test_target_frames_follow_mae_st():
   np.testing.assert_array_equal(mae_lib.target_frame_indices(16, 8), [0, 2, 4, 6, 8, 10, 12, 15])
 

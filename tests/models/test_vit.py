@@ -1,4 +1,5 @@
-"""model.attention / model.remat / model.scan_blocks: same numbers as the default model."""
+"""mvm_jax.models.vit: patchify's order, and the model.attention / model.remat / model.scan_blocks /
+model.patch_embed switches give the default model's numbers."""
 
 import flax.linen as nn
 import jax
@@ -214,3 +215,14 @@ def test_patch_embedding_with_ids_keep_projects_only_the_kept_patches():
   np.testing.assert_allclose(kept, jnp.take_along_axis(full, ids_keep[..., None], axis=1), rtol=1e-6)
   with pytest.raises(ValueError, match='ids_keep needs impl "matmul"'):
     vit.PatchEmbed((2, 8, 8), 16, impl='conv').apply(params, video, ids_keep)
+
+
+def test_patchify_roundtrip_and_order():
+  video = jnp.arange(2 * 4 * 8 * 8 * 3, dtype=jnp.float32).reshape(2, 4, 8, 8, 3)
+  patches = vit.patchify(video, (2, 4, 4))
+  assert patches.shape == (2, 2 * 2 * 2, 2 * 4 * 4 * 3)
+  np.testing.assert_array_equal(vit.unpatchify(patches, (2, 2, 2), (2, 4, 4)), video)
+  # token 1 = (t=0, h=0, w=1); its first vector entry is frame 0, row 0, column 4, channel 0
+  assert patches[0, 1, 0] == video[0, 0, 0, 4, 0]
+  # vector order (u, p, q, c): entry 3 is channel 0 of column 1
+  assert patches[0, 0, 3] == video[0, 0, 0, 1, 0]

@@ -1,16 +1,12 @@
-"""`token_ce` (VIMPAC masked-token cross-entropy) against NumPy, on a 4×2 mesh of
-fake CPU devices, and the linear learning-rate schedule."""
+"""`token_ce` (VIMPAC masked-token cross-entropy) against NumPy, on a 4×2 mesh of fake CPU devices."""
 
 import jax
 import numpy as np
-import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from configs import vimpac
 from mvm_jax import objectives, token_vocab
-from mvm_jax import config as config_lib
-from mvm_jax.train import optimizer
 
 # Less LLVM optimization: a fraction of the CPU compile time, same results.
 FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
@@ -144,49 +140,3 @@ def test_token_ce_global_batch_on_mesh_equals_one_device():
     np.testing.assert_allclose(sharded[1][key], one[1][key], rtol=1e-6, err_msg=key)
   np.testing.assert_allclose(sharded[2], one[2], rtol=1e-5, atol=1e-8)
   np.testing.assert_allclose(one[0], _np_reference(*args)[0], rtol=1e-5)
-
-
-# --- linear schedule -----------------------------------------------------------
-
-
-def test_linear_schedule_values():
-  c = vimpac.get_config('tiny')
-  assert c.optim.schedule == 'linear'
-  c.optim.update(base_lr=1e-3, min_lr=1e-5)
-  c.batch_size = 512
-  peak, total, warmup = 2e-3, 110, 10
-  schedule = optimizer.make_schedule(c, total_steps=total, warmup_steps=warmup)
-  assert float(schedule(0)) == 0.0
-  assert float(schedule(5)) == pytest.approx(peak / 2)
-  assert float(schedule(warmup)) == pytest.approx(peak)
-  mid = warmup + (total - warmup) // 2
-  assert float(schedule(mid)) == pytest.approx((peak + 1e-5) / 2)
-  assert float(schedule(mid + 10)) == pytest.approx(peak + (1e-5 - peak) * 60 / 100)
-  assert float(schedule(total)) == pytest.approx(1e-5)
-  assert float(schedule(total + 50)) == pytest.approx(1e-5)
-
-
-def test_linear_schedule_without_warmup():
-  c = vimpac.get_config('tiny')
-  c.batch_size, c.optim.base_lr, c.optim.min_lr = 256, 1e-3, 0.0
-  schedule = optimizer.make_schedule(c, total_steps=10, warmup_steps=0)
-  assert float(schedule(0)) == pytest.approx(1e-3)
-  assert float(schedule(5)) == pytest.approx(5e-4)
-  assert float(schedule(10)) == pytest.approx(0.0, abs=1e-12)
-
-
-def test_default_schedule_is_cosine():
-  c = config_lib.base_config()
-  assert c.optim.schedule == 'cosine'
-  schedule = optimizer.make_schedule(c, total_steps=100, warmup_steps=10)
-  peak = optimizer.peak_learning_rate(c)
-  assert float(schedule(55)) == pytest.approx(peak / 2)  # cosine midpoint of the decay
-
-
-def test_bad_schedule_fails_naming_the_key(config):
-  config_lib.validate(config)
-  config.optim.schedule = 'step'
-  with pytest.raises(config_lib.ConfigError, match='optim.schedule'):
-    config_lib.validate(config)
-  with pytest.raises(ValueError, match='optim.schedule'):
-    optimizer.make_schedule(config, total_steps=10, warmup_steps=1)

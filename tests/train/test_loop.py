@@ -1,4 +1,4 @@
-"""Training: sharding equality, gradient accumulation, optimizer, resume, NaN stop."""
+"""mvm_jax.train.loop: sharding equality, gradient accumulation, checkpoints, resume, NaN stop."""
 
 import glob
 import os
@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mvm_jax import objectives, sharding
-from mvm_jax.train import checkpointing, loop, optimizer
+from mvm_jax import objectives
+from mvm_jax.train import checkpointing, loop
 
 
 def _batches(config, n, seed=0):
@@ -56,39 +56,6 @@ def test_gradient_accumulation_matches_full_batch(config):
   accumulated, params_acc = _losses(config, batches, jax.devices()[:1])
   np.testing.assert_allclose(accumulated, full, rtol=1e-4)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5), params_full, params_acc)
-
-
-def test_weight_decay_mask():
-  params = {
-    'encoder': {
-      'pos': {'pos_embed_spatial': jnp.zeros((1, 4, 8))},
-      'cls_token': jnp.zeros((1, 1, 8)),
-      'norm': {'scale': jnp.zeros(8), 'bias': jnp.zeros(8)},
-      'fc': {'kernel': jnp.zeros((8, 8)), 'bias': jnp.zeros(8)},
-    }
-  }
-  default = optimizer.weight_decay_mask(params)
-  assert default['encoder']['fc']['kernel'] and default['encoder']['pos']['pos_embed_spatial']
-  assert not default['encoder']['fc']['bias'] and not default['encoder']['norm']['scale']
-  exempt = optimizer.weight_decay_mask(params, decay_pos_embed=False)
-  assert exempt['encoder']['fc']['kernel']
-  assert not exempt['encoder']['pos']['pos_embed_spatial'] and not exempt['encoder']['cls_token']
-
-
-def test_schedule_scales_lr_with_batch_and_warms_up(config):
-  config.optim.base_lr = 1e-3
-  config.batch_size = 512
-  schedule = optimizer.make_schedule(config, total_steps=100, warmup_steps=10)
-  assert float(schedule(0)) == 0.0
-  assert float(schedule(10)) == pytest.approx(2e-3)
-  assert float(schedule(5)) == pytest.approx(1e-3)
-  assert float(schedule(100)) == pytest.approx(config.optim.min_lr, abs=1e-9)
-
-
-def test_mesh_shape_resolution():
-  assert sharding.resolve_mesh_shape((-1, 2, 1), 8) == (4, 2, 1)
-  with pytest.raises(ValueError, match='mesh.shape'):
-    sharding.resolve_mesh_shape((3, 1, 1), 8)
 
 
 def _run(config, workdir, **kw):
