@@ -267,7 +267,7 @@ def test_short_videos_do_not_crash(videos, length):
   for train in (True, False):
     for sampler in all_samplers(crop_size=8, num_samples=2 if train else 1, train=train):
       out = sampler(record, rng())
-      assert out.shape == (sampler.num_samples, *sampler.sample_shape) and np.isfinite(out).all()
+      assert out.shape == (sampler.num_samples, *sampler.sample_shape)
       assert set(pixels(out)[..., 0].ravel()) <= set(range(length))
   # No frames at all: a decode error (the loader skips the record), not a crash.
   with pytest.raises(decode.VideoDecodeError, match='no frames'):
@@ -346,7 +346,8 @@ def test_loader_batch_shapes(overrides, shape):
   ds, info = make_loader(small_config(**overrides), split='train', global_batch_size=2, seed=0)
   batch = take_one(ds)
   assert batch['video'].shape == shape and batch['video'].dtype == np.uint8
-  assert batch['label'].shape == (2,) and np.isfinite(batch['video']).all()
+  records = builtin_source('train')  # each sample carries its record's label
+  assert batch['label'].tolist() == [records[i].label for i in batch['index']]
   assert make_sampler(small_config(**overrides), train=True).sample_shape == shape[1:]
 
 
