@@ -33,7 +33,7 @@ def micro_config():
   c.checkpoint_every_steps = 2
   c.image_every_steps = 100
   c.async_checkpointing = False
-  c.evaluators = ml_collections.ConfigDict()  # none (the tiny preset's evaluators: tests/test_evaluators.py)
+  c.evaluators = ml_collections.ConfigDict()  # none (the tiny preset's: tests/evaluate/test_evaluators.py)
   return c
 
 

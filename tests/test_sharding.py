@@ -8,9 +8,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from mvm_jax import config as config_lib
-from mvm_jax import methods
+from mvm_jax import methods, sharding
 from mvm_jax.models import factorized, vit
-from mvm_jax import sharding
 from mvm_jax.train import loop
 
 # The rules before they became config (a Python constant; `rules_for` dropped mesh axes the
@@ -219,3 +218,9 @@ def test_a_rule_needs_the_mesh_axis_of_config_mesh_axes(config):
     config_lib.validate(config)
   config.mesh.rules.update(embed=(), mlp=(), heads=(), act_batch=('data',))
   config_lib.validate(config)
+
+
+def test_mesh_shape_resolution():
+  assert sharding.resolve_mesh_shape((-1, 2, 1), 8) == (4, 2, 1)
+  with pytest.raises(ValueError, match='mesh.shape'):
+    sharding.resolve_mesh_shape((3, 1, 1), 8)

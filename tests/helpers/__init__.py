@@ -1,0 +1,1 @@
+"""Scripts the tests run as child processes, and what they share."""

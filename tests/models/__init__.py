@@ -1,0 +1,1 @@
+"""Tests of mvm_jax.models."""

@@ -1,0 +1,1 @@
+"""The configs/ presets: valid, and following the papers and the official code."""

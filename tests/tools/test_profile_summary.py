@@ -1,0 +1,22 @@
+"""tools.profile_summary: a traced step split by kind, phase and part."""
+
+import pytest
+
+from tests.conftest import micro_config
+
+
+def test_profile_summary_splits_a_traced_step_by_kind_phase_and_part(tmp_path):
+  """tools.bench --profile_dir traces the step; profile_summary reads the trace and its HLO:
+  matmuls lead, forward and backward are told apart, encoder and decoder parts are named."""
+  from mvm_jax.tools import bench, profile_summary
+
+  bench.time_train_step(micro_config(), steps=1, warmup=0, profile_dir=str(tmp_path))
+  text = profile_summary.summarize(str(tmp_path), steps=bench.PROFILED_STEPS, top=5)
+  kinds = dict(line.split()[:2] for line in text.split('\n\nphase')[0].splitlines()[3:])
+  assert 'matmul' in kinds and float(kinds['matmul']) > 0, text
+  assert '\nforward ' in text and '\nbackward ' in text, text
+  assert 'encoder attn' in text and 'decoder mlp' in text, text
+  with pytest.raises(ValueError, match='no HLO of a module named jit_nothing'):
+    profile_summary.summarize(str(tmp_path), module_name='jit_nothing')
+  with pytest.raises(FileNotFoundError, match='tools.bench --profile_dir'):
+    profile_summary.summarize(str(tmp_path / 'empty'))
