@@ -1,8 +1,10 @@
 """Pre-training methods as objects: one module per model kind, found by `config.model.name`.
 
-  'mae'     `mae.MaeMethod`: MaskedAutoencoder on pixels (MAE-ST, HPM, ViC-MAE).
-  'vimpac'  `vimpac.VimpacMethod`: VimpacPretrainer on VQ tokens.
-  'vqvae'   `vqvae.VqvaeMethod`: the VQ-VAE tokenizer itself.
+  'mae'         `mae.MaeMethod`: MaskedAutoencoder on pixels (MAE-ST, HPM, ViC-MAE).
+  'vimpac'      `vimpac.VimpacMethod`: VimpacPretrainer on VQ tokens.
+  'vqvae'       `vqvae.VqvaeMethod`: the VQ-VAE tokenizer itself.
+
+Every module of this package is imported with it, and each registers its methods (`register`).
 
 `get(config)` is the method a config trains. A `Method` owns its config: the objectives it can
 train, the sections its runs carry with their defaults and checks (`base_config`, `validate`). It
@@ -14,18 +16,20 @@ and never branch on the method's name.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Mapping
 
 import ml_collections
 
 from mvm_jax import config_schema
 from mvm_jax.config_schema import ConfigError
-from mvm_jax.methods.base import Method, ModelSetup, Section, pixel_inputs
-from mvm_jax.methods.mae import MaeMethod
-from mvm_jax.methods.vimpac import VimpacMethod
-from mvm_jax.methods.vqvae import VqvaeMethod
+from mvm_jax.methods.base import METHODS, Method, ModelSetup, Section, pixel_inputs, register
 
-METHODS: dict[str, Method] = {m.name: m for m in (MaeMethod(), VimpacMethod(), VqvaeMethod())}
+# Each module of this package registers the methods it defines (`register`): import them all, so that
+# a new method is one new module here (and its config file), named nowhere else.
+for _module in pkgutil.iter_modules(__path__):
+  importlib.import_module(f'{__name__}.{_module.name}')
 
 __all__ = [
   'METHODS',
@@ -36,6 +40,7 @@ __all__ = [
   'by_name',
   'get',
   'pixel_inputs',
+  'register',
   'set_objectives',
   'validate',
 ]

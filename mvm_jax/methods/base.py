@@ -214,6 +214,22 @@ class Method:
     raise NotImplementedError
 
 
+# {config.model.name: its Method}: filled by `register` as `mvm_jax.methods` imports its modules.
+METHODS: dict[str, Method] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+  """Class decorator: the method `cls` trains the configs with `model.name = cls.name`.
+
+  `mvm_jax.methods` imports every module of its package, so a module there that defines and registers
+  a method is all the registry needs: no list of methods to edit.
+  """
+  if not cls.name or cls.name in METHODS:
+    raise ValueError(f'method {cls.__name__}: name {cls.name!r} is empty or taken; taken: {sorted(METHODS)}')
+  METHODS[cls.name] = cls()
+  return cls
+
+
 def pixel_inputs(config, preprocess=None) -> ModelInputs:
   """The batch's 'video' pixels (uint8, normalised in the step with config.data.mean / std)."""
   d = config.data

@@ -24,6 +24,7 @@ from mvm_jax.methods.base import (
   Section,
   first_samples,
   pixel_inputs,
+  register,
   replicated_jit,
 )
 from mvm_jax.models import ema
@@ -58,6 +59,7 @@ MASKING = Section('masking', default_masking_config, validate_masking_config)
 HPM = Section('hpm', loss_prediction.default_hpm_config, loss_prediction.validate_hpm_config)
 
 
+@register
 class MaeMethod(Method):
   name = 'mae'
   objectives = ('pixel_mse', 'loss_prediction', 'infonce', 'simsiam', 'vicreg')

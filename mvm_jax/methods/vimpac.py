@@ -27,6 +27,7 @@ from mvm_jax.methods.base import (
   Section,
   first_samples,
   pixel_inputs,
+  register,
   replicated_jit,
 )
 from mvm_jax.models import tokenizer as tokenizer_lib
@@ -151,6 +152,7 @@ MASKING = Section('masking', default_masking_config, validate_masking_config)
 TOKENIZER = Section('tokenizer', tokenizer_lib.default_tokenizer_config, validate_tokenizer_config)
 
 
+@register
 class VimpacMethod(Method):
   name = 'vimpac'
   objectives = ('token_ce', 'infonce', 'vicreg')

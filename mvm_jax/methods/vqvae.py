@@ -14,7 +14,15 @@ import jax.numpy as jnp
 import ml_collections
 
 from mvm_jax.config_schema import fail
-from mvm_jax.methods.base import Method, ModelSetup, Section, first_samples, pixel_inputs, replicated_jit
+from mvm_jax.methods.base import (
+  Method,
+  ModelSetup,
+  Section,
+  first_samples,
+  pixel_inputs,
+  register,
+  replicated_jit,
+)
 from mvm_jax.methods.vimpac import check_tokenizer_config
 from mvm_jax.models import mae as mae_lib
 from mvm_jax.models import tokenizer as tokenizer_lib
@@ -42,6 +50,7 @@ def validate_tokenizer_config(config) -> None:
 TOKENIZER = Section('tokenizer', default_tokenizer_config, validate_tokenizer_config)
 
 
+@register
 class VqvaeMethod(Method):
   name = 'vqvae'
   objectives = ('vq_recon',)
