@@ -4,7 +4,8 @@
 presets, its `get_config(preset)` builds them. What several of them start from lives here:
 
   mae_st(preset)    MAE-ST's presets (configs/mae_st.py): the clip, model and loop that every
-                    pixel-MAE config and every evaluator config start from.
+                    pixel-MAE config and every evaluator config start from (`method=`: for
+                    another pixel MAE, e.g. configs/mae_motion.py).
   hpm(preset)       MAE-ST's preset with HPM (configs/hpm.py); configs/mae_hpm_infonce.py adds InfoNCE.
   small_data(c)     the clip, model and loop settings of every method's `small_data` preset.
   EVAL_SET, eval_set_source, eval_set_evaluators
@@ -107,9 +108,10 @@ def small_data(c, eval_set: str = EVAL_SET):
   return c
 
 
-def mae_st(preset: str = 'tiny') -> ml_collections.ConfigDict:
-  """configs/mae_st.py's presets: tiny, small_data, bench_small, vit_b, vit_l, vit_h."""
-  c = methods.base_config('mae')
+def mae_st(preset: str = 'tiny', method: str = 'mae') -> ml_collections.ConfigDict:
+  """configs/mae_st.py's presets: tiny, small_data, bench_small, vit_b, vit_l, vit_h; `method`: a
+  pixel MAE of the same model keys that trains them instead (its sections at their defaults)."""
+  c = methods.base_config(method)
   if preset in ENCODERS:
     c.model.encoder.update(ENCODERS[preset])
     c.model.dtype = 'bfloat16'

@@ -69,6 +69,7 @@ class MaeMethod(Method):
     {'loss_prediction': HPM, 'infonce': CONTRASTIVE, 'simsiam': CONTRASTIVE, 'vicreg': CONTRASTIVE}
   )
   config_file = 'configs/mae_st.py'
+  target = 'pixels'  # what `model(config)` reconstructs (the log's description)
   can_scan_blocks = True
   has_video_encoder = True
 
@@ -97,8 +98,12 @@ class MaeMethod(Method):
     if m.pos_embed not in ('learned', 'sincos'):
       fail('model.pos_embed', f'{m.pos_embed!r} is not "learned" or "sincos"')
 
+  def model(self, config) -> mae_lib.MaskedAutoencoder:
+    """The MaskedAutoencoder this config trains (a subclass may change its target: `targets`)."""
+    return mae_lib.mae_from_config(config)
+
   def setup(self, config, total_steps: int, steps_per_epoch: int = 1) -> ModelSetup:
-    model = mae_lib.mae_from_config(config)
+    model = self.model(config)
     grid = model.encoder.grid
     masker = masking.make_masker(config.masking.kind, grid, config.masking.ratio)
     shape = (2,) + mae_lib.video_shape(config) + (3,)
@@ -114,7 +119,7 @@ class MaeMethod(Method):
       init_variables=init_variables,
       frozen={},
       grid=grid,
-      description='MAE on pixels',
+      description=f'MAE reconstructing {self.target}',
     )
 
   def teacher_momentum(self, config, steps_per_epoch: int):

@@ -207,14 +207,16 @@ def video_shape(config) -> tuple[int, int, int]:
   return (config.data.num_frames, config.data.crop_size, config.data.crop_size)
 
 
-def mae_from_config(config) -> MaskedAutoencoder:
+def mae_from_config(config, cls: type[MaskedAutoencoder] = MaskedAutoencoder, **fields) -> MaskedAutoencoder:
   """MaskedAutoencoder with the heads `config.objectives` need: a loss predictor
   for 'loss_prediction', pooling + projector (from `config.contrastive`) for
-  'infonce' / 'simsiam' / 'vicreg', and SimSiam's predictor for 'simsiam'."""
+  'infonce' / 'simsiam' / 'vicreg', and SimSiam's predictor for 'simsiam'.
+
+  `cls`: a subclass to build instead (one with targets of its own, say), given its `fields` besides."""
   m = config.model
   dtype = jnp.dtype(m.dtype)
   contrastive = bool(heads.contrastive_objectives(config))
-  return MaskedAutoencoder(
+  return cls(
     encoder=vit.encoder_from_config(m, video_shape(config)),
     decoder_width=m.decoder.width,
     decoder_depth=m.decoder.depth,
@@ -232,6 +234,7 @@ def mae_from_config(config) -> MaskedAutoencoder:
     predictor=heads.predictor_from_config(config.contrastive, dtype)
     if 'simsiam' in config.objectives
     else None,
+    **fields,
   )
 
 
