@@ -178,13 +178,20 @@ def test_registry_returns_each_method_for_its_name():
   from tests.conftest import micro_config
 
   c = micro_config()
-  for name in ('mae', 'vimpac', 'vqvae'):
+  for name in ('mae', 'mae_motion', 'vimpac', 'vqvae'):
     c.model.name = name
     method = methods.get(c)
     assert isinstance(method, methods.Method) and method.name == name
-  assert sorted(methods.METHODS) == ['mae', 'vimpac', 'vqvae']
+  assert sorted(methods.METHODS) == ['mae', 'mae_motion', 'vimpac', 'vqvae']  # each module registers its own
   kinds = {name: (m.has_video_encoder, m.uses_tokens) for name, m in methods.METHODS.items()}
-  assert kinds == {'mae': (True, False), 'vimpac': (True, True), 'vqvae': (False, False)}
+  assert kinds == {
+    'mae': (True, False),
+    'mae_motion': (True, False),
+    'vimpac': (True, True),
+    'vqvae': (False, False),
+  }
+  with pytest.raises(ValueError, match="'mae' is empty or taken"):
+    methods.register(type('Again', (methods.Method,), {'name': 'mae'}))
   c.model.name = 'bert'
   with pytest.raises(config_lib.ConfigError, match=r"config\.model\.name='bert'.*mae.*vimpac.*vqvae"):
     methods.get(c)
