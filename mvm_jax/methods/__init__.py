@@ -1,6 +1,8 @@
 """Pre-training methods as objects: one module per model kind, found by `config.model.name`.
 
   'mae'         `mae.MaeMethod`: MaskedAutoencoder on pixels (MAE-ST, HPM, ViC-MAE).
+  'mae_motion'  `mae_motion.MotionMaeMethod`: the same, reconstructing frame differences (README
+                "Adding a method: a worked example").
   'vimpac'      `vimpac.VimpacMethod`: VimpacPretrainer on VQ tokens.
   'vqvae'       `vqvae.VqvaeMethod`: the VQ-VAE tokenizer itself.
 

@@ -6,7 +6,9 @@ predicts (`model.pred_t_dim` of them) it reconstructs x[t + g] − x[t] instead 
 difference of the normalised frames, g = `motion.frame_gap` frames apart. Pixels that do not move are
 a zero target, so the loss goes to what moves (MotionMAE, Yang et al. 2022, predicts such a target
 beside the frame). `pixel_mse` compares prediction and target as for pixels (per-patch norm-pix with
-`model.norm_pix_loss`), and the pictures show the differences (mid-gray: no change).
+`model.norm_pix_loss`), and the pictures show the differences (the data's mean colour: no change).
+A clip with a cut, or one that loops a short video (`data.short_videos='loop'`), jumps there: to this
+target, all of it motion.
 
 Its config: MAE-ST's sections (`masking`, and those of the objectives it trains) and `motion`:
   frame_gap  frames between the two of each difference, in [1, data.num_frames); a predicted frame
