@@ -1,6 +1,6 @@
 """What every Grain loader shares: the dataset graph, the host batch size and the LoaderInfo.
 
-The pixel loader (:func:`mvm_jax.data.pipeline.make_loader`) and the token loader
+The pixel loader (:func:`mvm_jax.data.pipeline.make_video_loader`) and the token loader
 (:func:`mvm_jax.data.tokens.make_token_loader`) differ in what a worker does with a
 record; both build the graph of :func:`grain_dataset` (drawn in the docstring of
 :mod:`mvm_jax.data.pipeline`) and return a :class:`LoaderInfo`, whose skip and
@@ -17,6 +17,8 @@ from absl import logging
 import grain
 import grain.experimental
 import numpy as np
+
+from mvm_jax.data.source import Source
 
 
 class SkipLog:
@@ -141,7 +143,7 @@ def host_batch_size(global_batch_size: int, shard_count: int, seed: int) -> int:
 
 def grain_dataset(
   data_config,
-  source,
+  source: Source,
   sample_record,
   make_unstack,
   *,

@@ -21,7 +21,7 @@ plus ``token_info.json`` (:func:`read_token_info`: vocab_size, token_shape
 
 Reading (``config.data.source = 'tokens'``, ``data.tfds_name`` /
 ``data.tfds_data_dir``): :func:`make_token_loader` (what
-``pipeline.make_loader`` calls for this source) samples clips in token frames
+:func:`mvm_jax.data.make_loader` calls for this source) samples clips in token frames
 (``data.sampling`` 'clip' or 'clip_pair', ``data.num_frames`` frames
 ``data.sampling_rate`` apart, at the dataset's frame rate) and yields::
 
@@ -343,7 +343,7 @@ def make_token_loader(
 ) -> tuple[grain.IterDataset, loader_base.LoaderInfo]:
   """Builds the host-local pipeline of a token dataset (``config.data.source = 'tokens'``).
 
-  As :func:`mvm_jax.data.pipeline.make_loader` (same arguments, sharding,
+  As :func:`mvm_jax.data.pipeline.make_video_loader` (same arguments, sharding,
   seeding, shuffling, repeated sampling, batching, prefetching and exactly
   resumable iterator state), sampling token clips (:class:`TokenSampler`)
   instead of decoding videos.

@@ -4,7 +4,7 @@
       --name builtin_tokens --data_dir DATA_DIR [--splits train,test] [--overwrite] \\
       [--config.tokenizer.workdir=VQVAE_WORKDIR]
 
-The videos are those ``config.data`` names (``pipeline.build_source``), their
+The videos are those ``config.data`` names (``pipeline.build_video_source``), their
 frames taken at ``config.data.target_fps`` (<= 0: every frame), resized and
 centre-cropped to ``config.data.crop_size`` and normalized with
 ``config.data.mean`` / ``std`` (FFmpeg pre-scaling as ``decode_short_side``);
@@ -95,7 +95,7 @@ def extract(
   pipeline.validate_data_config(dc)
   split_sources = {}
   for split in splits:
-    split_sources[split] = s = pipeline.build_source(dc, split)
+    split_sources[split] = s = pipeline.build_video_source(dc, split)
     print(f'{split}: {len(s)} videos, {s.num_classes} classes ({s.name})', file=out, flush=True)
   if tokenizer is None:
     from mvm_jax import frozen_tokenizer

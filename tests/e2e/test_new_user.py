@@ -154,7 +154,7 @@ def test_skipped_short_videos_stop_with_an_error_naming_the_cause(eval_set):
     next(iter(loader))
   assert info.short.count == 16
   sampler = pipeline.make_sampler(_csv_data(eval_set, short_videos='skip'), train=False)
-  record = pipeline.build_source(_csv_data(eval_set), 'test')[0]
+  record = pipeline.build_video_source(_csv_data(eval_set), 'test')[0]
   with pytest.raises(sampling.ShortVideoError, match='16 frames, shorter than the clip span of 29'):
     sampler.sample(record)
   with pytest.raises(ValueError, match='config.data.short_videos'):

@@ -127,7 +127,7 @@ def test_csv_source_config_with_split_placeholder(built):
     class_names_file=str(out / 'appearance' / 'class_names.txt'),
   )
   for split, n in NUM.items():
-    source = pipeline.build_source(dc, split)
+    source = pipeline.build_video_source(dc, split)
     assert len(source) == n and source.num_classes == 10
     assert all(f'/videos/{split}/' in r.path for r in source)
 
