@@ -48,12 +48,19 @@ class SkipLog:
     return f'SkipLog(count={self.count}, paths={sorted(self.paths)})'
 
 
-_SHORT_VIDEOS_LOGGED = False  # the once-per-run message (per process)
+_SHORT_VIDEOS_LOGGED = False  # the once-per-run message (per process); reset_short_video_warning
 _SHORT_VIDEO_EFFECT = {
   'loop': 'loop within them',
   'pad': 'start at their first frame and repeat their last',
   'skip': 'are left out',
 }
+
+
+def reset_short_video_warning() -> None:
+  """The next short video any :class:`ShortVideoLog` of this process sees logs the once-per-run
+  warning again (a new run in the same process: a notebook, a test)."""
+  global _SHORT_VIDEOS_LOGGED
+  _SHORT_VIDEOS_LOGGED = False
 
 
 class ShortVideoLog:

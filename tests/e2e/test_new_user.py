@@ -123,8 +123,8 @@ def _csv_data(eval_set, **kw):
 
 
 @pytest.mark.parametrize('mode', ['loop', 'pad'])
-def test_short_videos_are_counted_and_logged_once(eval_set, mode, monkeypatch, caplog):
-  monkeypatch.setattr(loader_base, '_SHORT_VIDEOS_LOGGED', False)
+def test_short_videos_are_counted_and_logged_once(eval_set, mode, caplog):
+  loader_base.reset_short_video_warning()
   caplog.set_level(logging.DEBUG)
   infos = []
   for _ in range(2):  # two loaders of one run: one message
