@@ -58,17 +58,10 @@ from mvm_jax.data.loader_base import (
   grain_dataset,
   host_batch_size,
 )
-from mvm_jax.data.sampling import ClipSampler
 
 # The config.data section, its defaults and validation live in a module with no Grain, PyAV or
-# TensorFlow import (the benchmark path reads them); re-exported here.
-from mvm_jax.data.settings import (  # noqa: F401
-  SOURCE_KEYS,
-  SOURCES,
-  default_data_config,
-  validate_data_config,
-)
-from mvm_jax.data.settings import fail
+# TensorFlow import (the benchmark path reads them): mvm_jax.data.settings.
+from mvm_jax.data.settings import SOURCES, fail, validate_data_config
 
 
 def build_video_source(data_config, split: str) -> sources.VideoSource:
@@ -155,7 +148,7 @@ class _SampleRecord:
   process unpickles its own (empty) copy.
   """
 
-  def __init__(self, source: sources.VideoSource, sampler: ClipSampler, cache_size: int = 0):
+  def __init__(self, source: sources.VideoSource, sampler: sampling.Sampler, cache_size: int = 0):
     self._source = source
     self._sampler = sampler
     self._cache = decode.VideoCache(cache_size) if cache_size > 0 else None

@@ -271,7 +271,7 @@ def _write_json(path: str, value) -> None:
 
 def _source_fingerprint(source: VideoSource) -> str:
   """Identifies a split's source cheaply (its name, size and classes; no record is read)."""
-  text = json.dumps([getattr(source, 'name', repr(source)), len(source), list(source.class_names)])
+  text = json.dumps([source.name, len(source), list(source.class_names)])
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

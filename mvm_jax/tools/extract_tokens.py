@@ -83,7 +83,7 @@ def extract(
   """
   import tensorflow_datasets as tfds
 
-  from mvm_jax.data import pipeline, token_extraction  # here: keeps --help fast
+  from mvm_jax.data import pipeline, settings, token_extraction  # here: keeps --help fast
 
   tfds.disable_progress_bar()  # our progress lines replace tqdm's.
   out = out or sys.stdout
@@ -92,7 +92,7 @@ def extract(
     raise ValueError(
       'config.data.source: tokens are extracted from videos; name a video source, not "tokens"'
     )
-  pipeline.validate_data_config(dc)
+  settings.validate_data_config(dc)
   split_sources = {}
   for split in splits:
     split_sources[split] = s = pipeline.build_video_source(dc, split)

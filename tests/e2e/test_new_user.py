@@ -19,6 +19,7 @@ from mvm_jax.data import (
   sampling,
   sources,
   transforms,
+  validate_data_config,
 )
 from mvm_jax.evaluate import features, frozen
 from mvm_jax.tools import make_eval_set
@@ -158,7 +159,7 @@ def test_skipped_short_videos_stop_with_an_error_naming_the_cause(eval_set):
   with pytest.raises(sampling.ShortVideoError, match='16 frames, shorter than the clip span of 29'):
     sampler.sample(record)
   with pytest.raises(ValueError, match='config.data.short_videos'):
-    pipeline.validate_data_config(_csv_data(eval_set, short_videos='wrap'))
+    validate_data_config(_csv_data(eval_set, short_videos='wrap'))
 
 
 # --- 4. labels.json -----------------------------------------------------------------------------
