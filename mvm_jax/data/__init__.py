@@ -1,7 +1,8 @@
-"""Video data: decoding (PyAV), sources, samplers, per-clip transforms, Grain pipeline.
+"""Video data (and pre-extracted tokens): decoding (PyAV), sources, samplers, per-clip transforms, Grain pipeline.
 
-Entry points: ``default_data_config()`` (the ``config.data`` section) and
-``make_loader(...)`` -> (grain dataset of host batches, LoaderInfo).
+Entry points: ``default_data_config()`` (the ``config.data`` section) and, for every source
+(videos or pre-extracted tokens), train and eval, ``make_loader(...)`` -> (grain dataset of host
+batches, LoaderInfo) and ``build_source(...)`` -> a ``Source`` (:mod:`mvm_jax.data.loader`).
 """
 
 import importlib
@@ -16,9 +17,9 @@ _MODULE_OF = {
   'decode_video': 'decode',
   'probe_video': 'decode',
   'LoaderInfo': 'loader_base',
-  'build_source': 'pipeline',
+  'build_source': 'loader',
   'default_data_config': 'settings',
-  'make_loader': 'pipeline',
+  'make_loader': 'loader',
   'make_sampler': 'pipeline',
   'validate_data_config': 'settings',
   'SAMPLERS': 'sampling',
@@ -27,7 +28,11 @@ _MODULE_OF = {
   'FramePairSampler': 'sampling',
   'Sampler': 'sampling',
   'SegmentSampler': 'sampling',
+  'Record': 'source',
+  'Source': 'source',
   'SourceError': 'sources',
+  'TokenRecord': 'tokens',
+  'TokenSource': 'tokens',
   'VideoRecord': 'sources',
   'VideoSource': 'sources',
   'builtin_source': 'sources',
@@ -49,8 +54,12 @@ __all__ = [
   'FramePairSampler',
   'LoaderInfo',
   'Sampler',
+  'Record',
   'SegmentSampler',
+  'Source',
   'SourceError',
+  'TokenRecord',
+  'TokenSource',
   'VideoBlob',
   'VideoCache',
   'VideoDecodeError',

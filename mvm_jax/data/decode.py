@@ -90,6 +90,12 @@ class VideoBlob(str):
     blob._data = data
     return blob
 
+  @property
+  def holds_bytes(self) -> bool:
+    """Whether the encoded video is in memory (given, or read once); a blob unpickled with a reader
+    holds none until it is read."""
+    return self._data is not None
+
   def read(self) -> bytes:
     """The encoded video (container bytes, e.g. an mp4 file's content)."""
     if self._data is None:

@@ -1,6 +1,6 @@
 """What every Grain loader shares: the dataset graph, the host batch size and the LoaderInfo.
 
-The pixel loader (:func:`mvm_jax.data.pipeline.make_loader`) and the token loader
+The pixel loader (:func:`mvm_jax.data.pipeline.make_video_loader`) and the token loader
 (:func:`mvm_jax.data.tokens.make_token_loader`) differ in what a worker does with a
 record; both build the graph of :func:`grain_dataset` (drawn in the docstring of
 :mod:`mvm_jax.data.pipeline`) and return a :class:`LoaderInfo`, whose skip and
@@ -17,6 +17,8 @@ from absl import logging
 import grain
 import grain.experimental
 import numpy as np
+
+from mvm_jax.data.source import Source
 
 
 class SkipLog:
@@ -46,12 +48,19 @@ class SkipLog:
     return f'SkipLog(count={self.count}, paths={sorted(self.paths)})'
 
 
-_SHORT_VIDEOS_LOGGED = False  # the once-per-run message (per process)
+_SHORT_VIDEOS_LOGGED = False  # the once-per-run message (per process); reset_short_video_warning
 _SHORT_VIDEO_EFFECT = {
   'loop': 'loop within them',
   'pad': 'start at their first frame and repeat their last',
   'skip': 'are left out',
 }
+
+
+def reset_short_video_warning() -> None:
+  """The next short video any :class:`ShortVideoLog` of this process sees logs the once-per-run
+  warning again (a new run in the same process: a notebook, a test)."""
+  global _SHORT_VIDEOS_LOGGED
+  _SHORT_VIDEOS_LOGGED = False
 
 
 class ShortVideoLog:
@@ -141,7 +150,7 @@ def host_batch_size(global_batch_size: int, shard_count: int, seed: int) -> int:
 
 def grain_dataset(
   data_config,
-  source,
+  source: Source,
   sample_record,
   make_unstack,
   *,

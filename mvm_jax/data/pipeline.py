@@ -58,21 +58,14 @@ from mvm_jax.data.loader_base import (
   grain_dataset,
   host_batch_size,
 )
-from mvm_jax.data.sampling import ClipSampler
 
 # The config.data section, its defaults and validation live in a module with no Grain, PyAV or
-# TensorFlow import (the benchmark path reads them); re-exported here.
-from mvm_jax.data.settings import (  # noqa: F401
-  SOURCE_KEYS,
-  SOURCES,
-  default_data_config,
-  validate_data_config,
-)
-from mvm_jax.data.settings import fail
+# TensorFlow import (the benchmark path reads them): mvm_jax.data.settings.
+from mvm_jax.data.settings import SOURCES, fail, validate_data_config
 
 
-def build_source(data_config, split: str) -> sources.VideoSource:
-  """The source named by ``data_config.source`` for ``split``.
+def build_video_source(data_config, split: str) -> sources.VideoSource:
+  """The video source named by ``data_config.source`` for ``split`` (any source but 'tokens').
 
   Raises:
     sources.SourceError (a ValueError): a setting is wrong; names the key.
@@ -155,7 +148,7 @@ class _SampleRecord:
   process unpickles its own (empty) copy.
   """
 
-  def __init__(self, source: sources.VideoSource, sampler: ClipSampler, cache_size: int = 0):
+  def __init__(self, source: sources.VideoSource, sampler: sampling.Sampler, cache_size: int = 0):
     self._source = source
     self._sampler = sampler
     self._cache = decode.VideoCache(cache_size) if cache_size > 0 else None
@@ -285,7 +278,7 @@ class _Unstack(grain.experimental.FlatMapTransform):
     ]
 
 
-def make_loader(
+def make_video_loader(
   data_config,
   *,
   split: str,
@@ -296,7 +289,8 @@ def make_loader(
   train: bool = True,
   source: sources.VideoSource | None = None,
 ) -> tuple[grain.IterDataset, LoaderInfo]:
-  """Builds the host-local input pipeline.
+  """Builds the host-local input pipeline of a video source (what
+  :func:`mvm_jax.data.loader.make_loader` calls for every source but 'tokens').
 
   Args:
     data_config: the ``config.data`` ConfigDict (see default_data_config).
@@ -324,23 +318,14 @@ def make_loader(
     ``num_workers > 0`` the main module must be import-safe (``if __name__ ==
     '__main__':``) because workers are spawned.
   """
-  if data_config.source == 'tokens':  # pre-extracted VQ tokens: {'tokens': i32 [b, (2,) T, h, w], ...}
-    from mvm_jax.data import tokens  # here: importing tensorflow_datasets takes ~1 s
-
-    return tokens.make_token_loader(
-      data_config,
-      split=split,
-      global_batch_size=global_batch_size,
-      seed=seed,
-      shard_index=shard_index,
-      shard_count=shard_count,
-      train=train,
-      source=source,
-    )
   validate_data_config(data_config)
+  if data_config.source == 'tokens':
+    fail(
+      'source', "make_video_loader reads video sources, not 'tokens' (mvm_jax.data.make_loader reads both)"
+    )
   batch_size = host_batch_size(global_batch_size, shard_count, seed)
   if source is None:
-    source = build_source(data_config, split)
+    source = build_video_source(data_config, split)
   sampler = make_sampler(data_config, train=train)
   k = sampler.num_samples
   skipped, short = SkipLog(), ShortVideoLog(sampler.short_videos)

@@ -1,11 +1,12 @@
 """Video sources: an indexable sequence of :class:`VideoRecord`.
 
-A source is what the Grain pipeline reads from: ``len(source)``,
-``source[i] -> VideoRecord``, ``source.num_classes``, ``source.class_names``.
-Sources and records are small picklable values: a source is shipped to the
-worker processes as is and ``source[i]`` runs there, so videos (files or
-encoded bytes, see :class:`~mvm_jax.data.decode.VideoBlob`) are read inside
-the workers.
+A video source is a :class:`~mvm_jax.data.source.Source` (what the Grain
+pipeline reads from: ``len(source)``, ``source[i] -> VideoRecord``,
+``source.num_classes``, ``source.class_names``, ``source.name``). Sources and
+records are small picklable values: a source is shipped to the worker
+processes as is and ``source[i]`` runs there, so videos (files or encoded
+bytes, see :class:`~mvm_jax.data.decode.VideoBlob`) are read inside the
+workers.
 
 Sources (``config.data.source``):
 - ``'builtin'``, :func:`builtin_source`: real clips shipped inside the
@@ -36,6 +37,7 @@ import re
 from typing import Sequence
 
 from mvm_jax.data import decode
+from mvm_jax.data.source import Source
 
 # Video files a folder source picks up (matched case-insensitively).
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v')
@@ -77,10 +79,10 @@ class VideoRecord:
   frame_stop: int | None = None
 
 
-class VideoSource(Sequence[VideoRecord]):
-  """An immutable list of records plus the class names their labels index.
+class VideoSource(Source[VideoRecord]):
+  """An immutable list of video records plus the class names their labels index.
 
-  The interface every source offers: ``len``, ``source[i] -> VideoRecord``,
+  A :class:`~mvm_jax.data.source.Source`: ``len``, ``source[i] -> VideoRecord``,
   ``num_classes``, ``class_names`` and ``name``. This class holds its records
   in memory; subclasses may make them on demand (e.g. one per tfds example,
   see :mod:`mvm_jax.data.tfds_video`), overriding ``__len__`` and
@@ -126,10 +128,6 @@ class VideoSource(Sequence[VideoRecord]):
 
   def __getitem__(self, index):
     return self._records[index]
-
-  @property
-  def num_classes(self) -> int:
-    return len(self._class_names)
 
   @property
   def class_names(self) -> tuple[str, ...]:

@@ -168,22 +168,14 @@ class TfdsVideoSource(VideoSource):
   def __len__(self) -> int:
     return len(self._data_source)
 
-  def _index(self, index) -> int:
-    i = int(index)
-    if i < 0:
-      i += len(self)
-    if not 0 <= i < len(self):
-      raise IndexError(f'{self!r}: index {index} out of range')
-    return i
-
   def read_video(self, index: int) -> bytes:
     """The encoded video of example ``index``."""
-    return self._data_source[self._index(index)][self._video_key]
+    return self._data_source[self.position(index)][self._video_key]
 
   def __getitem__(self, index):
     if isinstance(index, slice):
       return [self[i] for i in range(*index.indices(len(self)))]
-    index = self._index(index)
+    index = self.position(index)
     example = self._data_source[index]
     blob = decode.VideoBlob(
       f'tfds://{self._tfds_name}/{self._split}/{index}',

@@ -271,7 +271,7 @@ def _write_json(path: str, value) -> None:
 
 def _source_fingerprint(source: VideoSource) -> str:
   """Identifies a split's source cheaply (its name, size and classes; no record is read)."""
-  text = json.dumps([getattr(source, 'name', repr(source)), len(source), list(source.class_names)])
+  text = json.dumps([source.name, len(source), list(source.class_names)])
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -421,7 +421,7 @@ def extract_tokens(
   """Tokenizes the videos of ``split_sources`` into the tfds dataset ``name`` (see module doc).
 
   Args:
-    split_sources: split name -> source (e.g. ``pipeline.build_source(config.data, split)``).
+    split_sources: split name -> source (e.g. ``pipeline.build_video_source(config.data, split)``).
     tokenize: float32 [N, S, S, 3] frames, normalized ``(x / 255 - mean) / std``
       (:func:`~mvm_jax.data.transforms.normalize`) -> integer codes [N, h, w]
       in ``[0, vocab_size)`` (numpy or jax array). Always called with

@@ -21,7 +21,7 @@ plus ``token_info.json`` (:func:`read_token_info`: vocab_size, token_shape
 
 Reading (``config.data.source = 'tokens'``, ``data.tfds_name`` /
 ``data.tfds_data_dir``): :func:`make_token_loader` (what
-``pipeline.make_loader`` calls for this source) samples clips in token frames
+:func:`mvm_jax.data.make_loader` calls for this source) samples clips in token frames
 (``data.sampling`` 'clip' or 'clip_pair', ``data.num_frames`` frames
 ``data.sampling_rate`` apart, at the dataset's frame rate) and yields::
 
@@ -48,6 +48,7 @@ import numpy as np
 from mvm_jax import token_vocab
 from mvm_jax.data import loader_base, tfds_video, transforms
 from mvm_jax.data.settings import fail, validate_data_config
+from mvm_jax.data.source import Source
 from mvm_jax.data.sources import SourceError
 
 # Features of a token dataset.
@@ -120,8 +121,10 @@ class TokenRecord:
   fps: float
 
 
-class TokenSource:
+class TokenSource(Source[TokenRecord]):
   """The examples of one split of a token dataset: ``source[i] -> TokenRecord``.
+
+  A :class:`~mvm_jax.data.source.Source`, named ``'tokens:<name>/<split>'``.
 
   Reads through ``tfds.builder(name, data_dir).as_data_source(split)``
   (random access, no TensorFlow ops); pickles small, so it runs in Grain
@@ -170,10 +173,6 @@ class TokenSource:
     return tuple(self.info['token_shape'])
 
   @property
-  def num_classes(self) -> int:
-    return len(self._class_names)
-
-  @property
   def class_names(self) -> tuple[str, ...]:
     return self._class_names
 
@@ -181,12 +180,7 @@ class TokenSource:
     return len(self._data_source)
 
   def __getitem__(self, index) -> TokenRecord:
-    i = int(index)
-    if i < 0:
-      i += len(self)
-    if not 0 <= i < len(self):
-      raise IndexError(f'{self!r}: index {index} out of range')
-    example = self._data_source[i]
+    example = self._data_source[self.position(index)]
     path = example[PATH_KEY]
     return TokenRecord(
       tokens=example[TOKENS_KEY],
@@ -349,7 +343,7 @@ def make_token_loader(
 ) -> tuple[grain.IterDataset, loader_base.LoaderInfo]:
   """Builds the host-local pipeline of a token dataset (``config.data.source = 'tokens'``).
 
-  As :func:`mvm_jax.data.pipeline.make_loader` (same arguments, sharding,
+  As :func:`mvm_jax.data.pipeline.make_video_loader` (same arguments, sharding,
   seeding, shuffling, repeated sampling, batching, prefetching and exactly
   resumable iterator state), sampling token clips (:class:`TokenSampler`)
   instead of decoding videos.

@@ -332,7 +332,7 @@ def check_encoder(config) -> tuple[int, int]:
   for key, views in (('train_split', a.train_views), ('test_split', eval_views)):
     split = a[key]
     try:
-      records = len(pipeline.build_source(resolved.data, split))
+      records = len(pipeline.build_video_source(resolved.data, split))
     except ValueError as e:  # sources.SourceError: an unknown split, a bad data.* value
       raise ConfigError(f'config.{SECTION}.{key}={split!r}: {e}') from None
     gib = records * views * length * width * itemsize / 2**30

@@ -90,9 +90,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from mvm_jax import data as data_lib
 from mvm_jax import methods
 from mvm_jax.config_schema import ConfigError
-from mvm_jax.data import pipeline
 from mvm_jax.evaluate import attentive_probe as attentive_probe_lib
 from mvm_jax.evaluate import features as features_lib
 from mvm_jax.evaluate import frozen as frozen_lib
@@ -262,7 +262,7 @@ def _data_key(data) -> str:
 
 
 class DecodedClips:
-  """Stands in for ``pipeline.make_loader`` in feature extraction and keeps the host
+  """Stands in for :func:`mvm_jax.data.make_loader` in feature extraction and keeps the host
   batches of a pass in memory when they fit in ``budget_mb``, to replay them at later
   evaluations instead of decoding again. The passes are the same every time (centre
   clips and crops; augmented views from a fixed seed), so replaying changes nothing
@@ -275,13 +275,15 @@ class DecodedClips:
   def loader(self, budget_mb: float):
     """A ``make_loader`` that keeps passes of at most ``budget_mb`` MB (0: none)."""
 
-    def make_loader(data_config, *, split, global_batch_size, seed, shard_index=0, shard_count=1, train=True):
+    def make_loader(
+      data_config, *, split, global_batch_size, seed, train=True, shard_index=None, shard_count=None
+    ):
       key = (_data_key(data_config), split, global_batch_size, seed, shard_index, shard_count, train)
       if key in self._kept:
         batches, exhausted, info = self._kept[key]
         return _Replay(batches, exhausted), info
       self.decoded_passes += 1
-      loader, info = pipeline.make_loader(
+      loader, info = data_lib.make_loader(
         data_config,
         split=split,
         global_batch_size=global_batch_size,
@@ -630,7 +632,7 @@ def eval_data_config(run_data, overrides, key: str) -> ml_collections.ConfigDict
       "source (e.g. data=dict(source='builtin'), or csv / folder / tfds with its keys)"
     )
   try:
-    pipeline.validate_data_config(data)
+    data_lib.validate_data_config(data)
   except ValueError as e:
     raise ConfigError(str(e).replace('config.data.', f'config.{key}.data.', 1)) from None
   return data

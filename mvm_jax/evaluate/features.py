@@ -39,7 +39,7 @@ from absl import logging
 
 from mvm_jax import pixels
 from mvm_jax.config_schema import ConfigError
-from mvm_jax.data import pipeline
+from mvm_jax import data as data_lib
 from mvm_jax.evaluate.frozen import FrozenEncoder
 from mvm_jax.progress import Progress
 from mvm_jax import sharding
@@ -140,7 +140,7 @@ def resolve_splits(config, name: str) -> None:
     split = section[key] or default_split(data, role)
     if data.source != 'tokens':
       try:
-        pipeline.build_source(data, split)
+        data_lib.build_source(data, split)
       except (ValueError, FileNotFoundError) as e:  # sources.SourceError names the data key
         how = '' if section[key] else f" (empty: the {data.source} source's {role} split)"
         raise ConfigError(f'config.{name}.{key}={split!r}{how}: {e}') from None
@@ -306,14 +306,14 @@ def extract(
       device count and of the process count.
     extract_fn: ``make_extract_fn(frozen, pool, token_dtype)``, when already compiled.
     token_dtype: 'float16' or 'float32', the dtype of pool 'tokens'.
-    make_loader: stands in for ``pipeline.make_loader`` (same arguments and
+    make_loader: stands in for :func:`mvm_jax.data.make_loader` (same arguments and
       results; e.g. one that replays the clips of an earlier pass).
   """
   c = frozen.config
   shard_index, shard_count = jax.process_index(), jax.process_count()
   host_batch_size = batch_size // shard_count
   extract_fn = extract_fn or make_extract_fn(frozen, pool, token_dtype)
-  make_loader = make_loader or pipeline.make_loader
+  make_loader = make_loader or data_lib.make_loader
   loader, info = make_loader(
     c.data,
     split=split,

@@ -22,8 +22,8 @@ import optax
 from absl import logging
 
 from mvm_jax import config as config_lib
+from mvm_jax import data as data_lib
 from mvm_jax import methods
-from mvm_jax.data import pipeline
 from mvm_jax.evaluate import features, frozen, mixup, report
 from mvm_jax.export import checkpoints
 from mvm_jax.models import factorized
@@ -178,14 +178,8 @@ def evaluate(exp: loop.Experiment, state: state_lib.TrainState, split: str | Non
   split = split or config.finetune.test_split
   dp = sharding.data_parallel_size(exp.mesh)
   batch_size = max(dp, (config.finetune.eval_batch_size // dp) * dp)
-  loader, info = pipeline.make_loader(
-    config.data,
-    split=split,
-    global_batch_size=batch_size,
-    seed=config.seed,
-    train=False,
-    shard_index=jax.process_index(),
-    shard_count=jax.process_count(),
+  loader, info = data_lib.make_loader(
+    config.data, split=split, global_batch_size=batch_size, seed=config.seed, train=False
   )
 
   inputs = exp.inputs
@@ -256,13 +250,11 @@ def finetune_and_evaluate(config, workdir: str, *, stop_after_steps=None) -> dic
   config = frozen.resolve_config(config)
   config_lib.validate(config, pretraining=False)
   features.resolve_splits(config, 'finetune')
-  loader, data_info = pipeline.make_loader(
+  loader, data_info = data_lib.make_loader(
     config.data,
     split=config.finetune.train_split,
     global_batch_size=config.batch_size,
     seed=config.seed,
-    shard_index=jax.process_index(),
-    shard_count=jax.process_count(),
     train=True,
   )
   exp, state = build_experiment(

@@ -39,7 +39,9 @@ def time_loader(data_config, *, global_batch_size: int, batches: int, warmup: in
     {'clips_per_s': float, 'videos_per_s': float (clips/s ÷ k), 'seconds': float
      (the timed batches), 'batch_size': int, 'skipped': int (unreadable videos)}.
   """
-  ds, info = make_loader(data_config, split='train', global_batch_size=global_batch_size, seed=seed)
+  ds, info = make_loader(  # one host: the whole batch, whatever the process count
+    data_config, split='train', global_batch_size=global_batch_size, seed=seed, shard_index=0, shard_count=1
+  )
   it = iter(ds)
   try:
     for _ in range(warmup):

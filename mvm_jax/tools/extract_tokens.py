@@ -4,7 +4,7 @@
       --name builtin_tokens --data_dir DATA_DIR [--splits train,test] [--overwrite] \\
       [--config.tokenizer.workdir=VQVAE_WORKDIR]
 
-The videos are those ``config.data`` names (``pipeline.build_source``), their
+The videos are those ``config.data`` names (``pipeline.build_video_source``), their
 frames taken at ``config.data.target_fps`` (<= 0: every frame), resized and
 centre-cropped to ``config.data.crop_size`` and normalized with
 ``config.data.mean`` / ``std`` (FFmpeg pre-scaling as ``decode_short_side``);
@@ -83,7 +83,7 @@ def extract(
   """
   import tensorflow_datasets as tfds
 
-  from mvm_jax.data import pipeline, token_extraction  # here: keeps --help fast
+  from mvm_jax.data import pipeline, settings, token_extraction  # here: keeps --help fast
 
   tfds.disable_progress_bar()  # our progress lines replace tqdm's.
   out = out or sys.stdout
@@ -92,10 +92,10 @@ def extract(
     raise ValueError(
       'config.data.source: tokens are extracted from videos; name a video source, not "tokens"'
     )
-  pipeline.validate_data_config(dc)
+  settings.validate_data_config(dc)
   split_sources = {}
   for split in splits:
-    split_sources[split] = s = pipeline.build_source(dc, split)
+    split_sources[split] = s = pipeline.build_video_source(dc, split)
     print(f'{split}: {len(s)} videos, {s.num_classes} classes ({s.name})', file=out, flush=True)
   if tokenizer is None:
     from mvm_jax import frozen_tokenizer

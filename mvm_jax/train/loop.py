@@ -201,18 +201,12 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   after saving; the next call continues. Returns the final step's metrics and
   a per-step loss history of this invocation.
   """
-  from mvm_jax.data import pipeline
+  from mvm_jax.data import make_loader
   from mvm_jax.evaluate import evaluators as evaluators_lib
 
   # Data: this process's share of each global batch of training clips.
-  loader, data_info = pipeline.make_loader(
-    config.data,
-    split='train',
-    global_batch_size=config.batch_size,
-    seed=config.seed,
-    shard_index=jax.process_index(),
-    shard_count=jax.process_count(),
-    train=True,
+  loader, data_info = make_loader(
+    config.data, split='train', global_batch_size=config.batch_size, seed=config.seed, train=True
   )
   # Mesh, method, optimizer, jitted step; the initial state (`fit` resumes over it from a checkpoint).
   exp, state = build_experiment(config, samples_per_epoch=data_info.samples_per_epoch)

@@ -132,7 +132,8 @@ def test_config_keys_validated_and_reach_the_train_sampler():
   assert (s.randaugment_ops, s.randaugment_magnitude, s.randaugment_magnitude_std) == (2, 7.0, 0.5)
 
 
-def _batches(dc, train, n=2):
+def loader_batches(dc, train, n=2):
+  """The videos of the first n batches of 2 of the built-in 'train' split (tests/data/test_transforms.py too)."""
   ds, _ = make_loader(dc, split='train', global_batch_size=2, seed=0, train=train)
   it = iter(ds)
   try:
@@ -142,12 +143,14 @@ def _batches(dc, train, n=2):
 
 
 def test_loader_train_batches_differ_eval_batches_do_not():
-  plain = _batches(small_config(), train=True)
-  again = _batches(small_config(randaugment_ops=0), train=True)
-  aug = _batches(small_config(randaugment_ops=2, randaugment_magnitude_std=0.0), train=True)
+  plain = loader_batches(small_config(), train=True)
+  again = loader_batches(small_config(randaugment_ops=0), train=True)
+  aug = loader_batches(small_config(randaugment_ops=2, randaugment_magnitude_std=0.0), train=True)
   for a, b in zip(plain, again):
     np.testing.assert_array_equal(a, b)
   assert any(not np.array_equal(a, b) for a, b in zip(plain, aug))
   # Eval views never augment.
-  for a, b in zip(_batches(small_config(), False, 1), _batches(small_config(randaugment_ops=2), False, 1)):
+  for a, b in zip(
+    loader_batches(small_config(), False, 1), loader_batches(small_config(randaugment_ops=2), False, 1)
+  ):
     np.testing.assert_array_equal(a, b)

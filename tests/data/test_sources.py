@@ -295,7 +295,7 @@ def test_video_blob_decodes_like_the_file_and_pickles_small(tmp_path, clips):
   assert len(reads) == 1  # read once, however often opened
   # Pickling keeps the name, drops the bytes (the reader is module-level only here).
   copy = pickle.loads(pickle.dumps(VideoBlob('mem://c1', sorted, data=clips['c1.mp4'])))
-  assert copy == 'mem://c1' and copy._data is None
+  assert copy == 'mem://c1' and not copy.holds_bytes
   # The cache keys on the name: distinct videos never share an entry.
   cache = VideoCache(4)
   other = VideoBlob('mem://c2', None, data=clips['c2.mp4'])
@@ -391,7 +391,7 @@ def test_tfds_records_in_a_worker_process(packed):
   # A record pickled with its bytes dropped re-reads them from the source.
   record = build_source(data_config(**tfds_config), 'train')[1]
   copy = pickle.loads(pickle.dumps(record))
-  assert copy == record and copy.path._data is None and len(pickle.dumps(record)) < 20_000
+  assert copy == record and not copy.path.holds_bytes and len(pickle.dumps(record)) < 20_000
   np.testing.assert_array_equal(decode_frames(copy.path, [2, 7]), decode_frames(record.path, [2, 7]))
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mvm_jax.data import make_sampler, transforms, validate_data_config
-from tests.data.test_randaugment import _batches, small_config, textured_clip
+from tests.data.test_randaugment import loader_batches, small_config, textured_clip
 
 MEAN = np.array((0.485, 0.456, 0.406), np.float32)
 STD = np.array((0.229, 0.224, 0.225), np.float32)
@@ -65,10 +65,12 @@ def test_config_keys_validated_reach_the_train_sampler_and_change_train_batches_
       validate_data_config(small_config(**{key: bad}))
   s = make_sampler(small_config(color_jitter=0.5, grayscale_prob=0.2), train=True)
   assert (s.color_jitter, s.grayscale_prob) == (0.5, 0.2)
-  plain = _batches(small_config(), train=True)
-  jittered = _batches(small_config(color_jitter=0.8), train=True)
+  plain = loader_batches(small_config(), train=True)
+  jittered = loader_batches(small_config(color_jitter=0.8), train=True)
   assert all(not np.array_equal(a, b) for a, b in zip(plain, jittered))
-  for a, b in zip(_batches(small_config(), False, 1), _batches(small_config(color_jitter=0.8), False, 1)):
+  for a, b in zip(
+    loader_batches(small_config(), False, 1), loader_batches(small_config(color_jitter=0.8), False, 1)
+  ):
     np.testing.assert_array_equal(a, b)  # evaluation views are never distorted
 
 

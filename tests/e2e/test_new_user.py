@@ -19,6 +19,7 @@ from mvm_jax.data import (
   sampling,
   sources,
   transforms,
+  validate_data_config,
 )
 from mvm_jax.evaluate import features, frozen
 from mvm_jax.tools import make_eval_set
@@ -123,8 +124,8 @@ def _csv_data(eval_set, **kw):
 
 
 @pytest.mark.parametrize('mode', ['loop', 'pad'])
-def test_short_videos_are_counted_and_logged_once(eval_set, mode, monkeypatch, caplog):
-  monkeypatch.setattr(loader_base, '_SHORT_VIDEOS_LOGGED', False)
+def test_short_videos_are_counted_and_logged_once(eval_set, mode, caplog):
+  loader_base.reset_short_video_warning()
   caplog.set_level(logging.DEBUG)
   infos = []
   for _ in range(2):  # two loaders of one run: one message
@@ -154,11 +155,11 @@ def test_skipped_short_videos_stop_with_an_error_naming_the_cause(eval_set):
     next(iter(loader))
   assert info.short.count == 16
   sampler = pipeline.make_sampler(_csv_data(eval_set, short_videos='skip'), train=False)
-  record = pipeline.build_source(_csv_data(eval_set), 'test')[0]
+  record = pipeline.build_video_source(_csv_data(eval_set), 'test')[0]
   with pytest.raises(sampling.ShortVideoError, match='16 frames, shorter than the clip span of 29'):
     sampler.sample(record)
   with pytest.raises(ValueError, match='config.data.short_videos'):
-    pipeline.validate_data_config(_csv_data(eval_set, short_videos='wrap'))
+    validate_data_config(_csv_data(eval_set, short_videos='wrap'))
 
 
 # --- 4. labels.json -----------------------------------------------------------------------------

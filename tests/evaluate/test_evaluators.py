@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mvm_jax import config as config_lib
+from mvm_jax.data import loader as loader_lib
 from mvm_jax.evaluate import evaluators as ev
 from mvm_jax.evaluate import features as features_lib
 from mvm_jax.evaluate import frozen as frozen_lib
@@ -217,7 +218,7 @@ def test_decoded_clips_are_replayed_when_they_fit(monkeypatch):
     made.append(kwargs['split'])
     return _FakeLoader(batches), 'info'
 
-  monkeypatch.setattr(ev.pipeline, 'make_loader', make_loader)
+  monkeypatch.setattr(loader_lib, 'make_loader', make_loader)
   clips = ev.DecodedClips()
   data = micro_config().data
   args = dict(split='s', global_batch_size=2, seed=0, train=False)

@@ -70,14 +70,8 @@ def main():
   from mvm_jax.train import loop
 
   config = child_config()
-  loader, info = make_loader(
-    config.data,
-    split='train',
-    global_batch_size=GLOBAL_BATCH,
-    seed=config.seed,
-    shard_index=jax.process_index(),
-    shard_count=jax.process_count(),
-  )
+  # This process's shard: make_loader's default.
+  loader, info = make_loader(config.data, split='train', global_batch_size=GLOBAL_BATCH, seed=config.seed)
   it = iter(loader)
   host_batches = [next(it) for _ in range(args.num_batches)]
   it.close()

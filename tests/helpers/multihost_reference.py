@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from mvm_jax.data import pipeline  # noqa: E402
+from mvm_jax.data import loader as loader_lib  # noqa: E402
 
 
 class TwoShards:
@@ -57,18 +57,18 @@ class TwoShardIterator:
 
 
 def main():
-  real = pipeline.make_loader
+  real = loader_lib.make_loader
 
   def make_loader(
-    data_config, *, split, global_batch_size, seed, shard_index=0, shard_count=1, train=True, **kw
+    data_config, *, split, global_batch_size, seed, train=True, shard_index=None, shard_count=None, **kw
   ):
     args = dict(split=split, global_batch_size=global_batch_size, seed=seed, train=train, **kw)
-    if not train:
+    if not train:  # None: the process's shard (0 of 1 here)
       return real(data_config, shard_index=shard_index, shard_count=shard_count, **args)
     shards = [real(data_config, shard_index=i, shard_count=2, **args) for i in range(2)]
     return TwoShards([loader for loader, _ in shards]), shards[0][1]
 
-  pipeline.make_loader = make_loader
+  loader_lib.make_loader = make_loader
   module = sys.argv[1]
   sys.argv = [module] + sys.argv[2:]
   runpy.run_module(module, run_name='__main__', alter_sys=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mvm_jax import sharding
-from mvm_jax.data import pipeline
+from mvm_jax import data
 from mvm_jax.tools import aot_compile
 from mvm_jax.train import loop
 from tests.conftest import MICRO_FLAGS, micro_config, run_module
@@ -31,7 +31,7 @@ def test_abstract_step_compiles_to_the_step_main_runs(config):
   ones' shapes and shardings."""
   config.mesh.shape = (2, 2, 2)
   devices = jax.devices()[:8]
-  loader, _ = pipeline.make_loader(config.data, split='train', global_batch_size=config.batch_size, seed=0)
+  loader, _ = data.make_loader(config.data, split='train', global_batch_size=config.batch_size, seed=0)
   it = iter(loader)
   host_batch = next(it)
   it.close()

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from mvm_jax.data import decode, pipeline, sources
+from mvm_jax.data import decode, default_data_config, pipeline, sources
 from mvm_jax.tools import make_eval_set as mes
 from tests.conftest import run_module
 
@@ -120,14 +120,14 @@ def test_class_names_files(built):
 def test_csv_source_config_with_split_placeholder(built):
   """The documented flags: data.source=csv, data.path=DIR/<family>/{split}.csv, splits train and test."""
   out, _, _ = built
-  dc = pipeline.default_data_config()
+  dc = default_data_config()
   dc.update(
     source='csv',
     path=str(out / 'appearance' / '{split}.csv'),
     class_names_file=str(out / 'appearance' / 'class_names.txt'),
   )
   for split, n in NUM.items():
-    source = pipeline.build_source(dc, split)
+    source = pipeline.build_video_source(dc, split)
     assert len(source) == n and source.num_classes == 10
     assert all(f'/videos/{split}/' in r.path for r in source)
 
