@@ -225,7 +225,7 @@ def test_checkpoint_directory_turning_read_only_is_a_clear_error_and_keeps_the_c
   # the cause as the OS words it ('Permission denied') or as TensorStore does ('PERMISSION_DENIED: ...')
   assert re.match(
     r'error: could not write checkpoint \d+ in \S+/checkpoints \(.*permission[ _]denied', message, re.I
-  )
+  ), message
   assert re.search(r'the complete checkpoints \(steps: 2[,)]', message), message
   assert 'rerun the same command to resume' in message
   step, params = runs.latest_params(str(workdir))  # they still read back
