@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from mvm_jax.data.settings import default_data_config
 from mvm_jax import sharding
+from mvm_jax.data.settings import default_data_config
 
 
 class ConfigError(ValueError):

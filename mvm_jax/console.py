@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from typing import Mapping, Optional
 
@@ -98,6 +99,39 @@ def initialize_distributed(flag_values=None, environ=None) -> None:
         f'--distributed: no cluster detected and not set: {", ".join(missing)}; see launch/README.md'
       ) from None
     raise app.UsageError(f'--distributed: {e}') from None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """`app.run`'s flag parser for the entry points with `--config`: a `--config.KEY=VALUE` override of a
+  key the config lacks ends the program with one line naming the override (and, for a section, the
+  objectives that bring it) instead of ml_collections' traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (KeyError, AttributeError) as e:
+    message = str(e)
+    key = re.findall(r'[A-Za-z_]\w*', message)[0]
+    suggestion = re.search(r'Did you mean "(\w+)"', message)
+    overrides = [a for a in argv[1:] if a.startswith('--config.')]
+    named = [a for a in overrides if key in a.split('=', 1)[0].split('.')[1:]] or overrides
+    hint = f'Did you mean {suggestion.group(1)!r}?' if suggestion else _section_hint(key)
+    print(f'error: {" ".join(named)}: the config has no key {key!r}. {hint}', file=sys.stderr)
+    sys.exit(1)
+
+
+def _section_hint(key: str) -> str:
+  """Which objectives' runs carry section `key`, or how to list a config's keys."""
+  from mvm_jax import methods
+
+  objectives = sorted(
+    {name for m in methods.METHODS.values() for name, s in m.objective_sections.items() if s.name == key}
+  )
+  if objectives:
+    return (
+      f'config.{key} is the section of objectives {", ".join(objectives)}; a run carries it only when it '
+      'trains one of them: start from a preset that does, or add the section at its defaults in your '
+      'config file with methods.set_objectives(config, {...}).'
+    )
+  return "Its keys: the config file, or config.json in a run's workdir."
 
 
 def exit_now(message: str, code: int = 1) -> None:

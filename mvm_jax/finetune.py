@@ -8,6 +8,7 @@ writes `results.json` (key 'finetune') and `finetune_confusion.png`.
 
 from absl import app, flags
 
+from mvm_jax import console
 from mvm_jax.evaluate import cli
 
 cli.define_flags('Config file and preset, e.g. configs/finetune.py:tiny.')
@@ -19,4 +20,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.FLAGS.alsologtostderr = True
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

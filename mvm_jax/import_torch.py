@@ -17,6 +17,8 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mvm_jax import console
+
 FLAGS = flags.FLAGS
 
 
@@ -69,4 +71,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

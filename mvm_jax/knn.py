@@ -13,6 +13,7 @@ mvm_jax.linear_probe with the same --workdir); results go to
 
 from absl import app, flags
 
+from mvm_jax import console
 from mvm_jax.evaluate import cli
 
 cli.define_flags('Config file and preset, e.g. configs/knn.py:tiny.')
@@ -24,4 +25,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.FLAGS.alsologtostderr = True
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 
 from absl import app, flags, logging
+from ml_collections import config_flags
 
 from mvm_jax import console
-from ml_collections import config_flags
 
 config_flags.DEFINE_config_file(
   'config', None, 'Config file and preset, e.g. configs/mae_st.py:tiny.', lock_config=True
@@ -43,4 +43,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.FLAGS.alsologtostderr = True
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

@@ -18,7 +18,8 @@ from typing import Any, Optional, Sequence, Union
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 # The input batch (leading axis) is split over these mesh axes.
 BATCH_AXES = ('data', 'fsdp')

@@ -59,7 +59,27 @@ def test_misspelt_key_is_rejected(tmp_path):
     '--config.model.encoder.widht=3',
     timeout=120,
   )
-  assert result.returncode != 0 and 'widht' in result.stderr
+  assert result.returncode != 0
+  assert (
+    "--config.model.encoder.widht=3: the config has no key 'widht'. Did you mean 'width'?" in result.stderr
+  )
+  assert 'Traceback' not in result.stderr, result.stderr[-2000:]
+
+
+def test_override_of_a_section_the_run_lacks_names_the_objectives_that_bring_it(tmp_path):
+  """`config.hpm` rides only in runs that train loss_prediction: the error says so, no traceback."""
+  result = run_module(
+    'mvm_jax.knn',
+    '--config',
+    'configs/knn.py:tiny',
+    '--workdir',
+    str(tmp_path),
+    '--config.hpm.ema_momentum=0.9',
+    timeout=120,
+  )
+  assert result.returncode != 0
+  assert "--config.hpm.ema_momentum=0.9: the config has no key 'hpm'" in result.stderr
+  assert 'objectives loss_prediction' in result.stderr and 'Traceback' not in result.stderr
 
 
 def test_unknown_preset_is_named(tmp_path):

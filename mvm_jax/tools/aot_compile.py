@@ -43,6 +43,8 @@ from typing import Any, Optional
 from absl import app, flags
 from ml_collections import config_flags
 
+from mvm_jax import console
+
 GIB = 2.0**30
 COLLECTIVE_KINDS = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all', 'collective-permute')
 # HBM per device (a chip; v4 and v5p run their two TensorCores as one megacore device).
@@ -537,4 +539,4 @@ def _define_flags():
 if __name__ == '__main__':
   _define_flags()
   flags.mark_flags_as_required(['config', 'topology'])
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

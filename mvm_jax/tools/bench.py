@@ -28,6 +28,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from mvm_jax import console
 from mvm_jax.train import flops, loop
 
 
@@ -268,4 +269,4 @@ def _define_flags():
 if __name__ == '__main__':
   _define_flags()
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

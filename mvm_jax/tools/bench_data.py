@@ -29,6 +29,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from mvm_jax import console
 from mvm_jax.data import make_loader
 
 
@@ -225,4 +226,4 @@ def _define_flags():
 if __name__ == '__main__':
   _define_flags()
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

@@ -26,6 +26,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from mvm_jax import console
+
 
 def decode_short_side(data_config) -> int | None:
   """``config.data.decode_short_side`` as the samplers use it (-1: 2 x crop_size; 0: None)."""
@@ -216,4 +218,4 @@ def _define_flags():
 if __name__ == '__main__':
   _define_flags()
   flags.mark_flags_as_required(['config', 'name', 'data_dir'])
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

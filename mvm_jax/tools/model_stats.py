@@ -18,7 +18,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mvm_jax import config as config_lib
-from mvm_jax import masking, methods
+from mvm_jax import console, masking, methods
 from mvm_jax.models import mae as mae_lib
 from mvm_jax.train import flops
 
@@ -162,4 +162,4 @@ def _define_flags():
 if __name__ == '__main__':
   _define_flags()
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)
