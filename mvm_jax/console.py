@@ -116,6 +116,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     hint = f'Did you mean {suggestion.group(1)!r}?' if suggestion else _section_hint(key)
     print(f'error: {" ".join(named)}: the config has no key {key!r}. {hint}', file=sys.stderr)
     sys.exit(1)
+  except flags.Error as e:  # what absl's own parser reports: a value that does not parse
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
 
 
 def _section_hint(key: str) -> str:

@@ -18,6 +18,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import optax
 from absl import logging
 
@@ -136,7 +137,7 @@ def build_experiment(
   batch_sharding = sharding.batch_sharding(mesh)
   step_fn = make_finetune_step(model, tx, schedule, config, num_classes, total_steps, inputs)
   exp = loop.Experiment(
-    config=config,
+    config=ml_collections.FrozenConfigDict(config),
     mesh=mesh,
     method=None,
     model=model,

@@ -39,6 +39,7 @@ from absl import logging
 # `tools.aot_compile`) runs on an image with only jax/flax/optax/einops/ml-collections.
 from mvm_jax import config as config_lib
 from mvm_jax import methods, objectives
+from mvm_jax import progress as progress_lib
 from mvm_jax import sharding
 from mvm_jax.train import checkpointing, flops, optimizer
 from mvm_jax.train import state as state_lib
@@ -61,7 +62,7 @@ class Experiment:
   carries the current one through the loop and hands it to each hook.
   """
 
-  config: ml_collections.ConfigDict
+  config: ml_collections.FrozenConfigDict  # the run's config, read-only
   mesh: jax.sharding.Mesh
   method: Optional[methods.Method]  # the pre-training method (its pictures); None for fine-tuning
   model: nn.Module
@@ -153,7 +154,7 @@ def _experiment_on_mesh(
     phase,
   )
   exp = Experiment(
-    config=config,
+    config=ml_collections.FrozenConfigDict(config),
     mesh=mesh,
     method=method,
     model=setup.model,
@@ -261,7 +262,7 @@ def fit(
   Returns (the final state, {'step', 'metrics': the last log's, 'losses': each step's of this
   invocation, 'history': every log's}).
   """
-  from clu import metric_writers, periodic_actions
+  from clu import metric_writers
 
   config = exp.config
 
@@ -317,9 +318,8 @@ def fit(
     )
     writer.write_hparams(_flat(config.to_dict()))
 
-    report = periodic_actions.ReportProgress(
-      num_train_steps=exp.total_steps, writer=writer, every_steps=config.log_every_steps
-    )
+    progress = _TrainProgress('train', exp.total_steps, unit='steps', log=None)
+    progress.update(start_step, timed=False)  # the steps of earlier invocations (resumed)
     history, window, losses = [], [], []
     pending = []  # the metrics of the steps since the last check, still on the device
     last_log_time, last_log_step = time.perf_counter(), start_step
@@ -348,7 +348,7 @@ def fit(
           pending = []
           losses.extend(float(m['loss']) for m in fetched)
           window.extend(fetched)
-        report(step)
+        progress.update()
 
         # Log: the mean of each metric since the last log, the speed, the data pipeline's counts.
         if log_now:
@@ -368,6 +368,8 @@ def fit(
           if peak:
             scalars['perf/mfu'] = step_flops / seconds_per_step / peak
           writer.write_scalars(step, scalars)
+          progress.scalars = scalars
+          logging.info('%s', progress.line())
           history.append({'step': step, **scalars})
           window, last_log_time, last_log_step = [], now, step
 
@@ -453,6 +455,17 @@ def _fetch_finite(pending: list, ckpt, workdir: str) -> list[dict]:
         f'or tighten optim.clip_grad_norm and rerun to resume from it.'
       )
   return fetched
+
+
+class _TrainProgress(progress_lib.Progress):
+  """The loop's line at each log step: steps done, their rate, the window's mean loss and clips/s,
+  elapsed time and ETA."""
+
+  scalars: dict = {}  # the last log's metrics
+
+  def details(self) -> list[str]:
+    s = self.scalars
+    return [f'loss {s["loss"]:.4g}', f'{s["perf/clips_per_s"]:.1f} clips/s'] if s else []
 
 
 class _Preemption:

@@ -141,6 +141,9 @@ def test_main_trains_it_and_the_frozen_evaluations_read_the_run(tmp_path):
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'MAE reconstructing frame differences' in result.stderr
+  assert (
+    'train: 2/2 steps (100.0%)' in result.stderr and 'clips/s | elapsed' in result.stderr
+  )  # progress, ETA
   assert runs.load_config(workdir).motion.frame_gap == 1
 
   probe = knn.get_config('tiny')  # k-NN; the linear probe and fine-tuning resolve a run the same way
