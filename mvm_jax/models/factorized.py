@@ -209,7 +209,7 @@ class FactorizedLayer(nn.Module):
     fc2 = dense(d, ('mlp', 'embed'), 'fc2', self.dtype, bias_name='embed')
     drop = Dropout(self.dropout)
     norm = layer_norm('ln', self.dtype)
-    mlp = lambda y: drop(fc2(nn.gelu(fc1(y), approximate=False)), deterministic)
+    mlp = lambda y: drop(fc2(vit.gelu(fc1(y))), deterministic)
     return norm(cls + mlp(cls)), norm(x + mlp(x))
 
 
@@ -319,7 +319,7 @@ class TokenHead(nn.Module):
   def __call__(self, h, embedding):
     d = h.shape[-1]
     u = dense(d, ('embed', 'mlp'), 'dense', self.dtype)(h)
-    u = layer_norm('ln', self.dtype, 'mlp')(nn.gelu(u, approximate=False))
+    u = layer_norm('ln', self.dtype, 'mlp')(vit.gelu(u))
     bias = self.param('bias', vit.partitioned(nn.initializers.zeros, ('vocab',)), (embedding.shape[0],))
     logits = jnp.einsum(
       '...d,vd->...v', u.astype(self.dtype), embedding.astype(self.dtype), preferred_element_type=jnp.float32

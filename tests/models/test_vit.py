@@ -226,3 +226,14 @@ def test_patchify_roundtrip_and_order():
   assert patches[0, 1, 0] == video[0, 0, 0, 4, 0]
   # vector order (u, p, q, c): entry 3 is channel 0 of column 1
   assert patches[0, 0, 3] == video[0, 0, 0, 1, 0]
+
+
+def test_gelu_is_the_exact_gelu_values_and_gradients():
+  x = jnp.linspace(-8.0, 8.0, 4001, dtype=jnp.float32)
+  want = jax.nn.gelu(x, approximate=False)
+  np.testing.assert_allclose(vit.gelu(x), want, atol=1e-6, rtol=1e-6)
+  grad = jax.vmap(jax.grad(vit.gelu))(x)
+  np.testing.assert_allclose(
+    grad, jax.vmap(jax.grad(lambda y: jax.nn.gelu(y, approximate=False)))(x), atol=1e-6
+  )
+  assert not np.allclose(vit.gelu(x), jax.nn.gelu(x, approximate=True), atol=1e-4)  # not the tanh form
