@@ -141,3 +141,34 @@ class Progress:
     without the rate when no item was timed."""
     rate = f' ({self.rate:.1f} {self.unit}/s{rate_note})' if self.timed > 0 else ''
     return f'{self.what}: {self.done} {self.unit}{details} in {self.wall:.1f} s{rate}'
+
+
+class SplitProgress(Progress):
+  """Progress over the videos of several splits that logs nothing itself (its owner prints
+  :meth:`line` when :meth:`due`): the line names the split worked on, ``'<verb> <split>'``, and it
+  keeps count of the unreadable videos skipped and their paths."""
+
+  def __init__(self, verb: str, total: int):
+    super().__init__(verb, total, unit='videos', log=None)
+    self.verb = verb
+    self.skipped = 0
+    self.skipped_paths: list[str] = []
+    self.split = ''
+
+  @property
+  def split(self) -> str:
+    """The split being worked on."""
+    return self._split
+
+  @split.setter
+  def split(self, split: str) -> None:
+    self._split = split
+    self.what = f'{self.verb} {split}'
+
+
+def skipped_lines(paths: Sequence[str], limit: int = 20) -> list[str]:
+  """The lines naming skipped (unreadable) videos: the first `limit` paths, then how many more."""
+  lines = [f'  skipped (unreadable): {p}' for p in paths[:limit]]
+  if len(paths) > limit:
+    lines.append(f'  ... and {len(paths) - limit} more')
+  return lines

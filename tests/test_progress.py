@@ -2,7 +2,7 @@
 
 import math
 
-from mvm_jax.progress import Progress, format_duration
+from mvm_jax.progress import Progress, format_duration, skipped_lines
 
 
 class FakeClock:
@@ -84,3 +84,12 @@ def test_a_caller_that_prints_itself_asks_due_and_subclasses_add_details():
     progress.line()
     == 'packing test: 2/10 videos (20.0%) | 2.0 videos/s | 3 skipped | elapsed 0:00:01 | ETA 0:00:04'
   )
+
+
+def test_skipped_lines_name_the_first_paths_then_count_the_rest():
+  assert skipped_lines(['a.mp4', 'b.mp4'], limit=2) == [
+    '  skipped (unreadable): a.mp4',
+    '  skipped (unreadable): b.mp4',
+  ]
+  lines = skipped_lines([f'{i}.mp4' for i in range(25)])
+  assert len(lines) == 21 and lines[-1] == '  ... and 5 more' and lines[19].endswith('19.mp4')

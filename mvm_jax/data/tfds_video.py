@@ -247,30 +247,14 @@ class _PackedVideos(SplitsBuilder, skip_registration=True):
     )
 
 
-class PackProgress(progress_lib.Progress):
-  """Progress of :func:`pack_videos` over all splits (updated after each video).
-
-  A :class:`~mvm_jax.progress.Progress` of the videos read (packed or skipped;
-  rate and ETA: reading, writing the files follows) that logs nothing itself; its
-  line names the split and adds the bytes read and the videos skipped.
-  """
+class PackProgress(progress_lib.SplitProgress):
+  """Progress of :func:`pack_videos` over all splits (updated after each video): the videos read
+  (packed or skipped; rate and ETA: reading, writing the files follows); its line adds the bytes
+  read and the videos skipped."""
 
   def __init__(self, total: int):
-    super().__init__('packing', total, unit='videos', log=None)
-    self.skipped = 0
+    super().__init__('packing', total)
     self.bytes_read = 0
-    self.skipped_paths: list[str] = []
-    self.split = ''
-
-  @property
-  def split(self) -> str:
-    """The split being read."""
-    return self._split
-
-  @split.setter
-  def split(self, split: str) -> None:
-    self._split = split
-    self.what = f'packing {split}'
 
   def details(self) -> list[str]:
     mib = self.bytes_read / 2**20

@@ -63,34 +63,19 @@ def _split_file_name(split: str) -> str:
 # Writing.
 
 
-class ExtractProgress(progress_lib.Progress):
+class ExtractProgress(progress_lib.SplitProgress):
   """Progress of :func:`extract_tokens` over all splits (updated after each video).
 
-  A :class:`~mvm_jax.progress.Progress` that logs nothing itself: ``done``
-  counts videos finished in any way: tokenized, skipped, or taken from a
-  previous run's saved work (``resumed``, counted chunk by chunk, untimed).
-  Rates and ETA count this run's work only. Its line names the split and adds
-  the resumed videos, frames/s, frames and skipped videos.
+  ``done`` counts videos finished in any way: tokenized, skipped, or taken from a previous run's
+  saved work (``resumed``, counted chunk by chunk, untimed). Rates and ETA count this run's work
+  only. Its line adds the resumed videos, frames/s, frames and skipped videos.
   """
 
   def __init__(self, total: int):
-    super().__init__('tokenizing', total, unit='videos', log=None)
-    self.skipped = 0  # unreadable videos (this run and resumed)
+    super().__init__('tokenizing', total)
     self.frames = 0  # token frames of the readable videos (this run and resumed)
     self.tokenized_frames = 0  # frames tokenized by this run (without padding)
     self.tokenize_calls = 0  # calls of the tokenize function by this run
-    self.skipped_paths: list[str] = []
-    self.split = ''
-
-  @property
-  def split(self) -> str:
-    """The split being tokenized."""
-    return self._split
-
-  @split.setter
-  def split(self, split: str) -> None:
-    self._split = split
-    self.what = f'tokenizing {split}'
 
   @property
   def resumed(self) -> int:

@@ -27,6 +27,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mvm_jax import console
+from mvm_jax import progress as progress_lib
 
 
 def decode_short_side(data_config) -> int | None:
@@ -157,10 +158,8 @@ def extract(
     file=out,
     flush=True,
   )
-  for p in result.skipped_paths[:20]:
-    print(f'  skipped (unreadable): {p}', file=out)
-  if len(result.skipped_paths) > 20:
-    print(f'  ... and {len(result.skipped_paths) - 20} more', file=out)
+  for line in progress_lib.skipped_lines(result.skipped_paths):
+    print(line, file=out)
   print(
     f'train on it with: --config.data.source=tokens --config.data.tfds_name={name} '
     f'--config.data.tfds_data_dir={data_dir}',

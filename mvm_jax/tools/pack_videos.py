@@ -22,6 +22,8 @@ import sys
 
 from absl import app, flags
 
+from mvm_jax import progress as progress_lib
+
 FLAGS = flags.FLAGS
 flags.DEFINE_enum('source', None, ['folder', 'csv'], 'Where the videos are listed (as config.data.source).')
 flags.DEFINE_string('path', None, 'Directory (folder) or list file (csv; may contain {split}).')
@@ -92,10 +94,8 @@ def pack(
     file=out,
     flush=True,
   )
-  for p in result.skipped_paths[:20]:
-    print(f'  skipped (unreadable): {p}', file=out)
-  if len(result.skipped_paths) > 20:
-    print(f'  ... and {len(result.skipped_paths) - 20} more', file=out)
+  for line in progress_lib.skipped_lines(result.skipped_paths):
+    print(line, file=out)
   print(
     f'read it with: --config.data.source=tfds --config.data.tfds_name={name} '
     f'--config.data.tfds_data_dir={data_dir}',
