@@ -168,8 +168,14 @@ def bench(
     }
   if dense:
     dense_config = _variant(config, dense_encoder=True)
-    result['dense_step_ms'] = time_train_step(dense_config, steps, warmup)['step_s'] * 1e3
+    dense_run = time_train_step(dense_config, steps, warmup)
+    result['dense_step_ms'] = dense_run['step_s'] * 1e3
     result['sparse_vs_dense_speedup'] = result['dense_step_ms'] / result['step_ms']
+    # What the speed-up could be if wall time followed the work: the ratio of the two steps' XLA FLOPs.
+    result['sparse_vs_dense_flop_ratio'] = dense_run['flops'] / sparse['flops']
+    result['speedup_share_of_flop_ratio'] = (
+      result['sparse_vs_dense_speedup'] / result['sparse_vs_dense_flop_ratio']
+    )
   remat = {}
   for name in remat_variants:
     if name == config.model.get('remat', 'none'):
@@ -223,6 +229,8 @@ def format_table(result: dict, config) -> str:
     lines += [
       f'dense step (w/ [M])       {result["dense_step_ms"]:10.1f} ms',
       f'sparse vs dense speed-up  {result["sparse_vs_dense_speedup"]:10.2f}×',
+      f'  its XLA FLOP ratio      {result["sparse_vs_dense_flop_ratio"]:10.2f}×  '
+      f'(speed-up / FLOP ratio {result["speedup_share_of_flop_ratio"]:.2f})',
     ]
   if result.get('remat'):
     lines.append('remat            step ms   clips/s    MFU  compile s  peak MB')

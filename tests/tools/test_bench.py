@@ -32,6 +32,10 @@ def test_bench_cli_json():
   assert out['step_ms'] > 0 and out['clips_per_s'] == pytest.approx(8 / out['step_ms'] * 1e3)
   assert out['mfu'] == pytest.approx(out['gflops_per_s'] / out['matmul_peak_gflops_per_s'])
   assert out['sparse_vs_dense_speedup'] > 0
+  assert out['sparse_vs_dense_flop_ratio'] > 1  # the dense encoder also runs the masked tokens
+  assert out['speedup_share_of_flop_ratio'] == pytest.approx(
+    out['sparse_vs_dense_speedup'] / out['sparse_vs_dense_flop_ratio']
+  )
   assert out['compile_s'] > 0 and out['peak_memory_mb'] > 0 and out['memory']['temp_mb'] >= 0
   assert set(out['phases_ms']) == set(out['phases_gflop']) == {'forward', 'backward', 'optimizer'}
   assert out['phases_gflop']['forward'] > 0 and out['phases_gflop']['backward'] > 0
