@@ -22,7 +22,7 @@ VIMPAC's sections, their keys, defaults and checks (mvm_jax/methods/vimpac.py):
                               (masking.ratio holds that value for K = 5; False: use masking.ratio)
   masking.iid_exact_count     iid: exactly round(ratio·n) tokens instead of Bernoulli(ratio)
   masking.bert_corruption     BERT 80/10/10 replacement instead of all-[MASK] (Appendix F.3)
-  tokenizer.*                 the frozen tokenizer (mvm_jax/models/tokenizer.py), used on the fly
+  tokenizer.*                 the frozen tokenizer (mvm_jax/methods/vqvae.py), used on the fly
                               unless data.source='tokens' reads codes from mvm_jax.tools.extract_tokens
   contrastive.*               the [CLS] InfoNCE's projector and temperature (mvm_jax/objectives/contrastive.py)
 """

@@ -21,7 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mvm_jax.models import tokenizer as tokenizer_lib
+from mvm_jax.methods import vqvae as vqvae_method
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,10 +70,11 @@ def load_frozen_tokenizer(config) -> FrozenTokenizer:
 
   Raises:
     ValueError naming `config.tokenizer.workdir` / `.dalle_encoder` when the
-    weights are not given or cannot be found.
+    weights are not given or cannot be found; ConfigError (a ValueError) naming
+    the key of a value no tokenizer can be built with.
   """
   t = config.tokenizer
-  tokenizer_lib.validate_tokenizer_config(t)
+  vqvae_method.check_tokenizer_config(t)
   mean, std = _tuple3(config.data.mean), _tuple3(config.data.std)
   if t.kind == 'dalle':
     from mvm_jax.models import dalle_dvae
@@ -119,7 +120,7 @@ def load_vqvae_tokenizer(workdir: str, input_mean, input_std) -> FrozenTokenizer
       f'config.tokenizer.workdir: {workdir!r} trained model.name={trained.model.name!r} with objectives '
       f'{list(trained.objectives)}, not a VQ-VAE (vq_recon)'
     )
-  module = tokenizer_lib.vqvae_from_config(trained)
+  module = vqvae_method.vqvae(trained)
   step, items = runs.latest_state_items(workdir, ('params', 'model_state'))
   variables = {'params': items['params'], **items['model_state']}
   return FrozenTokenizer(

@@ -9,7 +9,8 @@ from jax.sharding import PartitionSpec as P
 
 from mvm_jax import config as config_lib
 from mvm_jax import methods, sharding
-from mvm_jax.models import factorized, vit
+from mvm_jax.methods import vimpac as vimpac_method
+from mvm_jax.models import vit
 from mvm_jax.train import loop
 
 # The rules before they became config (a Python constant; `rules_for` dropped mesh axes the
@@ -48,8 +49,8 @@ def _vimpac_config():
 
 
 def _vimpac_params(c):
-  model = factorized.vimpac_from_config(c)
-  tokens = jnp.zeros((1,) + factorized.token_shape_from_config(c), jnp.int32)
+  model = vimpac_method.vimpac_model(c)
+  tokens = jnp.zeros((1,) + vimpac_method.token_shape(c), jnp.int32)
   return jax.eval_shape(lambda r: model.init({'params': r}, tokens)['params'], jax.random.PRNGKey(0))
 
 
@@ -117,8 +118,8 @@ def test_blocks_constrain_their_inputs_by_the_activation_rules(monkeypatch):
   assert seen[(16, 64)] == [P(None, None)]
   # VIMPAC's factorized layers: [B, T, h, w, D]; the token table [vocab, D] gathered whole.
   c = _vimpac_config()
-  backbone = factorized.backbone_from_config(c)
-  tokens = jnp.zeros((2,) + factorized.token_shape_from_config(c), jnp.int32)
+  backbone = vimpac_method.backbone(c)
+  tokens = jnp.zeros((2,) + vimpac_method.token_shape(c), jnp.int32)
   seen = _constraints(monkeypatch, backbone, default, tokens)
   assert seen[(2, *tokens.shape[1:], 16)] == [P(('data', 'fsdp'), None, None, None, None)]
   table = (backbone.special_tokens.num_embeddings, 16)

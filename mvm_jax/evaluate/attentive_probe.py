@@ -300,16 +300,8 @@ def validate(config) -> None:
 
 def token_shape(resolved) -> tuple[int, int]:
   """(L, D): patch tokens per clip and their width, for a resolved config (MAE family or VIMPAC)."""
-  if methods.get(resolved).uses_tokens:
-    from mvm_jax.models import factorized
-
-    return math.prod(factorized.token_shape_from_config(resolved)), resolved.vimpac.width
-  from mvm_jax.models import mae as mae_lib
-  from mvm_jax.models import vit
-
-  m = resolved.model
-  grid = vit.token_grid(mae_lib.video_shape(resolved), (m.t_patch_size, m.patch_size, m.patch_size))
-  return math.prod(grid), m.encoder.width
+  method = methods.get(resolved)
+  return math.prod(method.token_grid(resolved)), method.feature_width(resolved)
 
 
 def check_encoder(config) -> tuple[int, int]:

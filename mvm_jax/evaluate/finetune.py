@@ -27,8 +27,6 @@ from mvm_jax import data as data_lib
 from mvm_jax import methods
 from mvm_jax.evaluate import features, frozen, mixup, report
 from mvm_jax.export import checkpoints
-from mvm_jax.models import factorized
-from mvm_jax.models import mae as mae_lib
 from mvm_jax import sharding
 from mvm_jax.train import loop, optimizer
 from mvm_jax.train import state as state_lib
@@ -108,13 +106,16 @@ def build_experiment(
   state (encoder from `init_from`). `config`: resolved (`frozen.resolve_config`) and valid."""
   mesh = sharding.make_mesh(config.mesh, devices)
   f = config.finetune
-  if methods.get(config).uses_tokens:
-    model, backbone, depth, inputs, frozen_variables, example = _vimpac_classifier(config, num_classes)
+  method = methods.get(config)
+  if method.uses_tokens:
+    model, backbone, depth, inputs, frozen_variables, example = _vimpac_classifier(
+      config, num_classes, method
+    )
   else:
-    model = mae_lib.classifier_from_config(config, num_classes, drop_path_rate=f.drop_path, dropout=f.dropout)
+    model = method.classifier(config, num_classes, drop_path_rate=f.drop_path, dropout=f.dropout)
     backbone, depth, frozen_variables = 'encoder', config.model.encoder.depth, None
     inputs = methods.pixel_inputs(config)
-    example = jnp.zeros((2,) + mae_lib.video_shape(config) + (3,), jnp.float32)
+    example = jnp.zeros((2,) + methods.video_shape(config) + (3,), jnp.float32)
   total_steps, warmup_steps = loop.schedule_lengths(config, samples_per_epoch)
   schedule = optimizer.make_schedule(config, total_steps, warmup_steps)
 
@@ -143,7 +144,7 @@ def build_experiment(
     model=model,
     inputs=inputs,
     masker=None,
-    grid=model.encoder.grid if inputs.preprocess is None else factorized.token_shape_from_config(config),
+    grid=method.token_grid(config),
     tx=tx,
     schedule=schedule,
     total_steps=total_steps,
@@ -158,7 +159,7 @@ def build_experiment(
   return exp, state
 
 
-def _vimpac_classifier(config, num_classes: int):
+def _vimpac_classifier(config, num_classes: int, method):
   """A VIMPAC run's backbone as a [CLS] classifier, behind the run's frozen tokenizer:
   (model, backbone key, depth, ModelInputs, tokenizer variables, example tokens)."""
   from mvm_jax import frozen_tokenizer
@@ -166,9 +167,9 @@ def _vimpac_classifier(config, num_classes: int):
   if config.finetune.mask_ratio > 0:
     raise config_lib.ConfigError('config.finetune.mask_ratio: token dropping is for ViT encoders, not VIMPAC')
   tok = frozen_tokenizer.load_frozen_tokenizer(config)
-  model = factorized.classifier_from_config(config, num_classes, dropout=config.finetune.dropout)
+  model = method.classifier(config, num_classes, dropout=config.finetune.dropout)
   inputs = methods.pixel_inputs(config, tok.tokenize)
-  example = jnp.zeros((2,) + factorized.token_shape_from_config(config), jnp.int32)
+  example = jnp.zeros((2,) + method.token_grid(config), jnp.int32)
   return model, 'backbone', config.vimpac.depth, inputs, tok.variables, example
 
 

@@ -28,7 +28,6 @@ from absl import logging
 from mvm_jax import config_schema, methods
 from mvm_jax import runs
 from mvm_jax.export import checkpoints
-from mvm_jax.models import mae as mae_lib
 from mvm_jax.models import vit
 from mvm_jax import sharding
 from mvm_jax.train import state as state_lib
@@ -262,14 +261,13 @@ def template(resolved: ml_collections.ConfigDict, mesh) -> EncoderTemplate:
   """
   method = methods.get(resolved)
   if method.uses_tokens:
-    return _vimpac_template(resolved, mesh)
+    return _vimpac_template(resolved, mesh, method)
   if not method.has_video_encoder:
     raise config_schema.ConfigError(
       f'config.init_from: a {resolved.model.name!r} run has no video encoder to evaluate'
     )
-  video_shape = mae_lib.video_shape(resolved)
-  encoder = vit.encoder_from_config(resolved.model, video_shape, drop_path_rate=0.0)
-  example = jnp.zeros((1, *video_shape, 3), jnp.float32)
+  encoder = method.frozen_encoder(resolved)
+  example = jnp.zeros((1, *methods.video_shape(resolved), 3), jnp.float32)
   init = lambda r: encoder.init(r, example)['params']
   rules = resolved.mesh.rules
   with sharding.sharding_context(mesh, rules):
@@ -307,14 +305,13 @@ def load(config: ml_collections.ConfigDict, devices=None) -> FrozenEncoder:
   return frozen
 
 
-def _vimpac_template(resolved, mesh) -> EncoderTemplate:
+def _vimpac_template(resolved, mesh, method) -> EncoderTemplate:
   """The backbone of a VIMPAC run behind the run's frozen tokenizer (`config.tokenizer`)."""
   from mvm_jax import frozen_tokenizer
-  from mvm_jax.models import factorized
 
   tok = frozen_tokenizer.load_frozen_tokenizer(resolved)
-  backbone = factorized.backbone_from_config(resolved)
-  tokens = jnp.zeros((1,) + factorized.token_shape_from_config(resolved), jnp.int32)
+  backbone = method.frozen_encoder(resolved)
+  tokens = jnp.zeros((1,) + method.token_grid(resolved), jnp.int32)
   init = lambda r: backbone.init(r, tokens)['params']
   rules = resolved.mesh.rules
   with sharding.sharding_context(mesh, rules):

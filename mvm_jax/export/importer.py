@@ -30,30 +30,29 @@ HEAD_PREFIXES = ('head.', 'fc_norm.')
 
 def token_grid(config) -> tuple[int, int, int]:
   """(T', H', W') of the config's clips and patches."""
-  from mvm_jax.models import mae, vit
+  from mvm_jax.methods import mae
 
-  m = config.model
-  return vit.token_grid(mae.video_shape(config), (m.t_patch_size, m.patch_size, m.patch_size))
+  return mae.patch_grid(config)
 
 
 def target_params(config, model: str, num_classes: int | None = None) -> Any:
   """Abstract params (ShapeDtypeStructs) of `model` built from `config`; nothing is computed."""
   from mvm_jax import masking
-  from mvm_jax.models import mae
+  from mvm_jax.methods import mae, video_shape
 
-  video = jnp.zeros((1,) + mae.video_shape(config) + (3,), jnp.float32)
+  video = jnp.zeros((1,) + video_shape(config) + (3,), jnp.float32)
   rng = jax.random.PRNGKey(0)
   if model == 'mae':
-    module = mae.mae_from_config(config)
+    module = mae.autoencoder(config)
     masker = masking.make_masker(config.masking.kind, module.encoder.grid, config.masking.ratio)
     init = lambda: module.init(rng, video, masker(rng, 1))
   elif model == 'encoder':
-    module = mae.classifier_from_config(config, 1).encoder
+    module = mae.encoder(config)
     init = lambda: {'params': {'encoder': module.init(rng, video)['params']}}
   elif model == 'classifier':
     if not num_classes:
       raise ValueError('a classifier target needs num_classes (taken from head.weight)')
-    module = mae.classifier_from_config(config, num_classes)
+    module = mae.video_classifier(config, num_classes)
     init = lambda: module.init(rng, video)
   else:
     raise ValueError(f'unknown target model {model!r}; known: {list(MODELS)}')

@@ -13,7 +13,9 @@ train, the sections its runs carry with their defaults and checks (`base_config`
 builds its model, inputs and mask policy (`setup`), says whether the state keeps an EMA teacher and
 how it moves (`teacher_momentum`), when each objective starts (`objective_start_steps`) and draws
 its pictures (`write_images`); the shared loop (`mvm_jax.train.loop`) and the config schema ask it
-and never branch on the method's name.
+and never branch on the method's name. Evaluation asks it for the run's video encoder
+(`frozen_encoder`, `classifier`, `token_grid`, `feature_width`). The models (`mvm_jax.models`) take
+explicit arguments: reading the config to build them is the methods' job, in their modules.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import ml_collections
 
 from mvm_jax import config_schema
 from mvm_jax.config_schema import ConfigError
-from mvm_jax.methods.base import METHODS, Method, ModelSetup, Section, pixel_inputs, register
+from mvm_jax.methods.base import METHODS, Method, ModelSetup, Section, pixel_inputs, register, video_shape
 
 # Each module of this package registers the methods it defines (`register`): import them all, so that
 # a new method is one new module here (and its config file), named nowhere else.
@@ -45,6 +47,7 @@ __all__ = [
   'register',
   'set_objectives',
   'validate',
+  'video_shape',
 ]
 
 

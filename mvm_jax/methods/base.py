@@ -14,8 +14,7 @@ import ml_collections
 
 from mvm_jax import config_schema
 from mvm_jax import objectives as objectives_lib
-from mvm_jax.config_schema import fail
-from mvm_jax.models import heads
+from mvm_jax.config_schema import ConfigError, fail
 from mvm_jax.objectives import contrastive
 from mvm_jax import sharding
 from mvm_jax.train.step import ModelInputs
@@ -80,7 +79,8 @@ class Method:
   can_scan_blocks: `model.scan_blocks` may stack its encoder blocks under nn.scan.
 
   What evaluation asks of a run of the method (`mvm_jax.evaluate`, `tools.model_stats`):
-  has_video_encoder: its backbone is a video encoder that frozen evaluation and fine-tuning can use.
+  has_video_encoder: its backbone is a video encoder that frozen evaluation and fine-tuning can use
+    (`frozen_encoder`, `classifier`, `token_grid`, `feature_width`; without one they raise ConfigError).
   uses_tokens: that backbone reads VQ tokens, made from pixels by the run's frozen tokenizer.
   run_sections: the config sections besides `model` that a run brings along when evaluated.
   """
@@ -195,7 +195,7 @@ class Method:
   def objective_start_steps(self, config, steps_per_epoch: int) -> dict[str, int]:
     """{objective: the step before which it weighs 0}: the contrastive objectives it trains start
     after `config.contrastive.start_epoch` epochs (ViC-MAE's schedule)."""
-    names = heads.contrastive_objectives(config)
+    names = contrastive.contrastive_objectives(config)
     if not names:
       return {}
     start = int(config.contrastive.start_epoch * steps_per_epoch)
@@ -213,6 +213,30 @@ class Method:
     elsewhere."""
     raise NotImplementedError
 
+  # --- evaluation: the run's video encoder (`has_video_encoder`) ----------------------------------
+
+  def frozen_encoder(self, config) -> nn.Module:
+    """The video encoder as frozen evaluation applies it (no drop path, no dropout when deterministic);
+    its parameters are the pre-training run's `params[<its module name>]`."""
+    raise self._no_video_encoder()
+
+  def classifier(self, config, num_classes: int, *, drop_path_rate=None, dropout: float = 0.0) -> nn.Module:
+    """The encoder under a linear head for fine-tuning: [B, *input] → logits [B, num_classes]; it
+    shares the encoder's parameters (and their name) with the pre-training model. drop_path_rate None:
+    `config.model.drop_path_rate` (an encoder without drop path ignores it)."""
+    raise self._no_video_encoder()
+
+  def token_grid(self, config) -> tuple[int, int, int]:
+    """(T, H, W) of the encoder's token map for the config's clip: N = T·H·W tokens (besides any [CLS])."""
+    raise self._no_video_encoder()
+
+  def feature_width(self, config) -> int:
+    """D, the width of the encoder's tokens."""
+    raise self._no_video_encoder()
+
+  def _no_video_encoder(self) -> ConfigError:
+    return ConfigError(f'config.model.name: a {self.name!r} run has no video encoder')
+
 
 # {config.model.name: its Method}: filled by `register` as `mvm_jax.methods` imports its modules.
 METHODS: dict[str, Method] = {}
@@ -228,6 +252,11 @@ def register(cls: type[Method]) -> type[Method]:
     raise ValueError(f'method {cls.__name__}: name {cls.name!r} is empty or taken; taken: {sorted(METHODS)}')
   METHODS[cls.name] = cls()
   return cls
+
+
+def video_shape(config) -> tuple[int, int, int]:
+  """(T, H, W) of the training clip from `config.data`."""
+  return (config.data.num_frames, config.data.crop_size, config.data.crop_size)
 
 
 def pixel_inputs(config, preprocess=None) -> ModelInputs:

@@ -2,7 +2,8 @@
 
 Its config: the shared `model` keys (ViT encoder, decoder, patches), `masking` (below), `hpm` with
 the loss_prediction objective (`objectives.loss_prediction`) and `contrastive` with infonce /
-simsiam / vicreg (`objectives.contrastive`).
+simsiam / vicreg (`objectives.contrastive`). The models it builds from them (`autoencoder`, `encoder`,
+`video_classifier`) are those of `models.mae` and `models.vit`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import ml_collections
 from mvm_jax import masking
 from mvm_jax.config_schema import fail
 from mvm_jax.masking import policy as policy_lib
+from mvm_jax.methods import contrastive_heads
 from mvm_jax.methods.base import (
   CONTRASTIVE,
   Method,
@@ -26,10 +28,12 @@ from mvm_jax.methods.base import (
   pixel_inputs,
   register,
   replicated_jit,
+  video_shape,
 )
 from mvm_jax.models import ema
 from mvm_jax.models import mae as mae_lib
-from mvm_jax.objectives import loss_prediction
+from mvm_jax.models import vit
+from mvm_jax.objectives import contrastive, loss_prediction
 from mvm_jax import sharding
 
 
@@ -57,6 +61,78 @@ def validate_masking_config(config) -> None:
 
 MASKING = Section('masking', default_masking_config, validate_masking_config)
 HPM = Section('hpm', loss_prediction.default_hpm_config, loss_prediction.validate_hpm_config)
+
+
+def patch_grid(config) -> tuple[int, int, int]:
+  """(T/t, H/p, W/p): the grid of the config's clip (`video_shape`) in patches, the encoder's tokens."""
+  m = config.model
+  return vit.token_grid(video_shape(config), (m.t_patch_size, m.patch_size, m.patch_size))
+
+
+def encoder(config, drop_path_rate: float | None = None) -> vit.Encoder:
+  """The ViT encoder of `config.model` on the config's clip; drop_path_rate None: `model.drop_path_rate`."""
+  m = config.model
+  return vit.Encoder(
+    patch=(m.t_patch_size, m.patch_size, m.patch_size),
+    grid=patch_grid(config),
+    width=m.encoder.width,
+    depth=m.encoder.depth,
+    num_heads=m.encoder.num_heads,
+    mlp_ratio=m.encoder.mlp_ratio,
+    drop_path_rate=m.drop_path_rate if drop_path_rate is None else drop_path_rate,
+    pos_embed=m.pos_embed,
+    dtype=jnp.dtype(m.dtype),
+    attention=m.get('attention', 'einsum'),
+    remat=m.get('remat', 'none'),
+    scan_blocks=bool(m.get('scan_blocks', False)),
+    patch_embed=m.get('patch_embed', 'matmul'),
+    name='encoder',
+  )
+
+
+def autoencoder(
+  config, cls: type[mae_lib.MaskedAutoencoder] = mae_lib.MaskedAutoencoder, **fields
+) -> mae_lib.MaskedAutoencoder:
+  """MaskedAutoencoder with the heads `config.objectives` need: a loss predictor
+  for 'loss_prediction', pooling + projector (from `config.contrastive`) for
+  'infonce' / 'simsiam' / 'vicreg', and SimSiam's predictor for 'simsiam'.
+
+  `cls`: a subclass to build instead (one with targets of its own, say), given its `fields` besides."""
+  m = config.model
+  dtype = jnp.dtype(m.dtype)
+  two_view = bool(contrastive.contrastive_objectives(config))
+  return cls(
+    encoder=encoder(config),
+    decoder_width=m.decoder.width,
+    decoder_depth=m.decoder.depth,
+    decoder_heads=m.decoder.num_heads,
+    decoder_mlp_ratio=m.decoder.mlp_ratio,
+    pred_t_dim=m.pred_t_dim,
+    num_frames=config.data.num_frames,
+    dense_encoder=m.dense_encoder,
+    decoder_cls=m.decoder_cls,
+    pos_embed=m.pos_embed,
+    dtype=dtype,
+    predict_loss='loss_prediction' in config.objectives,
+    pooling=contrastive_heads.pooling(config.contrastive) if two_view else None,
+    projector=contrastive_heads.projector(config.contrastive, dtype) if two_view else None,
+    predictor=contrastive_heads.predictor(config.contrastive, dtype)
+    if 'simsiam' in config.objectives
+    else None,
+    **fields,
+  )
+
+
+def video_classifier(
+  config, num_classes: int, drop_path_rate: float | None = None, dropout: float = 0.0
+) -> mae_lib.VideoClassifier:
+  """The fine-tuning view: `encoder(config, drop_path_rate)` under a linear head of `num_classes`."""
+  return mae_lib.VideoClassifier(
+    encoder=encoder(config, drop_path_rate),
+    num_classes=num_classes,
+    dropout=dropout,
+    dtype=jnp.dtype(config.model.dtype),
+  )
 
 
 @register
@@ -100,13 +176,13 @@ class MaeMethod(Method):
 
   def model(self, config) -> mae_lib.MaskedAutoencoder:
     """The MaskedAutoencoder this config trains (a subclass may change its target: `targets`)."""
-    return mae_lib.mae_from_config(config)
+    return autoencoder(config)
 
   def setup(self, config, total_steps: int, steps_per_epoch: int = 1) -> ModelSetup:
     model = self.model(config)
     grid = model.encoder.grid
     masker = masking.make_masker(config.masking.kind, grid, config.masking.ratio)
-    shape = (2,) + mae_lib.video_shape(config) + (3,)
+    shape = (2,) + video_shape(config) + (3,)
 
     def init_variables(rng):
       return model.init({'params': rng, 'dropout': rng}, jnp.zeros(shape, jnp.float32), masker(rng, shape[0]))
@@ -134,6 +210,18 @@ class MaeMethod(Method):
       )
 
     return momentum
+
+  def frozen_encoder(self, config) -> vit.Encoder:
+    return encoder(config, drop_path_rate=0.0)
+
+  def classifier(self, config, num_classes: int, *, drop_path_rate=None, dropout: float = 0.0):
+    return video_classifier(config, num_classes, drop_path_rate, dropout)
+
+  def token_grid(self, config) -> tuple[int, int, int]:
+    return patch_grid(config)
+
+  def feature_width(self, config) -> int:
+    return config.model.encoder.width
 
   def write_images(self, exp, state, workdir: str, step: int, batch: dict):
     """Reconstructions of the first samples of `batch` (first view of pairs) with

@@ -22,7 +22,7 @@ import numpy as np
 
 from mvm_jax.config_schema import fail
 from mvm_jax.methods.base import Section, register
-from mvm_jax.methods.mae import MASKING, MaeMethod
+from mvm_jax.methods.mae import MASKING, MaeMethod, autoencoder
 from mvm_jax.models import mae as mae_lib
 from mvm_jax.models import vit
 
@@ -67,4 +67,4 @@ class MotionMaeMethod(MaeMethod):
   run_sections = ('motion',)  # the probes, k-NN and fine-tuning of a run validate its sections
 
   def model(self, config) -> MotionAutoencoder:
-    return mae_lib.mae_from_config(config, cls=MotionAutoencoder, frame_gap=config.motion.frame_gap)
+    return autoencoder(config, cls=MotionAutoencoder, frame_gap=config.motion.frame_gap)

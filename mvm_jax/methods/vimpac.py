@@ -3,8 +3,10 @@
 (`config.tokenizer`); block masks from `masking.blocks`.
 
 Its config: `vimpac` (the backbone), `masking` (block masks over the token map) and `tokenizer`
-(below), `contrastive` with infonce / vicreg (`objectives.contrastive`). Of the shared `model` keys it
-reads `model.dtype`.
+(below; its keys: `methods.vqvae.default_tokenizer_config`), `contrastive` with infonce / vicreg
+(`objectives.contrastive`). Of the shared `model` keys it reads `model.dtype`. The models it builds
+from them (`backbone`, `vimpac_model`, `pretrainer`, `token_classifier`) are those of
+`models.factorized`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import ml_collections
 from mvm_jax import token_vocab
 from mvm_jax.config_schema import ConfigError, fail
 from mvm_jax.masking import blocks
+from mvm_jax.methods import contrastive_heads, vqvae
 from mvm_jax.methods.base import (
   CONTRASTIVE,
   Method,
@@ -30,7 +33,8 @@ from mvm_jax.methods.base import (
   register,
   replicated_jit,
 )
-from mvm_jax.models import tokenizer as tokenizer_lib
+from mvm_jax.models import factorized
+from mvm_jax.objectives import contrastive
 from mvm_jax import sharding
 from mvm_jax.train.step import ModelInputs
 
@@ -64,8 +68,6 @@ def default_vimpac_config() -> ml_collections.ConfigDict:
 
 
 def validate_vimpac_config(config) -> None:
-  from mvm_jax.models import factorized
-
   v, d = config.vimpac, config.data
   if v.layout not in factorized.LAYOUTS:
     fail('vimpac.layout', f'{v.layout!r}; valid: {list(factorized.LAYOUTS)}')
@@ -104,15 +106,13 @@ def default_masking_config() -> ml_collections.ConfigDict:
 
 
 def validate_masking_config(config) -> None:
-  from mvm_jax.models import factorized
-
   m = config.masking
   if m.kind not in blocks.MASKERS:
     fail('masking.kind', f'VIMPAC masks tokens with {list(blocks.MASKERS)}, not {m.kind!r}')
   try:
     blocks.make_token_masker(
       m.kind,
-      factorized.token_shape_from_config(config),
+      token_shape(config),
       num_blocks=m.num_blocks,
       ratio=None if m.match_block_ratio else m.ratio,
     )
@@ -125,7 +125,7 @@ def validate_tokenizer_config(config) -> None:
   if config.data.source == 'tokens':
     return
   t = config.tokenizer
-  check_tokenizer_config(t)
+  vqvae.check_tokenizer_config(t)
   if t.kind == 'vqvae' and not t.workdir:
     fail(
       'tokenizer.workdir',
@@ -137,19 +137,67 @@ def validate_tokenizer_config(config) -> None:
     fail('tokenizer.dalle_encoder', 'tokenizer.kind="dalle" needs the path of the DALL-E encoder.pkl')
 
 
-def check_tokenizer_config(t) -> None:
-  """`models.tokenizer.validate_tokenizer_config` (the keys our modules can build), as a ConfigError."""
-  try:
-    tokenizer_lib.validate_tokenizer_config(t)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
+def default_tokenizer_config() -> ml_collections.ConfigDict:
+  """`config.tokenizer` of VIMPAC (keys: `methods.vqvae.default_tokenizer_config`): the paper's DALL-E dVAE."""
+  return vqvae.default_tokenizer_config(kind='dalle')
 
 
 VIMPAC = Section('vimpac', default_vimpac_config, validate_vimpac_config)
 MASKING = Section('masking', default_masking_config, validate_masking_config)
 # The frozen tokenizer (paper: DALL-E dVAE, argmax codes, pixels 0.1 + 0.8·x), used on the fly
 # unless data.source='tokens' reads codes extracted by mvm_jax.tools.extract_tokens.
-TOKENIZER = Section('tokenizer', tokenizer_lib.default_tokenizer_config, validate_tokenizer_config)
+TOKENIZER = Section('tokenizer', default_tokenizer_config, validate_tokenizer_config)
+
+
+def token_shape(config) -> tuple[int, int, int]:
+  """(T, H, W) tokens of a clip: (data.num_frames, data.crop_size / d, data.crop_size / d),
+  d = vimpac.downsample (8 for the DALL-E dVAE)."""
+  d = config.vimpac.downsample
+  if config.data.crop_size % d:
+    raise ValueError(f'config.vimpac.downsample={d} does not divide data.crop_size={config.data.crop_size}')
+  return (config.data.num_frames, config.data.crop_size // d, config.data.crop_size // d)
+
+
+def backbone(config) -> factorized.FactorizedEncoder:
+  """The factorized-attention backbone of `config.vimpac` on `token_shape(config)` (`model.dtype`)."""
+  v = config.vimpac
+  return factorized.FactorizedEncoder(
+    token_shape=token_shape(config),
+    width=v.width,
+    depth=v.depth,
+    num_heads=v.num_heads,
+    vocab_size=v.vocab_size,
+    mlp_dim=v.mlp_dim,
+    attention_dim=v.attention_dim,
+    large_half=v.large_half,
+    layout=v.layout,
+    dropout=v.dropout,
+    dtype=jnp.dtype(config.model.dtype),
+    name='backbone',
+  )
+
+
+def vimpac_model(config, projector: bool | None = None) -> factorized.VimpacModel:
+  """VimpacModel from `config.vimpac` (backbone), `config.model.dtype` and, when a
+  contrastive objective is configured (or `projector=True`), the projector from
+  `config.contrastive.projector`."""
+  dtype = jnp.dtype(config.model.dtype)
+  if projector is None:
+    projector = bool(contrastive.contrastive_objectives(config))
+  head = contrastive_heads.projector(config.contrastive, dtype) if projector else None
+  return factorized.VimpacModel(backbone=backbone(config), projector=head, dtype=dtype)
+
+
+def pretrainer(config) -> factorized.VimpacPretrainer:
+  """`vimpac_model(config)` wrapped for the pre-training step (`masking.bert_corruption`)."""
+  return factorized.VimpacPretrainer(
+    vimpac_model(config), bert_corruption=bool(config.masking.bert_corruption)
+  )
+
+
+def token_classifier(config, num_classes: int, dropout: float = 0.0) -> factorized.TokenClassifier:
+  """TokenClassifier on `backbone(config)` (fine-tuning a VIMPAC run)."""
+  return factorized.TokenClassifier(backbone(config), num_classes, dropout, jnp.dtype(config.model.dtype))
 
 
 @register
@@ -166,12 +214,10 @@ class VimpacMethod(Method):
 
   def setup(self, config, total_steps: int, steps_per_epoch: int = 1) -> ModelSetup:
     del total_steps, steps_per_epoch
-    from mvm_jax.models import factorized
-
-    model = factorized.pretrainer_from_config(config)
-    token_shape = factorized.token_shape_from_config(config)
+    model = pretrainer(config)
+    shape = token_shape(config)
     inputs, frozen, source = token_input(config)
-    masker = blocks.masker_from_config(config.masking, token_shape)
+    masker = blocks.masker_from_config(config.masking, shape)
     pad_id = token_vocab.special_token_ids(config.vimpac.vocab_size).pad_id
 
     def policy(rng, step, tokens, teacher):
@@ -180,7 +226,7 @@ class VimpacMethod(Method):
       return mask, {}
 
     def init_variables(rng):
-      tokens = jnp.zeros((2,) + token_shape, jnp.int32)
+      tokens = jnp.zeros((2,) + shape, jnp.int32)
       return model.init({'params': rng, 'dropout': rng}, tokens, jnp.zeros(tokens.shape, bool))
 
     return ModelSetup(
@@ -190,13 +236,28 @@ class VimpacMethod(Method):
       policy=policy,
       init_variables=init_variables,
       frozen=frozen,
-      grid=token_shape,
-      description=f'VIMPAC on {"x".join(map(str, token_shape))} {source}',
+      grid=shape,
+      description=f'VIMPAC on {"x".join(map(str, shape))} {source}',
     )
 
   def token_patch(self, config) -> tuple[int, int, int]:
     """One frame × the tokenizer's downsampling."""
     return (1, config.vimpac.downsample, config.vimpac.downsample)
+
+  def frozen_encoder(self, config) -> factorized.FactorizedEncoder:
+    """The backbone: tokens [B, T, H, W] → ([CLS] [B, D], tokens [B, T, H, W, D])."""
+    return backbone(config)
+
+  def classifier(self, config, num_classes: int, *, drop_path_rate=None, dropout: float = 0.0):
+    """The backbone's [CLS] under a linear head, on tokens; the backbone has no drop path."""
+    del drop_path_rate
+    return token_classifier(config, num_classes, dropout)
+
+  def token_grid(self, config) -> tuple[int, int, int]:
+    return token_shape(config)
+
+  def feature_width(self, config) -> int:
+    return config.vimpac.width
 
   def write_images(self, exp, state, workdir: str, step: int, batch: dict):
     """For the first samples (first view), the code map, the masked input and the predicted codes
@@ -237,10 +298,8 @@ def token_input(config) -> tuple[ModelInputs, Any, str]:
   dataset's vocabulary and map size). Else the frozen tokenizer of
   `config.tokenizer` tokenizes the batch's pixels in the step.
   """
-  from mvm_jax.models import factorized
-
   v = config.vimpac
-  token_shape = factorized.token_shape_from_config(config)
+  shape = token_shape(config)
   if config.data.source == 'tokens':
     from mvm_jax.data import tokens
 
@@ -250,9 +309,9 @@ def token_input(config) -> tuple[ModelInputs, Any, str]:
         f'config.vimpac.vocab_size={v.vocab_size}, but the token dataset {config.data.tfds_name!r} '
         f'has {info["vocab_size"]} codes'
       )
-    if tuple(info['token_shape']) != token_shape[1:]:
+    if tuple(info['token_shape']) != shape[1:]:
       raise ConfigError(
-        f'config.data.crop_size / vimpac.downsample give {token_shape[1:]} tokens a frame, but the token '
+        f'config.data.crop_size / vimpac.downsample give {shape[1:]} tokens a frame, but the token '
         f'dataset {config.data.tfds_name!r} has {tuple(info["token_shape"])}'
       )
     return ModelInputs('tokens', 4, None), {}, f'tokens from {config.data.tfds_name}'

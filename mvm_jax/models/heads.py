@@ -15,8 +15,6 @@ import jax.numpy as jnp
 from mvm_jax.models import vit
 
 POOLINGS = ('mean', 'max', 'gem', 'cls')
-# Objectives comparing the two views of a video through the projector.
-CONTRASTIVE_OBJECTIVES = ('infonce', 'simsiam', 'vicreg')
 BN_MOMENTUM = 0.9  # torch BatchNorm1d momentum 0.1
 BN_EPS = 1e-5
 
@@ -136,48 +134,3 @@ class Pooling(nn.Module):
       p = jnp.full((1,), self.gem_p, jnp.float32)
     powered = jnp.power(jnp.maximum(tokens, self.gem_eps), p)
     return jnp.power(jnp.sum(powered * weights, axis=1) / count, 1.0 / p)
-
-
-BN_STATS = ('joint', 'per_view')
-
-
-def _num_views(contrastive_config) -> int:
-  """`contrastive.bn_stats`: 'per_view' normalises each of the 2 views on its own."""
-  return 2 if contrastive_config.bn_stats == 'per_view' else 1
-
-
-def projector_from_config(contrastive_config, dtype=jnp.float32) -> Projector:
-  """Projector from `config.contrastive.projector` and `contrastive.bn_stats`."""
-  p = contrastive_config.projector
-  return Projector(
-    hidden=p.hidden,
-    out=p.out,
-    num_layers=p.num_layers,
-    use_bias_last=p.use_bias_last,
-    bn_last=p.bn_last,
-    num_views=_num_views(contrastive_config),
-    dtype=dtype,
-  )
-
-
-def predictor_from_config(contrastive_config, dtype=jnp.float32) -> Projector:
-  """SimSiam predictor from `config.contrastive.predictor` (out = projector.out)."""
-  p = contrastive_config.predictor
-  return Projector(
-    hidden=p.hidden,
-    out=contrastive_config.projector.out,
-    num_layers=p.num_layers,
-    num_views=_num_views(contrastive_config),
-    dtype=dtype,
-  )
-
-
-def pooling_from_config(contrastive_config) -> Pooling:
-  """Pooling from `config.contrastive.{pooling, gem_p, gem_learnable}`."""
-  c = contrastive_config
-  return Pooling(kind=c.pooling, gem_p=c.gem_p, gem_learnable=c.gem_learnable)
-
-
-def contrastive_objectives(config) -> list[str]:
-  """The objectives of `config.objectives` that need pooled features through a projector."""
-  return [name for name in CONTRASTIVE_OBJECTIVES if name in config.objectives]

@@ -1,4 +1,4 @@
-"""VQ tokenizers for VIMPAC: our own VQ-VAE, and the config that picks it or the DALL-E dVAE.
+"""Our VQ-VAE, a tokenizer for VIMPAC (the other one, the DALL-E dVAE encoder, is `dalle_dvae`).
 
 Frames are tokenized independently. Shapes: input [B, T, H, W, 3] (clips) or
 [B, H, W, 3] (frames); S = len(widths) stride-2 stages give f = 2**S
@@ -33,61 +33,15 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from mvm_jax.models import vit
 
 Dtype = Any
-KINDS = ('vqvae', 'dalle')
 VQ_STATS = 'vq_stats'
 RESTART_RNG = 'vq'  # optional rng stream for dead-code restarts (else derived from the update count)
 
 conv_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'uniform')
 codebook_init = nn.initializers.variance_scaling(1.0, 'fan_out', 'uniform')  # [K, D]: U(±sqrt(3/D))
-
-
-def default_tokenizer_config() -> ml_collections.ConfigDict:
-  """`config.tokenizer`: which tokenizer makes VIMPAC's tokens, and our VQ-VAE's shape.
-
-  kind                 'dalle' (the paper: DALL-E dVAE encoder, K = 8192, weights
-                       from `dalle_encoder`) | 'vqvae' (our VQ-VAE, trained here).
-  codebook_size        K, number of codes (VQ-VAE).
-  code_dim             D, width of a code vector (VQ-VAE).
-  widths               channels of the stride-2 stages (3 stages → 8× downsampling).
-  num_res_blocks       residual blocks per stage.
-  beta                 commitment weight β.
-  ema                  True: EMA codebook ('vq_stats'); False: learned codebook (codebook loss).
-  ema_decay, ema_eps   EMA decay and Laplace smoothing epsilon.
-  dead_code_threshold  EMA codes whose cluster size (EMA of per-batch counts) falls below this
-                       are re-initialized from random encoder outputs of the batch (0 disables).
-                       Statistics start at cluster size 1, so with 1.0 (Jukebox's choice) the
-                       first update also seeds every unused code from the data.
-  dalle_encoder        path of the DALL-E `encoder.pkl` (a pickled torch module) or a
-                       state_dict file; see `dalle_dvae.load_dalle_encoder`.
-  workdir              kind 'vqvae' as a frozen tokenizer (VIMPAC): the workdir of the
-                       VQ-VAE run (`configs/vqvae.py`) whose latest checkpoint to use.
-  extract_resize_short_side
-                       `tools.extract_tokens` resizes each frame's short side to this, then
-                       takes the centre data.crop_size square (VIMPAC's official extraction:
-                       160 then 128); 0: to crop_size (the crop spans the short side).
-  """
-  return ml_collections.ConfigDict(
-    {
-      'kind': 'dalle',
-      'codebook_size': 8192,
-      'code_dim': 256,
-      'widths': (128, 256, 256),
-      'num_res_blocks': 2,
-      'beta': 0.25,
-      'ema': True,
-      'ema_decay': 0.99,
-      'ema_eps': 1e-5,
-      'dead_code_threshold': 1.0,
-      'dalle_encoder': '',
-      'workdir': '',
-      'extract_resize_short_side': 0,
-    }
-  )
 
 
 def conv(features: int, kernel: int, name: str, dtype: Dtype, stride: int = 1) -> nn.Conv:
@@ -411,43 +365,3 @@ class VQVAE(nn.Module):
     z = self.quantizer.lookup(codes.reshape((-1, h, w)))
     recon = self.decoder(z.astype(self.dtype)).astype(jnp.float32)
     return recon.reshape(lead + recon.shape[1:])
-
-
-def validate_tokenizer_config(cfg) -> None:
-  """Fail early, naming the key, on a `config.tokenizer` our modules cannot build."""
-  if cfg.kind not in KINDS:
-    raise ValueError(f'config.tokenizer.kind must be one of {KINDS}, got {cfg.kind!r}')
-  for key in ('codebook_size', 'code_dim', 'num_res_blocks'):
-    value = cfg[key]
-    if int(value) != value or value < (0 if key == 'num_res_blocks' else 1):
-      raise ValueError(f'config.tokenizer.{key} must be a positive integer, got {value!r}')
-  if not cfg.widths or any(int(w) < 1 for w in cfg.widths):
-    raise ValueError(f'config.tokenizer.widths must be positive channel counts, got {cfg.widths!r}')
-  if cfg.beta < 0:
-    raise ValueError(f'config.tokenizer.beta must be >= 0, got {cfg.beta!r}')
-  if not 0.0 <= cfg.ema_decay < 1.0:
-    raise ValueError(f'config.tokenizer.ema_decay must be in [0, 1), got {cfg.ema_decay!r}')
-  if cfg.ema_eps < 0:
-    raise ValueError(f'config.tokenizer.ema_eps must be >= 0, got {cfg.ema_eps!r}')
-  if cfg.get('extract_resize_short_side', 0) < 0:
-    raise ValueError(
-      f'config.tokenizer.extract_resize_short_side must be >= 0, got {cfg.extract_resize_short_side!r}'
-    )
-
-
-def vqvae_from_config(config, dtype: Dtype = jnp.float32) -> VQVAE:
-  """`config.tokenizer` (see `default_tokenizer_config`) → `VQVAE` (any kind: its VQ-VAE fields)."""
-  cfg = config.tokenizer
-  validate_tokenizer_config(cfg)
-  return VQVAE(
-    codebook_size=int(cfg.codebook_size),
-    code_dim=int(cfg.code_dim),
-    widths=tuple(int(w) for w in cfg.widths),
-    num_res_blocks=int(cfg.num_res_blocks),
-    beta=float(cfg.beta),
-    ema=bool(cfg.ema),
-    ema_decay=float(cfg.ema_decay),
-    ema_eps=float(cfg.ema_eps),
-    dead_code_threshold=float(cfg.dead_code_threshold),
-    dtype=dtype,
-  )

@@ -453,24 +453,3 @@ def _scan_blocks(module: Encoder, x, deterministic: bool, key_mask):
     name='blocks',
   )
   return body(x, key_mask)[0]
-
-
-def encoder_from_config(model_cfg, video_shape, drop_path_rate: float | None = None) -> Encoder:
-  """Build the encoder from `config.model` and the clip shape (T, H, W)."""
-  patch = (model_cfg.t_patch_size, model_cfg.patch_size, model_cfg.patch_size)
-  return Encoder(
-    patch=patch,
-    grid=token_grid(video_shape, patch),
-    width=model_cfg.encoder.width,
-    depth=model_cfg.encoder.depth,
-    num_heads=model_cfg.encoder.num_heads,
-    mlp_ratio=model_cfg.encoder.mlp_ratio,
-    drop_path_rate=model_cfg.drop_path_rate if drop_path_rate is None else drop_path_rate,
-    pos_embed=model_cfg.pos_embed,
-    dtype=jnp.dtype(model_cfg.dtype),
-    attention=model_cfg.get('attention', 'einsum'),
-    remat=model_cfg.get('remat', 'none'),
-    scan_blocks=bool(model_cfg.get('scan_blocks', False)),
-    patch_embed=model_cfg.get('patch_embed', 'matmul'),
-    name='encoder',
-  )

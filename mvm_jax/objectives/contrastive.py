@@ -7,7 +7,7 @@ XLA gathers what it needs: negatives and batch statistics span all devices
 and hosts without collectives written by hand.
 
 What the model must put in `outputs` (projector and pooling in
-`models/heads.py`):
+`models/heads.py`, built from `config.contrastive` by `methods/contrastive_heads.py`):
   infonce  'projection' [2N, E]: Projector(Pooling(latent)), ViC-MAE: mean
            of the visible patch tokens ([CLS] excluded); VIMPAC: [CLS].
   simsiam  'projection' [2N, E] (z = Projector([CLS]), BatchNorm on its last
@@ -26,6 +26,15 @@ from mvm_jax.config_schema import fail
 from mvm_jax.objectives import registry
 
 NORMALIZE_EPS = 1e-12  # as torch.nn.functional.normalize
+# The objectives comparing the two views of a video through the projector (they read `config.contrastive`).
+CONTRASTIVE_OBJECTIVES = ('infonce', 'simsiam', 'vicreg')
+# contrastive.bn_stats: the BatchNorm statistics of the projector (`heads.Projector.num_views`).
+BN_STATS = ('joint', 'per_view')
+
+
+def contrastive_objectives(config) -> list[str]:
+  """The objectives of `config.objectives` that need pooled features through a projector."""
+  return [name for name in CONTRASTIVE_OBJECTIVES if name in config.objectives]
 
 
 def default_contrastive_config() -> ml_collections.ConfigDict:
@@ -77,9 +86,9 @@ def validate_contrastive_config(config) -> None:
     fail('contrastive.pooling', f'{c.pooling!r}; valid: {list(heads.POOLINGS)}')
   if c.temperature <= 0:
     fail('contrastive.temperature', f'{c.temperature} must be > 0')
-  if c.bn_stats not in heads.BN_STATS:
-    fail('contrastive.bn_stats', f'{c.bn_stats!r}; valid: {list(heads.BN_STATS)}')
-  two_view = heads.contrastive_objectives(config)
+  if c.bn_stats not in BN_STATS:
+    fail('contrastive.bn_stats', f'{c.bn_stats!r}; valid: {list(BN_STATS)}')
+  two_view = contrastive_objectives(config)
   if two_view and config.data.sampling not in ('clip_pair', 'frame_pair'):
     fail(
       'data.sampling',

@@ -214,10 +214,10 @@ def abstract_batch(config, batch_sharding) -> dict:
   sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
   batch = {'label': sds((b,), jnp.int32), 'index': sds((b,), jnp.int32)}
   if config.data.source == 'tokens':
-    from mvm_jax.models import factorized
+    from mvm_jax.methods import vimpac
 
     views = (2,) if config.data.sampling == 'clip_pair' else ()
-    batch['tokens'] = sds((b, *views, *factorized.token_shape_from_config(config)), jnp.int32)
+    batch['tokens'] = sds((b, *views, *vimpac.token_shape(config)), jnp.int32)
   else:
     sample_shape = pipeline.make_sampler(config.data, train=True).sample_shape
     batch['video'] = sds((b, *sample_shape), jnp.uint8)

@@ -35,9 +35,9 @@ CHUNK = 4096  # samples per jitted call
 def token_shape_of(config) -> tuple[int, int, int]:
   """The config's token grid: VIMPAC tokens, else the MAE patch grid."""
   if 'vimpac' in config:
-    from mvm_jax.models import factorized
+    from mvm_jax.methods import vimpac
 
-    return factorized.token_shape_from_config(config)
+    return vimpac.token_shape(config)
   d, m = config.data, config.model
   return (d.num_frames // m.t_patch_size, d.crop_size // m.patch_size, d.crop_size // m.patch_size)
 

@@ -19,12 +19,12 @@ from ml_collections import config_flags
 
 from mvm_jax import config as config_lib
 from mvm_jax import console, masking, methods
-from mvm_jax.models import mae as mae_lib
+from mvm_jax.methods import mae
 from mvm_jax.train import flops
 
 
 def _abstract_video(config):
-  return jax.ShapeDtypeStruct((1,) + mae_lib.video_shape(config) + (3,), jnp.float32)
+  return jax.ShapeDtypeStruct((1,) + methods.video_shape(config) + (3,), jnp.float32)
 
 
 def _count(tree) -> int:
@@ -35,7 +35,7 @@ def _mae_forward_flops(config, dense: bool) -> tuple[float, dict]:
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.model.dense_encoder = dense
-  model = mae_lib.mae_from_config(config)
+  model = mae.autoencoder(config)
   masker = masking.make_masker(config.masking.kind, model.encoder.grid, config.masking.ratio)
   video = _abstract_video(config)
 
@@ -49,7 +49,7 @@ def _mae_forward_flops(config, dense: bool) -> tuple[float, dict]:
 
 
 def _finetune_flops(config, num_classes: int) -> tuple[float, int]:
-  clf = mae_lib.classifier_from_config(config, num_classes)
+  clf = mae.video_classifier(config, num_classes)
   video = _abstract_video(config)
   params = jax.eval_shape(lambda rng, v: clf.init({'params': rng}, v)['params'], jax.random.PRNGKey(0), video)
   compiled = jax.jit(lambda p, v: clf.apply({'params': p}, v)).lower(params, video).compile()
@@ -60,10 +60,10 @@ def vimpac_stats(config) -> dict:
   """VIMPAC: {'params': {backbone, token_head, cls_head, heads, total}, 'gflops_per_clip':
   {backbone, pretrain}} on the config's token map. `backbone` counts the token
   embedding (as the paper's Table 10), `heads` = token head + [CLS] head."""
-  from mvm_jax.models import factorized
+  from mvm_jax.methods import vimpac
 
-  model = factorized.vimpac_from_config(config, projector=True)
-  tokens = jax.ShapeDtypeStruct((1,) + factorized.token_shape_from_config(config), jnp.int32)
+  model = vimpac.vimpac_model(config, projector=True)
+  tokens = jax.ShapeDtypeStruct((1,) + vimpac.token_shape(config), jnp.int32)
   variables = jax.eval_shape(lambda rng, t: model.init({'params': rng}, t), jax.random.PRNGKey(0), tokens)
   params = variables['params']
   counts = {'backbone': _count(params['backbone']), 'token_head': _count(params['token_head'])}
@@ -79,10 +79,10 @@ def vimpac_stats(config) -> dict:
 
 
 def format_vimpac_table(stats: dict, config) -> str:
-  from mvm_jax.models import factorized
+  from mvm_jax.methods import vimpac
 
   p, g, v = stats['params'], stats['gflops_per_clip'], config.vimpac
-  t, h, w = factorized.token_shape_from_config(config)
+  t, h, w = vimpac.token_shape(config)
   lines = [
     (
       f'tokens {t}×{h}×{w} (vocab {v.vocab_size}), layout {v.layout}, {v.depth}×{v.width}'

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mvm_jax.evaluate import finetune, mixup
-from mvm_jax.models import mae as mae_lib
+from mvm_jax.methods import mae as mae_method
 from mvm_jax.models import vit
 
 
@@ -21,7 +21,7 @@ def test_mask_ratio_cosine_schedule():
 
 
 def test_dropped_tokens_do_not_reach_the_classifier(config):
-  clf = mae_lib.classifier_from_config(config, num_classes=3)
+  clf = mae_method.video_classifier(config, num_classes=3)
   video = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 32, 32, 3))
   params = clf.init({'params': jax.random.PRNGKey(1)}, video)['params']
   params = jax.tree.map(lambda p: p + 0.01, params)  # non-zero head

@@ -8,10 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from mvm_jax import masking
+from mvm_jax import masking, methods
 from mvm_jax.export import __main__ as export_cli
 from mvm_jax.export import checkpoints, convert, importer, torch_io
-from mvm_jax.models import mae as mae_lib
+from mvm_jax.methods import mae as mae_method
 from mvm_jax.models import vit
 from tests.conftest import MICRO_FLAGS, micro_config, run_module
 
@@ -153,8 +153,8 @@ def _random_mask(grid, batch, ratio, seed):
 
 
 def _mae_setup(config, seed=0):
-  model = mae_lib.mae_from_config(config)
-  shape = (2,) + mae_lib.video_shape(config) + (3,)
+  model = mae_method.autoencoder(config)
+  shape = (2,) + methods.video_shape(config) + (3,)
   video = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
   mask = _random_mask(model.encoder.grid, 2, 0.75, seed)
   return model, _random_params(model, video, mask, seed=seed), video, mask
@@ -210,7 +210,7 @@ def test_mae_roundtrip_through_files_is_exact(video_mae, tmp_path, suffix, wrap)
 
 def test_classifier_roundtrip_is_exact_and_matches_vision_transformer(video_mae):
   config, _, _, video, _ = video_mae
-  classifier = mae_lib.classifier_from_config(config, 5)
+  classifier = mae_method.video_classifier(config, 5)
   params = _random_params(classifier, video, seed=3)
   state_dict, _ = convert.to_state_dict(params, 'mae_st_vit')
   back, info = importer.import_state_dict(state_dict, config)
@@ -279,7 +279,7 @@ def test_image_mae_checkpoint_imports_with_the_same_outputs(image_mae):
 def test_fixed_sincos_position_embeddings_are_written_and_skipped_on_import():
   config = micro_config()
   config.model.pos_embed = 'sincos'
-  model = mae_lib.mae_from_config(config)
+  model = mae_method.autoencoder(config)
   mask = _random_mask(model.encoder.grid, 1, 0.75, 0)
   params = _random_params(model, np.zeros((1, 4, 32, 32, 3), np.float32), mask)
   assert 'pos' not in params['encoder']

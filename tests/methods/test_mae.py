@@ -197,6 +197,33 @@ def test_registry_returns_each_method_for_its_name():
     methods.get(c)
 
 
+def test_evaluation_asks_the_method_for_the_video_encoder():
+  """frozen_encoder, classifier, token_grid, feature_width: MAE's ViT, VIMPAC's backbone, none for a VQ-VAE."""
+  from configs import vimpac as vimpac_config
+  from tests.conftest import micro_config
+
+  c = micro_config()
+  mae = methods.get(c)
+  encoder = mae.frozen_encoder(c)
+  assert encoder.name == 'encoder' and encoder.drop_path_rate == 0.0
+  assert encoder.grid == mae.token_grid(c) == (2, 4, 4) and mae.feature_width(c) == encoder.width == 32
+  clf = mae.classifier(c, 3, drop_path_rate=0.1, dropout=0.2)
+  assert (clf.encoder.drop_path_rate, clf.num_classes, clf.dropout) == (0.1, 3, 0.2)
+  assert mae.classifier(c, 3).encoder.drop_path_rate == c.model.drop_path_rate
+  v = vimpac_config.get_config('tiny')
+  vimpac = methods.get(v)
+  backbone = vimpac.frozen_encoder(v)
+  assert backbone.name == 'backbone' and backbone.token_shape == vimpac.token_grid(v) == (4, 8, 8)
+  assert vimpac.feature_width(v) == v.vimpac.width
+  clf = vimpac.classifier(v, 3, drop_path_rate=0.1, dropout=0.2)  # no drop path in its backbone
+  assert (clf.backbone.name, clf.num_classes, clf.dropout) == ('backbone', 3, 0.2)
+  c.model.name = 'vqvae'
+  vqvae = methods.get(c)
+  for ask in (vqvae.frozen_encoder, vqvae.token_grid, vqvae.feature_width, lambda c: vqvae.classifier(c, 3)):
+    with pytest.raises(config_lib.ConfigError, match="'vqvae' run has no video encoder"):
+      ask(c)
+
+
 def test_bad_method_configs_fail_naming_the_key():
   c = hpm_config()
   config_lib.set_objectives(c, {'pixel_mse': 1.0, 'infonce': 0.1})

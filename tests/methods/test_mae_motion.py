@@ -10,8 +10,8 @@ from configs import knn, mae_motion
 from mvm_jax import config as config_lib
 from mvm_jax import config_schema, methods, runs
 from mvm_jax.evaluate import frozen
+from mvm_jax.methods import mae as mae_method
 from mvm_jax.methods import mae_motion as method_lib
-from mvm_jax.models import mae as mae_lib
 from mvm_jax.train import loop
 from tests.conftest import MICRO_FLAGS, micro_config, run_module
 
@@ -87,7 +87,7 @@ def test_the_objective_sees_the_motion_target_not_the_pixels(motion_run):
   np.testing.assert_allclose(
     outputs['target'], reference_target(np.asarray(video), c.model.pred_t_dim, 1, 8), atol=1e-6
   )
-  pixels = mae_lib.mae_from_config(c).targets(video)  # MAE-ST's target: the frames themselves
+  pixels = mae_method.autoencoder(c).targets(video)  # MAE-ST's target: the frames themselves
   assert np.abs(outputs['target'] - pixels).max() > 1.0
   still = np.repeat(video[:, :1], 4, axis=1)  # a clip that does not move: a zero target
   assert not np.asarray(exp.model.targets(still)).any()

@@ -199,7 +199,7 @@ def test_probe_features_of_a_vimpac_run_are_its_backbone_on_tokenizer_codes(vimp
   from configs import linear_probe
   from mvm_jax import runs
   from mvm_jax.evaluate import features, frozen
-  from mvm_jax.models import factorized
+  from mvm_jax.methods import vimpac as vimpac_method
 
   config, workdir = vimpac_runs[0], vimpac_runs[1]
   probe = linear_probe.get_config('tiny')
@@ -215,7 +215,7 @@ def test_probe_features_of_a_vimpac_run_are_its_backbone_on_tokenizer_codes(vimp
 
   tok = frozen_tokenizer.load_frozen_tokenizer(config)
   _, params = runs.latest_params(workdir)
-  cls, tokens_out = factorized.backbone_from_config(config).apply(
+  cls, tokens_out = vimpac_method.backbone(config).apply(
     {'params': params['backbone']}, tok.tokenize(tok.variables, video)
   )
   np.testing.assert_allclose(got_cls, cls, rtol=1e-5, atol=1e-5)

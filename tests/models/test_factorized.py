@@ -11,6 +11,7 @@ import pytest
 from scipy.special import erf
 
 from mvm_jax import token_vocab
+from mvm_jax.methods import vimpac as vimpac_method
 from mvm_jax.models import factorized
 
 VOCAB = 32
@@ -50,8 +51,8 @@ def _compiled(layout='T,H|W', depth=1):
 
 
 def _backbone_params(config):
-  backbone = factorized.backbone_from_config(config)
-  tokens = jax.ShapeDtypeStruct((1,) + factorized.token_shape_from_config(config), jnp.int32)
+  backbone = vimpac_method.backbone(config)
+  tokens = jax.ShapeDtypeStruct((1,) + vimpac_method.token_shape(config), jnp.int32)
   return jax.eval_shape(lambda r, t: backbone.init({'params': r}, t)['params'], jax.random.PRNGKey(0), tokens)
 
 
@@ -293,9 +294,9 @@ def test_config_presets_and_model_stats():
 
   for preset in ('tiny', 'small', 'base', 'large_half'):
     c = vimpac.get_config(preset)
-    assert c.model.name == 'vimpac' and factorized.vimpac_from_config(c).projector is not None
+    assert c.model.name == 'vimpac' and vimpac_method.vimpac_model(c).projector is not None
   c = vimpac.get_config('small')
-  assert factorized.token_shape_from_config(c) == (5, 16, 16) and c.masking.num_blocks == 5
+  assert vimpac_method.token_shape(c) == (5, 16, 16) and c.masking.num_blocks == 5
   assert (c.optim.b1, c.optim.b2, c.optim.eps, c.optim.weight_decay, c.optim.clip_grad_norm) == (
     0.9,
     0.98,
@@ -308,7 +309,7 @@ def test_config_presets_and_model_stats():
   c.contrastive.projector.update(hidden=32, out=8)
   stats = model_stats.model_stats(c)
   p = stats['params']
-  model = factorized.vimpac_from_config(c)
+  model = vimpac_method.vimpac_model(c)
   params = jax.eval_shape(
     lambda r: model.init({'params': r}, _tokens(0, 1, (4, 8, 8)))['params'], jax.random.PRNGKey(0)
   )

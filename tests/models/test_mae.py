@@ -7,6 +7,7 @@ import pytest
 
 from configs import mae_st
 from mvm_jax import masking
+from mvm_jax.methods import mae as mae_method
 from mvm_jax.models import mae as mae_lib
 from mvm_jax.models import vit
 
@@ -16,7 +17,7 @@ def setup():
   from tests.conftest import micro_config
 
   config = micro_config()
-  model = mae_lib.mae_from_config(config)
+  model = mae_method.autoencoder(config)
   grid = model.encoder.grid
   masker = masking.make_masker('random', grid, 0.75)
   video = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 32, 32, 3))
@@ -72,7 +73,7 @@ def test_dense_encoder_ignores_hidden_pixels(setup):
   config, *_ = setup
   config = config.copy_and_resolve_references()
   config.model.dense_encoder = True
-  model = mae_lib.mae_from_config(config)
+  model = mae_method.autoencoder(config)
   grid = model.encoder.grid
   masker = masking.make_masker('random', grid, 0.75)
   video = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 32, 32, 3))
@@ -98,7 +99,7 @@ def test_sparse_encoder_with_all_tokens_equals_full_encoder(setup):
 
 def test_classifier_shares_encoder_parameters(setup):
   config, model, grid, masker, video, mask, params, apply = setup
-  clf = mae_lib.classifier_from_config(config, num_classes=5)
+  clf = mae_method.video_classifier(config, num_classes=5)
   clf_params = clf.init({'params': jax.random.PRNGKey(0)}, video)['params']
   same = jax.tree.map(lambda a, b: a.shape == b.shape, clf_params['encoder'], params['encoder'])
   assert all(jax.tree.leaves(same))
@@ -111,7 +112,7 @@ def test_sincos_position_embeddings_are_fixed(setup):
   config, *_ = setup
   config = config.copy_and_resolve_references()
   config.model.pos_embed = 'sincos'
-  model = mae_lib.mae_from_config(config)
+  model = mae_method.autoencoder(config)
   video = jnp.zeros((1, 4, 32, 32, 3))
   mask = masking.make_masker('random', model.encoder.grid, 0.5)(jax.random.PRNGKey(0), 1)
   params = model.init({'params': jax.random.PRNGKey(0)}, video, mask)['params']
@@ -123,7 +124,7 @@ def test_sincos_position_embeddings_are_fixed(setup):
 @pytest.mark.parametrize('preset,millions', [('vit_b', 87), ('vit_l', 304), ('vit_h', 632)])
 def test_finetune_encoder_sizes_match_paper_table_7(preset, millions):
   config = mae_st.get_config(preset)
-  clf = mae_lib.classifier_from_config(config, num_classes=400)
+  clf = mae_method.video_classifier(config, num_classes=400)
   video = jax.ShapeDtypeStruct((1, 16, 224, 224, 3), jnp.float32)
   shapes = jax.eval_shape(lambda v: clf.init({'params': jax.random.PRNGKey(0)}, v), video)
   count = sum(x.size for x in jax.tree.leaves(shapes))

@@ -214,14 +214,3 @@ def test_tiny_training_lowers_recon_mse():
   assert last < 0.3 * first, (first, last)
   assert history[-1]['vq/perplexity'] > 1.0
   assert 0 < history[-1]['vq/usage'] <= 1
-
-
-def test_config_builds_tokenizers():
-  config = ml_collections.ConfigDict({'tokenizer': tokenizer.default_tokenizer_config()})
-  assert config.tokenizer.kind == 'dalle' and config.tokenizer.beta == 0.25 and config.tokenizer.ema
-  config.tokenizer.update(kind='vqvae', codebook_size=64, widths=(8, 8, 8), ema=False)
-  model = tokenizer.vqvae_from_config(config)
-  assert isinstance(model, tokenizer.VQVAE) and model.codebook_size == 64 and not model.ema
-  config.tokenizer.kind = 'vqgan'
-  with pytest.raises(ValueError, match='config.tokenizer.kind'):
-    tokenizer.vqvae_from_config(config)

@@ -10,7 +10,7 @@ import pytest
 
 from mvm_jax import config as config_lib
 from mvm_jax import masking, objectives
-from mvm_jax.models import mae as mae_lib
+from mvm_jax.methods import mae as mae_method
 from mvm_jax.models import vit
 
 
@@ -19,7 +19,7 @@ def setup():
   from tests.conftest import micro_config
 
   config = micro_config()
-  model = mae_lib.mae_from_config(config)
+  model = mae_method.autoencoder(config)
   masker = masking.make_masker('random', model.encoder.grid, 0.75)
   video = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 32, 32, 3))
   mask = masker(jax.random.PRNGKey(1), 2)
@@ -30,7 +30,7 @@ def setup():
 def _model(config, **switches):
   c = config.copy_and_resolve_references()
   c.model.update(switches)
-  return mae_lib.mae_from_config(c)
+  return mae_method.autoencoder(c)
 
 
 def _loss_and_grads(model, config, params, video, mask):
