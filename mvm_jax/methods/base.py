@@ -41,7 +41,7 @@ CONTRASTIVE = Section(
 )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ModelSetup:
   """What `loop.build_experiment` needs from the method's model.
 
