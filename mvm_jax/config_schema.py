@@ -1,14 +1,14 @@
 """The config keys every method shares, and their validation with clear errors.
 
-`base_config()` holds the shared keys with their defaults (seed, model, objectives, data, optim,
-mesh, the loop's intervals, evaluators). A method adds its own sections: `methods.base_config(name,
-objectives)` is a method's config at its defaults, the shared keys plus the sections that method
-and its objectives read (`methods.Method.sections`, `objective_sections`); a config file
-(`configs/<method>.py`) starts from it and sets a preset. The result is locked, so a misspelt
+`base_config()` holds the shared keys with their defaults (seed, model name and dtype, objectives,
+data, optim, mesh, the loop's intervals, evaluators). A method adds its own model keys and sections:
+`methods.base_config(name, objectives)` is a method's config at its defaults, the shared keys plus
+the model keys of that method (`Method.model_defaults`) and the sections it and its objectives
+read (`methods.Method.sections`, `objective_sections`); a config file (`configs/<method>.py`) starts from it and sets a preset. The result is locked, so a misspelt
 `--config.x.y=` override fails at the command line, as does an override of a section the run
 does not carry.
 
-`validate_shared(config, method)` rejects inconsistent values of the shared keys (the method's
+`validate_shared(config)` rejects inconsistent values of the shared keys (the method's
 model keys and sections are the method's to check: `Method.validate`). `methods.validate` runs
 both, `mvm_jax.config.validate` adds the checks of `config.evaluators` (the one to call before a
 run).
@@ -34,30 +34,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Pre-training workdir (or imported PyTorch weights) to start from; '' = random init.
   c.init_from = ''
 
-  c.model = ml_collections.ConfigDict(
-    dict(
-      name='mae',
-      patch_size=16,  # spatial p of the t×p×p patch
-      t_patch_size=2,  # temporal t
-      encoder=dict(width=768, depth=12, num_heads=12, mlp_ratio=4.0),
-      decoder=dict(width=512, depth=4, num_heads=16, mlp_ratio=4.0),
-      pred_t_dim=8,  # frames the decoder predicts (one time slice per token when = T/t)
-      pos_embed='learned',  # 'learned' separable (mae_st) or fixed 'sincos'
-      norm_pix_loss=True,
-      norm_pix_eps=1e-6,  # norm-pix target: (x - mean) / sqrt(var + eps); mae_st: 1e-6
-      dense_encoder=False,  # True: encoder sees mask tokens (MAE-ST Table 1 "w/ [M]")
-      decoder_cls='learned',  # decoder [CLS]: its own token (mae_st) or 'encoder' (embedded encoder [CLS], image MAE)
-      drop_path_rate=0.0,
-      dtype='float32',  # compute dtype; 'bfloat16' on accelerators
-      # 'einsum' (two einsums, float32 softmax; the fastest on CPU), or jax.nn.dot_product_attention's
-      # 'xla' or 'cudnn' (fused; NVIDIA GPU, bf16/fp16)
-      attention='einsum',
-      remat='none',  # per-block rematerialisation: 'none', 'full' or 'dots_saveable'
-      # 'matmul' (patchify + one matmul; MAE embeds only its kept patches) or 'conv' (3-D convolution)
-      patch_embed='matmul',
-      scan_blocks=False,  # nn.scan over the encoder blocks (stacked params; no drop path, no export)
-    )
-  )
+  # The model: `name` picks the method (`mvm_jax.methods`), `dtype` the compute dtype ('bfloat16' on
+  # accelerators); the method adds its own model keys (`Method.model_defaults`).
+  c.model = ml_collections.ConfigDict(dict(name='mae', dtype='float32'))
   # {objective: weight}, summed (mvm_jax/objectives); the method says which it can train.
   c.objectives = ml_collections.ConfigDict({'pixel_mse': 1.0})
   c.data = default_data_config()
@@ -122,17 +101,15 @@ def fail(key: str, message: str):
   raise ConfigError(f'config.{key}: {message}')
 
 
-def validate_shared(config, method, *, pretraining: bool = True) -> None:
-  """Raise ConfigError naming the key for an inconsistent value of the keys every method shares
-  (`method`: the config's `methods.Method`, asked whether it can scan its blocks).
+def validate_shared(config, *, pretraining: bool = True) -> None:
+  """Raise ConfigError naming the key for an inconsistent value of the keys every method shares.
 
-  `pretraining=False` (evaluations of a frozen or fine-tuned encoder): `model.scan_blocks` is
-  refused, the evaluations read the unrolled blocks; the pre-training sampling is not checked.
+  `pretraining=False` (evaluations of a frozen or fine-tuned encoder): the pre-training sampling is
+  not checked.
   """
   m = config.model
   if m.dtype not in ('float32', 'bfloat16', 'float16'):
     fail('model.dtype', f'{m.dtype!r} is not float32, bfloat16 or float16')
-  _validate_accelerator_switches(m, method, pretraining)
   if pretraining and config.data.sampling == 'frame_pair' and config.data.num_frames != 1:
     fail(
       'data.num_frames',
@@ -162,29 +139,3 @@ def validate_shared(config, method, *, pretraining: bool = True) -> None:
   for key in ('log_every_steps', 'checkpoint_every_steps', 'image_every_steps', 'keep_checkpoints'):
     if config[key] <= 0:
       fail(key, 'must be positive')
-
-
-def _validate_accelerator_switches(m, method, pretraining: bool) -> None:
-  """model.attention / remat / scan_blocks (absent in configs saved before them: defaults)."""
-  import jax
-
-  attention = m.get('attention', 'einsum')
-  if attention not in ('einsum', 'xla', 'cudnn'):
-    fail('model.attention', f'{attention!r} is not "einsum", "xla" or "cudnn"')
-  if attention == 'cudnn':
-    if jax.default_backend() != 'gpu':
-      fail('model.attention', f'"cudnn" needs an NVIDIA GPU; this process runs on {jax.default_backend()}')
-    if m.dtype not in ('bfloat16', 'float16'):
-      fail('model.attention', f'"cudnn" fused attention needs model.dtype bfloat16 or float16, not {m.dtype}')
-  if m.get('patch_embed', 'matmul') not in ('conv', 'matmul'):
-    fail('model.patch_embed', f'{m.patch_embed!r} is not "conv" or "matmul"')
-  remat = m.get('remat', 'none')
-  if remat not in ('none', 'full', 'dots_saveable'):
-    fail('model.remat', f'{remat!r} is not "none", "full" or "dots_saveable"')
-  if m.get('scan_blocks', False):
-    if not method.can_scan_blocks:
-      fail('model.scan_blocks', f'model.name={m.name!r} has no encoder blocks to scan')
-    if m.drop_path_rate > 0 and pretraining:
-      fail('model.scan_blocks', f'needs model.drop_path_rate=0 (got {m.drop_path_rate}); unroll the blocks')
-    if not pretraining:
-      fail('model.scan_blocks', 'pre-training only: evaluations and export read the unrolled block names')

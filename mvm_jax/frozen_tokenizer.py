@@ -114,7 +114,7 @@ def load_vqvae_tokenizer(workdir: str, input_mean, input_std) -> FrozenTokenizer
     )
   if not os.path.exists(os.path.join(workdir, 'config.json')):
     raise ValueError(f'config.tokenizer.workdir: {workdir!r} has no config.json; is it a VQ-VAE run?')
-  trained = runs.load_config(workdir)
+  trained = vqvae_method.VqvaeMethod().run_config(runs.saved_config(workdir))
   if 'vq_recon' not in trained.objectives or 'tokenizer' not in trained:  # what a VQ-VAE run trains
     raise ValueError(
       f'config.tokenizer.workdir: {workdir!r} trained model.name={trained.model.name!r} with objectives '

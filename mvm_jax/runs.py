@@ -11,31 +11,27 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mvm_jax.config_schema import base_config
 
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config the run wrote to `workdir/config.json`, over today's defaults of the keys every
-  method shares (so those added since the run was made get their default values); the sections
-  of its method come as saved (a run saved when every config carried every section keeps them)."""
+def saved_config(workdir: str) -> dict:
+  """The config the run wrote to `workdir/config.json`, as saved (a dict). `methods.load_run_config`
+  reads it over today's defaults of the run's method: the config to rebuild the run's model with."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} not found: is {workdir!r} a mvm_jax workdir?')
   with open(path) as f:
-    saved = json.load(f)
-  config = base_config()
-  _merge(config, saved)
-  return config
+    return json.load(f)
 
 
-def _merge(config: ml_collections.ConfigDict, saved: dict) -> None:
+def overlay(config: ml_collections.ConfigDict, saved: dict) -> None:
+  """Set every key of `saved` (nested dicts) in `config` (unlocked): keys `config` lacks are added,
+  its other keys keep their values; `objectives` is replaced as a whole."""
   for key, value in saved.items():
     if (
       isinstance(value, dict)
       and isinstance(config.get(key), ml_collections.ConfigDict)
       and key != 'objectives'
     ):
-      _merge(config[key], value)
+      overlay(config[key], value)
     else:
       config[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
 

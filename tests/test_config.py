@@ -10,8 +10,9 @@ import pytest
 
 from configs import hpm, knn, mae_hpm_infonce, mae_st, vic_mae, vimpac, vqvae
 from mvm_jax import config as config_lib
-from mvm_jax import config_schema, methods, runs
+from mvm_jax import config_schema, methods
 from mvm_jax.evaluate import frozen
+from mvm_jax.methods import mae as mae_method
 from mvm_jax.objectives import contrastive, loss_prediction
 from tests.conftest import REPO
 
@@ -33,6 +34,17 @@ def test_runs_carry_only_the_sections_they_use():
     assert _sections(c) == {'tokenizer'}, preset  # no masking, hpm or contrastive
     config_lib.validate(c)
   assert _sections(knn.get_config('tiny')) == {'masking', 'knn'}  # an evaluator: MAE-ST's model + its own
+
+
+def test_the_model_section_holds_the_methods_own_keys():
+  """`model` is name and dtype plus the method's model keys: the ViT's in pixel MAE runs, none in
+  VIMPAC and VQ-VAE runs (their sections `vimpac` / `tokenizer` describe their models)."""
+  vit_keys = {'name', 'dtype'} | set(mae_method.default_model_config())
+  assert set(mae_st.get_config('tiny').model) == vit_keys
+  assert set(hpm.get_config('tiny').model) == vit_keys
+  assert 'encoder' in vit_keys and 'attention' in vit_keys
+  assert set(vimpac.get_config('tiny').model) == {'name', 'dtype'}
+  assert set(vqvae.get_config('tiny').model) == {'name', 'dtype'}
 
 
 def test_method_defaults_and_set_objectives():
@@ -92,7 +104,8 @@ def _missing(c, section):
     (lambda: vqvae.get_config('tiny'), 'data.crop_size', 36, 'tokenizer.widths'),
     (lambda: vqvae.get_config('tiny'), 'tokenizer.codebook_size', 0, 'tokenizer.codebook_size'),
     (lambda: vqvae.get_config('tiny'), 'objectives', {'pixel_mse': 1.0}, 'objectives.pixel_mse'),
-    (lambda: vqvae.get_config('tiny'), 'model.scan_blocks', True, 'model.scan_blocks'),
+    (lambda: mae_st.get_config('tiny'), 'model.remat', 'some', 'model.remat'),
+    (lambda: mae_st.get_config('tiny'), 'model.attention', 'flash', 'model.attention'),
   ],
 )
 def test_each_methods_validation_names_its_key(make, key, value, match):
@@ -135,8 +148,10 @@ def test_validation_is_idempotent_and_changes_nothing():
 
 
 def _old_style(c):
-  """A config as runs saved it before sections followed the method: every section there was."""
+  """A config as runs saved it before sections followed the method: every section there was, and the
+  pixel MAE's model keys in every run's `model`."""
   old = c.to_dict()
+  old['model'] = {**mae_method.default_model_config().to_dict(), **old['model']}
   old.setdefault('masking', {'kind': 'random', 'ratio': 0.5})
   old.setdefault('hpm', loss_prediction.default_hpm_config().to_dict())
   old.setdefault('contrastive', contrastive.default_contrastive_config().to_dict())
@@ -153,11 +168,12 @@ def test_run_dirs_of_both_styles_load_and_resolve(tmp_path, style):
     run = tmp_path / name
     run.mkdir()
     saved = _old_style(c) if style == 'old' else c.to_dict()
-    del saved['model']['remat']  # a shared key added after the run: today's default fills it
+    saved['model'].pop('remat', None)  # a model key added after the run: today's default fills it
     (run / 'config.json').write_text(json.dumps(saved))
-    loaded = runs.load_config(str(run))
+    loaded = methods.load_run_config(str(run))
     assert loaded.model.name == name and set(saved) <= set(loaded)
-    assert loaded.model.remat == 'none'
+    assert set(methods.by_name(name).model_defaults()) <= set(loaded.model)
+    assert loaded.model.get('remat') == ('none' if name == 'mae' else None)
     config_lib.validate(loaded)
   probe = knn.get_config('tiny')
   for name, sections in (('mae', ()), ('vimpac', ('vimpac', 'tokenizer', 'masking'))):
@@ -165,7 +181,7 @@ def test_run_dirs_of_both_styles_load_and_resolve(tmp_path, style):
     resolved = frozen.resolve_config(probe)
     assert resolved.model.name == name
     for section in sections:
-      assert resolved[section] == runs.load_config(str(tmp_path / name))[section]
+      assert resolved[section] == methods.load_run_config(str(tmp_path / name))[section]
     config_lib.validate(resolved, pretraining=False)
   from mvm_jax import frozen_tokenizer
 
@@ -199,11 +215,14 @@ def test_configs_load_from_another_working_directory(tmp_path):
   assert not os.path.exists(tmp_path / 'w' / 'checkpoints')
 
 
-def test_an_override_of_a_section_the_run_lacks_fails_naming_it(tmp_path):
-  result = _main(
-    REPO, '--config', 'configs/vqvae.py:tiny', '--workdir', str(tmp_path), '--config.masking.ratio=0.5'
-  )
-  assert result.returncode != 0 and "'masking'" in result.stderr
+@pytest.mark.parametrize(
+  'override, named',
+  [('--config.masking.ratio=0.5', "'masking'"), ('--config.model.scan_blocks=true', 'scan_blocks')],
+)
+def test_an_override_of_a_key_the_run_lacks_fails_naming_it(tmp_path, override, named):
+  """A VQ-VAE run has no masking section and no ViT model keys."""
+  result = _main(REPO, '--config', 'configs/vqvae.py:tiny', '--workdir', str(tmp_path), override)
+  assert result.returncode != 0 and named in result.stderr, result.stderr[-2000:]
   assert not os.path.exists(tmp_path / 'checkpoints')
 
 

@@ -26,7 +26,6 @@ import ml_collections
 from absl import logging
 
 from mvm_jax import config_schema, methods
-from mvm_jax import runs
 from mvm_jax.export import checkpoints
 from mvm_jax.models import vit
 from mvm_jax import sharding
@@ -158,7 +157,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     return resolved
   run_dir = os.path.abspath(os.path.expanduser(run_dir))
   resolved.init_from = RANDOM_LIKE + run_dir if config.init_from.startswith(RANDOM_LIKE) else run_dir
-  run = runs.load_config(run_dir)
+  run = methods.load_run_config(run_dir)
   resolved.model = run.model
   for key in methods.get(run).run_sections:  # e.g. VIMPAC's backbone and the tokenizer of its input
     resolved[key] = run[key]

@@ -5,7 +5,7 @@ Imported params (written by `python -m mvm_jax.import_torch --out DIR`):
   DIR/params/       orbax StandardCheckpointer item: {'params': nested Flax params}
                     (float32 numpy leaves, names as `MaskedAutoencoder`,
                     `VideoClassifier` or {'encoder': ...}, see import.json)
-  DIR/config.json   the config the params were shaped by (readable by `runs.load_config`)
+  DIR/config.json   the config the params were shaped by (readable by `methods.load_run_config`)
   DIR/import.json   source file, detected format, target model, notes
 
 `load_imported_params(DIR)` returns the params tree (numpy); no PyTorch needed.
@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from mvm_jax import runs
+from mvm_jax import methods, runs
 
 PARAMS_ITEM = 'params'
 INFO_FILE = 'import.json'
@@ -107,4 +107,4 @@ def load_params(path: str) -> tuple[dict, ml_collections.ConfigDict | None, str]
 def _config_or_none(directory: str) -> ml_collections.ConfigDict | None:
   if not os.path.exists(os.path.join(directory, CONFIG_FILE)):
     return None
-  return runs.load_config(directory)
+  return methods.load_run_config(directory)

@@ -8,8 +8,10 @@
 
 Every module of this package is imported with it, and each registers its methods (`register`).
 
-`get(config)` is the method a config trains. A `Method` owns its config: the objectives it can
-train, the sections its runs carry with their defaults and checks (`base_config`, `validate`). It
+`get(config)` is the method a config trains, `load_run_config(workdir)` the config a saved run
+trained with. A `Method` owns its config: the objectives it can train, its `model` keys
+(`model_defaults`) and the sections its runs carry, with their defaults and checks (`base_config`,
+`validate`, `run_config`). It
 builds its model, inputs and mask policy (`setup`), says whether the state keeps an EMA teacher and
 how it moves (`teacher_momentum`), when each objective starts (`objective_start_steps`) and draws
 its pictures (`write_images`); the shared loop (`mvm_jax.train.loop`) and the config schema ask it
@@ -26,7 +28,7 @@ from collections.abc import Mapping
 
 import ml_collections
 
-from mvm_jax import config_schema
+from mvm_jax import config_schema, runs
 from mvm_jax.config_schema import ConfigError
 from mvm_jax.methods.base import METHODS, Method, ModelSetup, Section, pixel_inputs, register, video_shape
 
@@ -43,6 +45,7 @@ __all__ = [
   'base_config',
   'by_name',
   'get',
+  'load_run_config',
   'pixel_inputs',
   'register',
   'set_objectives',
@@ -71,6 +74,16 @@ def base_config(
   return by_name(name).base_config(objectives)
 
 
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run wrote to `workdir/config.json`, over today's defaults of its method
+  (`Method.run_config`): keys added since the run was made get their default values. Unlocked.
+
+  Raises FileNotFoundError when `workdir` has no config.json, ConfigError for an unknown method.
+  """
+  saved = runs.saved_config(workdir)
+  return by_name(saved.get('model', {}).get('name', 'mae')).run_config(saved)
+
+
 def set_objectives(config, objectives: Mapping[str, float]) -> None:
   """`config.objectives = objectives`, adding the sections of the objectives now trained (at their
   defaults) and dropping those of the objectives no longer trained (`Method.set_objectives`)."""
@@ -86,5 +99,5 @@ def validate(config, *, pretraining: bool = True) -> None:
   pre-training reads: objectives and their sections (HPM, contrastive heads).
   """
   method = get(config)
-  config_schema.validate_shared(config, method, pretraining=pretraining)
+  config_schema.validate_shared(config, pretraining=pretraining)
   method.validate(config, pretraining=pretraining)

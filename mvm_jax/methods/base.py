@@ -16,7 +16,7 @@ from mvm_jax import config_schema
 from mvm_jax import objectives as objectives_lib
 from mvm_jax.config_schema import ConfigError, fail
 from mvm_jax.objectives import contrastive
-from mvm_jax import sharding
+from mvm_jax import runs, sharding
 from mvm_jax.train.step import ModelInputs
 
 
@@ -76,7 +76,7 @@ class Method:
     `config_schema.base_config`), with their defaults and checks.
   objective_sections: {objective: the section a run carries when it trains that objective}.
   config_file: the config file whose presets start a run (named in errors).
-  can_scan_blocks: `model.scan_blocks` may stack its encoder blocks under nn.scan.
+  Its model keys (beside the shared `model.name` and `model.dtype`) are `model_defaults()`.
 
   What evaluation asks of a run of the method (`mvm_jax.evaluate`, `tools.model_stats`):
   has_video_encoder: its backbone is a video encoder that frozen evaluation and fine-tuning can use
@@ -91,7 +91,6 @@ class Method:
   sections: tuple[Section, ...] = ()
   objective_sections: Mapping[str, Section] = types.MappingProxyType({})
   config_file: str = ''
-  can_scan_blocks: bool = False
   has_video_encoder: bool = False
   uses_tokens: bool = False
   run_sections: tuple[str, ...] = ()
@@ -107,16 +106,33 @@ class Method:
         out.append(section)
     return tuple(out)
 
+  def model_defaults(self) -> ml_collections.ConfigDict:
+    """The method's own `config.model` keys at their defaults (documented there), beside the shared
+    `name` and `dtype`; none by default (a method whose model is configured by its own section)."""
+    return ml_collections.ConfigDict()
+
   def base_config(self, objectives: Mapping[str, float] | None = None) -> ml_collections.ConfigDict:
     """A config of this method at its defaults: the shared keys (`config_schema.base_config`),
-    `model.name`, `objectives` (default `default_objectives`) and the sections they need."""
+    `model.name`, its model keys (`model_defaults`), `objectives` (default `default_objectives`) and
+    the sections they need."""
     c = config_schema.base_config()
     c.model.name = self.name
+    for key, value in self.model_defaults().items():
+      c.model[key] = value
     c.objectives = ml_collections.ConfigDict(
       dict(self.default_objectives if objectives is None else objectives)
     )
     for section in self.sections_for(c.objectives):
       c[section.name] = section.defaults()
+    return c
+
+  def run_config(self, saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """The config of a run of this method saved as `saved` (its config.json): `base_config` for the
+    objectives it trained, overlaid with every saved value, so that keys added since the run was
+    made get their defaults; sections it saved beyond those (a run saved when every config carried
+    every section) come along as saved."""
+    c = self.base_config(saved.get('objectives') or None)
+    runs.overlay(c, dict(saved))
     return c
 
   def set_objectives(self, config, objectives: Mapping[str, float]) -> None:
@@ -203,8 +219,7 @@ class Method:
 
   def token_patch(self, config) -> tuple[int, int, int]:
     """(t, p, p) pixels of the clip behind one token of its encoder (the raw-pixel baseline's patch)."""
-    m = config.model
-    return (m.t_patch_size, m.patch_size, m.patch_size)
+    raise self._no_video_encoder()
 
   def write_images(self, exp, state, workdir: str, step: int, batch: dict):
     """The pictures of `state` (the `TrainState` at `step` of `exp`, a `loop.Experiment`) from the

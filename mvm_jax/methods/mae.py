@@ -59,6 +59,54 @@ def validate_masking_config(config) -> None:
     fail('masking.ratio', str(e))
 
 
+def default_model_config() -> ml_collections.ConfigDict:
+  """The pixel MAE's `config.model` keys (beside the shared `name` and `dtype`): a ViT encoder and
+  decoder on t×p×p spacetime patches, and the accelerator switches."""
+  return ml_collections.ConfigDict(
+    dict(
+      patch_size=16,  # spatial p of the t×p×p patch
+      t_patch_size=2,  # temporal t
+      encoder=dict(width=768, depth=12, num_heads=12, mlp_ratio=4.0),
+      decoder=dict(width=512, depth=4, num_heads=16, mlp_ratio=4.0),
+      pred_t_dim=8,  # frames the decoder predicts (one time slice per token when = T/t)
+      pos_embed='learned',  # 'learned' separable (mae_st) or fixed 'sincos'
+      norm_pix_loss=True,
+      norm_pix_eps=1e-6,  # norm-pix target: (x - mean) / sqrt(var + eps); mae_st: 1e-6
+      dense_encoder=False,  # True: encoder sees mask tokens (MAE-ST Table 1 "w/ [M]")
+      decoder_cls='learned',  # decoder [CLS]: its own token (mae_st) or 'encoder' (embedded encoder [CLS], image MAE)
+      drop_path_rate=0.0,
+      # 'einsum' (two einsums, float32 softmax; the fastest on CPU), or jax.nn.dot_product_attention's
+      # 'xla' or 'cudnn' (fused; NVIDIA GPU, bf16/fp16)
+      attention='einsum',
+      remat='none',  # per-block rematerialisation: 'none', 'full' or 'dots_saveable'
+      # 'matmul' (patchify + one matmul; MAE embeds only its kept patches) or 'conv' (3-D convolution)
+      patch_embed='matmul',
+      scan_blocks=False,  # nn.scan over the encoder blocks (stacked params; no drop path, no export)
+    )
+  )
+
+
+def validate_accelerator_switches(config, *, pretraining: bool) -> None:
+  """model.attention / remat / patch_embed / scan_blocks: known values, and what each needs."""
+  m = config.model
+  if m.attention not in ('einsum', 'xla', 'cudnn'):
+    fail('model.attention', f'{m.attention!r} is not "einsum", "xla" or "cudnn"')
+  if m.attention == 'cudnn':
+    if jax.default_backend() != 'gpu':
+      fail('model.attention', f'"cudnn" needs an NVIDIA GPU; this process runs on {jax.default_backend()}')
+    if m.dtype not in ('bfloat16', 'float16'):
+      fail('model.attention', f'"cudnn" fused attention needs model.dtype bfloat16 or float16, not {m.dtype}')
+  if m.patch_embed not in ('conv', 'matmul'):
+    fail('model.patch_embed', f'{m.patch_embed!r} is not "conv" or "matmul"')
+  if m.remat not in ('none', 'full', 'dots_saveable'):
+    fail('model.remat', f'{m.remat!r} is not "none", "full" or "dots_saveable"')
+  if m.scan_blocks:
+    if m.drop_path_rate > 0 and pretraining:
+      fail('model.scan_blocks', f'needs model.drop_path_rate=0 (got {m.drop_path_rate}); unroll the blocks')
+    if not pretraining:
+      fail('model.scan_blocks', 'pre-training only: evaluations and export read the unrolled block names')
+
+
 MASKING = Section('masking', default_masking_config, validate_masking_config)
 HPM = Section('hpm', loss_prediction.default_hpm_config, loss_prediction.validate_hpm_config)
 
@@ -82,10 +130,10 @@ def encoder(config, drop_path_rate: float | None = None) -> vit.Encoder:
     drop_path_rate=m.drop_path_rate if drop_path_rate is None else drop_path_rate,
     pos_embed=m.pos_embed,
     dtype=jnp.dtype(m.dtype),
-    attention=m.get('attention', 'einsum'),
-    remat=m.get('remat', 'none'),
-    scan_blocks=bool(m.get('scan_blocks', False)),
-    patch_embed=m.get('patch_embed', 'matmul'),
+    attention=m.attention,
+    remat=m.remat,
+    scan_blocks=bool(m.scan_blocks),
+    patch_embed=m.patch_embed,
     name='encoder',
   )
 
@@ -146,12 +194,14 @@ class MaeMethod(Method):
   )
   config_file = 'configs/mae_st.py'
   target = 'pixels'  # what `model(config)` reconstructs (the log's description)
-  can_scan_blocks = True
   has_video_encoder = True
+
+  def model_defaults(self) -> ml_collections.ConfigDict:
+    return default_model_config()
 
   def validate_model(self, config, *, pretraining: bool) -> None:
     """Patches that tile the clip, whole heads, the decoder's predicted frames, the known switches."""
-    del pretraining
+    validate_accelerator_switches(config, pretraining=pretraining)
     m, d = config.model, config.data
     if d.crop_size % m.patch_size:
       fail('model.patch_size', f'{m.patch_size} does not divide data.crop_size={d.crop_size}')
@@ -222,6 +272,10 @@ class MaeMethod(Method):
 
   def feature_width(self, config) -> int:
     return config.model.encoder.width
+
+  def token_patch(self, config) -> tuple[int, int, int]:
+    m = config.model
+    return (m.t_patch_size, m.patch_size, m.patch_size)
 
   def write_images(self, exp, state, workdir: str, step: int, batch: dict):
     """Reconstructions of the first samples of `batch` (first view of pairs) with

@@ -144,7 +144,7 @@ def test_main_trains_it_and_the_frozen_evaluations_read_the_run(tmp_path):
   assert (
     'train: 2/2 steps (100.0%)' in result.stderr and 'clips/s | elapsed' in result.stderr
   )  # progress, ETA
-  assert runs.load_config(workdir).motion.frame_gap == 1
+  assert methods.load_run_config(workdir).motion.frame_gap == 1
 
   probe = knn.get_config('tiny')  # k-NN; the linear probe and fine-tuning resolve a run the same way
   probe.init_from = workdir
