@@ -20,6 +20,7 @@ import os
 from typing import Any
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -131,16 +132,6 @@ class FrozenEncoder:
     return f"init_from='' (random init, seed {self.config.seed})"
 
 
-def _flat(tree: dict, prefix: str = '') -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = tuple(value) if isinstance(value, list) else value
-  return out
-
-
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy of ``config`` whose model and clip keys come from ``config.init_from``'s run
   (RUN of ``init_from='random:RUN'`` too); ``init_from`` made absolute.
@@ -163,8 +154,10 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     resolved[key] = run[key]
   for key in CLIP_KEYS:
     resolved.data[key] = run.data[key]
-  ours = _flat({'model': config.model.to_dict(), 'data': config.data.to_dict()})
-  theirs = _flat({'model': resolved.model.to_dict(), 'data': resolved.data.to_dict()})
+  ours, theirs = (
+    traverse_util.flatten_dict({'model': c.model.to_dict(), 'data': c.data.to_dict()}, sep='.')
+    for c in (config, resolved)
+  )
   changed = [f'{k}={v!r}' for k, v in theirs.items() if k in ours and ours[k] != v]
   if changed:
     logging.info('From %s/config.json (over this config): %s', run_dir, ', '.join(changed))

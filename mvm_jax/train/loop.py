@@ -28,6 +28,7 @@ import time
 from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import ml_collections
 import numpy as np
@@ -316,7 +317,10 @@ def fit(
       step_flops / 1e9,
       'unknown' if peak is None else f'{peak / 1e12:.3f}',
     )
-    writer.write_hparams(_flat(config.to_dict()))
+    hparams = traverse_util.flatten_dict(config.to_dict(), sep='.')
+    writer.write_hparams(
+      {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
+    )
 
     progress = _TrainProgress('train', exp.total_steps, unit='steps', log=None)
     progress.update(start_step, timed=False)  # the steps of earlier invocations (resumed)
@@ -499,13 +503,3 @@ def _close_quietly(ckpt, writer) -> None:
       close()
     except Exception as e:  # noqa: BLE001
       logging.error('While stopping: %s', e)
-
-
-def _flat(tree: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v if isinstance(v, (int, float, str, bool)) else str(v)
-  return out
