@@ -191,7 +191,7 @@ class MaeMethod(Method):
       model=model,
       inputs=pixel_inputs(config),
       masker=masker,
-      policy=policy_lib.make_mask_policy(config, model, masker, total_steps, steps_per_epoch),
+      policy=mask_policy(config, model, masker, total_steps, steps_per_epoch),
       init_variables=init_variables,
       frozen={},
       grid=grid,
@@ -200,7 +200,7 @@ class MaeMethod(Method):
 
   def teacher_momentum(self, config, steps_per_epoch: int):
     """HPM's EMA teacher, kept when the loss predictor picks the masks."""
-    if not policy_lib.uses_teacher(config):
+    if not uses_teacher(config):
       return None
     h = config.hpm
 
@@ -237,10 +237,8 @@ class MaeMethod(Method):
 
     def forward(params, model_state, teacher, video):
       predicted, hard = None, None
-      if policy_lib.uses_teacher(c):
-        masks = policy_lib.teacher_masks(
-          model, c.hpm, model.encoder.grid, c.masking.ratio, exp.total_steps, exp.steps_per_epoch
-        )
+      if uses_teacher(c):
+        masks = teacher_masks(c, model, exp.total_steps, exp.steps_per_epoch)
         mask, hard, _, predicted = masks(rng, step, video, teacher)
       else:
         mask = exp.masker(rng, video.shape[0])
@@ -267,3 +265,40 @@ class MaeMethod(Method):
       hard=hard,
       norm_pix_eps=c.model.norm_pix_eps,
     )
+
+
+# --- masks: `masking` or HPM's teacher (`config.hpm`) ------------------------------------------------
+
+
+def uses_teacher(config) -> bool:
+  """HPM's EMA teacher is kept when the loss predictor picks the masks (`hpm.hard_masking`)."""
+  return 'loss_prediction' in config.objectives and bool(config.hpm.hard_masking)
+
+
+def teacher_masks(config, model: mae_lib.MaskedAutoencoder, total_steps: int, steps_per_epoch: int = 1):
+  """HPM's teacher masks (`masking.policy.teacher_masks`) on `model`'s patch grid, with
+  `masking.ratio` hidden and α_t as `config.hpm` sets it (per epoch, or per step with
+  `hpm.alpha_per_step`)."""
+  h = config.hpm
+  return policy_lib.teacher_masks(
+    model,
+    model.encoder.grid,
+    config.masking.ratio,
+    total_steps,
+    None if h.alpha_per_step else steps_per_epoch,
+    alpha_0=h.alpha_0,
+    alpha_T=h.alpha_T,
+    alpha_manner=h.alpha_manner,
+    selection=h.selection,
+    per_frame=h.per_frame,
+  )
+
+
+def mask_policy(
+  config, model: mae_lib.MaskedAutoencoder, masker, total_steps: int, steps_per_epoch: int = 1
+) -> policy_lib.MaskPolicy:
+  """Each step's masks: HPM's teacher when it picks them (`uses_teacher`), else `masker` (from
+  `masking.make_masker`, `config.masking`)."""
+  if uses_teacher(config):
+    return policy_lib.hard_patch_policy(teacher_masks(config, model, total_steps, steps_per_epoch))
+  return policy_lib.random_policy(masker)
