@@ -83,7 +83,7 @@ PAPER_TOKEN_SHAPE = (5, 16, 16)
 
 
 def default_masking_config() -> ml_collections.ConfigDict:
-  """`config.masking` of VIMPAC (read by `masking.blocks.masker_from_config`).
+  """`config.masking` of VIMPAC (read by `token_masker`).
 
   kind               'block' (the paper) | 'iid' (Table 15 ablation).
   num_blocks         K blocks a sample (5: about 14.5% of 5×16×16 tokens).
@@ -158,6 +158,21 @@ def token_shape(config) -> tuple[int, int, int]:
   return (config.data.num_frames, config.data.crop_size // d, config.data.crop_size // d)
 
 
+def token_masker(config):
+  """`masker(rng, batch, pad=None) -> [B, T, H, W] bool` over `token_shape(config)` from `config.masking`
+  (`masking.blocks.make_token_masker`): kind ('block' | 'iid'), num_blocks, ratio (iid, unless
+  match_block_ratio: the block masker's expected ratio for num_blocks) and iid_exact_count."""
+  m = config.masking
+  match = m.get('match_block_ratio', True)
+  return blocks.make_token_masker(
+    m.kind,
+    token_shape(config),
+    num_blocks=m.get('num_blocks', 5),
+    ratio=None if match else m.ratio,
+    exact_count=m.get('iid_exact_count', False),
+  )
+
+
 def backbone(config) -> factorized.FactorizedEncoder:
   """The factorized-attention backbone of `config.vimpac` on `token_shape(config)` (`model.dtype`)."""
   v = config.vimpac
@@ -217,7 +232,7 @@ class VimpacMethod(Method):
     model = pretrainer(config)
     shape = token_shape(config)
     inputs, frozen, source = token_input(config)
-    masker = blocks.masker_from_config(config.masking, shape)
+    masker = token_masker(config)
     pad_id = token_vocab.special_token_ids(config.vimpac.vocab_size).pad_id
 
     def policy(rng, step, tokens, teacher):
