@@ -237,6 +237,19 @@ class Method:
   def _no_video_encoder(self) -> ConfigError:
     return ConfigError(f'config.model.name: a {self.name!r} run has no video encoder')
 
+  # --- tokens: what `tools.extract_tokens` asks of a config ---------------------------------------
+
+  def token_vocab_size(self, config) -> int | None:
+    """V, the VQ codes the method's model reads (`uses_tokens`); None: it reads no tokens."""
+    del config
+    return None
+
+  def extract_resize_short_side(self, config) -> int:
+    """The short side `tools.extract_tokens` resizes each frame to before the centre data.crop_size
+    crop, from the config's tokenizer; 0: to crop_size (the crop spans the short side)."""
+    del config
+    return 0
+
 
 # {config.model.name: its Method}: filled by `register` as `mvm_jax.methods` imports its modules.
 METHODS: dict[str, Method] = {}

@@ -305,6 +305,14 @@ class VimpacMethod(Method):
       os.path.join(workdir, 'images'), step, tokens, mask, predicted, c.vimpac.vocab_size, frames
     )
 
+  def token_vocab_size(self, config) -> int | None:
+    """`vimpac.vocab_size`: the VQ codes its backbone embeds."""
+    return config.vimpac.get('vocab_size')
+
+  def extract_resize_short_side(self, config) -> int:
+    """`tokenizer.extract_resize_short_side` (the official extraction: 160, then the centre 128²)."""
+    return vqvae.extract_resize_short_side(config)
+
 
 def token_input(config) -> tuple[ModelInputs, Any, str]:
   """Where VIMPAC's tokens come from: (inputs, frozen variables, description).
