@@ -250,6 +250,23 @@ class Method:
     del config
     return 0
 
+  # --- counting: what `tools.model_stats` asks of a config ----------------------------------------
+
+  def model_stats(self, config, num_classes: int) -> dict:
+    """{'params': {part: count}, 'gflops_per_clip': {forward: GFLOPs}} of the method's models on one
+    clip, from `jax.eval_shape` and XLA's cost analysis of compiled forwards (2 FLOPs per
+    multiply-add); nothing runs. `num_classes`: the fine-tuning head's, where one is counted."""
+    del config, num_classes
+    raise self._nothing_to_count()
+
+  def model_stats_table(self, stats: dict, config) -> str:
+    """`stats` (from `model_stats`) as the table `tools.model_stats` prints."""
+    del stats, config
+    raise self._nothing_to_count()
+
+  def _nothing_to_count(self) -> ConfigError:
+    return ConfigError(f'config.model.name: {self.name!r} has no video encoder to count')
+
 
 # {config.model.name: its Method}: filled by `register` as `mvm_jax.methods` imports its modules.
 METHODS: dict[str, Method] = {}

@@ -36,6 +36,7 @@ from mvm_jax.methods.base import (
 from mvm_jax.models import factorized
 from mvm_jax.objectives import contrastive
 from mvm_jax import sharding
+from mvm_jax.train import flops
 from mvm_jax.train.step import ModelInputs
 
 
@@ -312,6 +313,48 @@ class VimpacMethod(Method):
   def extract_resize_short_side(self, config) -> int:
     """`tokenizer.extract_resize_short_side` (the official extraction: 160, then the centre 128²)."""
     return vqvae.extract_resize_short_side(config)
+
+  def model_stats(self, config, num_classes: int) -> dict:
+    """{'params': {backbone, token_head, cls_head, heads, total}, 'gflops_per_clip': {backbone,
+    pretrain}} on the config's token map (no fine-tuning head: `num_classes` is unused). `backbone`
+    counts the token embedding (as the paper's Table 10), `heads` = token head + [CLS] head."""
+    del num_classes
+    model = vimpac_model(config, projector=True)
+    tokens = jax.ShapeDtypeStruct((1,) + token_shape(config), jnp.int32)
+    variables = jax.eval_shape(lambda rng, t: model.init({'params': rng}, t), jax.random.PRNGKey(0), tokens)
+    params = variables['params']
+    counts = {
+      'backbone': flops.param_count(params['backbone']),
+      'token_head': flops.param_count(params['token_head']),
+    }
+    counts['cls_head'] = flops.param_count(params['projector'])
+    counts['heads'] = counts['token_head'] + counts['cls_head']
+    counts['total'] = counts['backbone'] + counts['heads']
+    encoder = model.backbone.clone(parent=None, name=None)
+    encoder_fn = lambda v, t: encoder.apply({'params': v['params']['backbone']}, t)
+    gflops = {}
+    for name, fn in (('backbone', encoder_fn), ('pretrain', lambda v, t: model.apply(v, t))):
+      gflops[name] = flops.jit_flops(fn, variables, tokens) / 1e9
+    return {'params': counts, 'gflops_per_clip': gflops}
+
+  def model_stats_table(self, stats: dict, config) -> str:
+    p, g, v = stats['params'], stats['gflops_per_clip'], config.vimpac
+    t, h, w = token_shape(config)
+    lines = [
+      (
+        f'tokens {t}×{h}×{w} (vocab {v.vocab_size}), layout {v.layout}, {v.depth}×{v.width}'
+        f'{" large-half" if v.large_half else ""}, mask block K={config.masking.get("num_blocks", "-")}'
+      ),
+      f'{"parameters":<28}{"count":>14}',
+      f'{"  backbone (w/ token emb.)":<28}{p["backbone"] / 1e6:>13.1f}M',
+      f'{"  token head":<28}{p["token_head"] / 1e6:>13.1f}M',
+      f'{"  [CLS] head":<28}{p["cls_head"] / 1e6:>13.1f}M',
+      f'{"  total":<28}{p["total"] / 1e6:>13.1f}M',
+      f'{"forward GFLOPs per clip":<28}{"XLA (2/MAC)":>14}{"1/MAC":>16}',
+    ]
+    for name, key in (('  backbone', 'backbone'), ('  pre-training (+ heads)', 'pretrain')):
+      lines.append(f'{name:<28}{g[key]:>14.1f}{g[key] / 2:>16.1f}')
+    return '\n'.join(lines)
 
 
 def token_input(config) -> tuple[ModelInputs, Any, str]:
