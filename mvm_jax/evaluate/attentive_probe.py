@@ -311,8 +311,7 @@ def check_encoder(config) -> tuple[int, int]:
   from mvm_jax.data import pipeline
 
   resolved = frozen_lib.resolve_config(config)
-  if not methods.get(resolved).has_video_encoder:
-    raise ConfigError(f'config.init_from: a {resolved.model.name!r} run has no video encoder to evaluate')
+  frozen_lib.video_encoder_method(resolved)
   a = config[SECTION]
   length, width = token_shape(resolved)
   if width % a.num_heads:

@@ -91,7 +91,6 @@ import numpy as np
 from absl import logging
 
 from mvm_jax import data as data_lib
-from mvm_jax import methods
 from mvm_jax.config_schema import ConfigError
 from mvm_jax.evaluate import attentive_probe as attentive_probe_lib
 from mvm_jax.evaluate import features as features_lib
@@ -665,9 +664,7 @@ def validate(config) -> None:
   sections = config.get('evaluators')
   if not sections:
     return
-  method = methods.get(config)
-  if not method.has_video_encoder:
-    raise ConfigError(f'config.evaluators: a {config.model.name!r} run has no video encoder to evaluate')
+  method = frozen_lib.video_encoder_method(config, 'evaluators')
   if method.uses_tokens:
     t = config.get('tokenizer')
     if t is None or (t.kind == 'vqvae' and not t.workdir) or (t.kind == 'dalle' and not t.dalle_encoder):

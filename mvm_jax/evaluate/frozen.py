@@ -245,19 +245,30 @@ class EncoderTemplate:
     return self._frozen(trainable, 0, '', description)
 
 
+def video_encoder_method(config: ml_collections.ConfigDict, key: str = 'init_from') -> methods.Method:
+  """The method of ``config`` (``config.model.name``), whose video encoder an evaluation reads.
+
+  Raises:
+    mvm_jax.config.ConfigError: naming ``config.<key>`` (the run evaluated, or the evaluators asked
+      for), when the method has no video encoder (a VQ-VAE run).
+  """
+  method = methods.get(config)
+  if not method.has_video_encoder:
+    raise config_schema.ConfigError(
+      f'config.{key}: a {config.model.name!r} run has no video encoder to evaluate'
+    )
+  return method
+
+
 def template(resolved: ml_collections.ConfigDict, mesh) -> EncoderTemplate:
   """The encoder ``resolved.model`` describes (no drop path), on ``mesh``.
 
   Raises:
     mvm_jax.config.ConfigError: the model has no video encoder (a VQ-VAE run).
   """
-  method = methods.get(resolved)
+  method = video_encoder_method(resolved)
   if method.uses_tokens:
     return _vimpac_template(resolved, mesh, method)
-  if not method.has_video_encoder:
-    raise config_schema.ConfigError(
-      f'config.init_from: a {resolved.model.name!r} run has no video encoder to evaluate'
-    )
   encoder = method.frozen_encoder(resolved)
   example = jnp.zeros((1, *methods.video_shape(resolved), 3), jnp.float32)
   init = lambda r: encoder.init(r, example)['params']

@@ -1,8 +1,8 @@
 """PyTorch state_dict + our config → Flax params of the model the config builds.
 
 Targets (`model`):
-  mae         `MaskedAutoencoder` params (encoder + decoder); from mae_st or image-MAE
-              pre-training checkpoints.
+  mae         `MaskedAutoencoder` params (encoder + decoder) of the config's MAE method
+              (`MaeMethod.model`); from mae_st or image-MAE pre-training checkpoints.
   encoder     {'encoder': ...} only; from any format (a decoder, `head` and
               `fc_norm` in the state_dict are skipped and reported).
   classifier  `VideoClassifier` params (encoder + head, classes from head.weight),
@@ -37,13 +37,19 @@ def token_grid(config) -> tuple[int, int, int]:
 
 def target_params(config, model: str, num_classes: int | None = None) -> Any:
   """Abstract params (ShapeDtypeStructs) of `model` built from `config`; nothing is computed."""
-  from mvm_jax import masking
+  from mvm_jax import masking, methods
   from mvm_jax.methods import mae, video_shape
 
   video = jnp.zeros((1,) + video_shape(config) + (3,), jnp.float32)
   rng = jax.random.PRNGKey(0)
   if model == 'mae':
-    module = mae.autoencoder(config)
+    method = methods.get(config)
+    if not isinstance(method, mae.MaeMethod):
+      raise ValueError(
+        f'config.model.name={method.name!r}: the {model!r} target is the MaskedAutoencoder of a pixel '
+        'MAE method ("mae" or one built on it)'
+      )
+    module = method.model(config)  # the method's own MaskedAutoencoder (mae_motion: its target)
     masker = masking.make_masker(config.masking.kind, module.encoder.grid, config.masking.ratio)
     init = lambda: module.init(rng, video, masker(rng, 1))
   elif model == 'encoder':

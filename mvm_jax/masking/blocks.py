@@ -227,7 +227,7 @@ def _iid_mask(rng, batch, shape, ratio, pad, exact_count):
   return jax.vmap(one)(_per_sample_rngs(rng, batch), pad)
 
 
-# --- batched masker from arguments or config --------------------------------
+# --- batched masker -----------------------------------------------------------
 
 
 def make_token_masker(
@@ -254,21 +254,6 @@ def make_token_masker(
       raise ValueError(f'masking ratio {p} is outside [0, 1]')
     return lambda rng, batch, pad=None: iid_mask(rng, batch, shape, p, pad, exact_count)
   raise ValueError(f'unknown VIMPAC masking kind {kind!r}; valid kinds: {list(MASKERS)}')
-
-
-def masker_from_config(masking_config, token_shape) -> Callable[..., jax.Array]:
-  """Token masker from `config.masking`: kind ('block' | 'iid'), num_blocks,
-  ratio, match_block_ratio (iid uses the block ratio of num_blocks) and
-  iid_exact_count."""
-  m = masking_config
-  match = m.get('match_block_ratio', True)
-  return make_token_masker(
-    m.kind,
-    token_shape,
-    num_blocks=m.get('num_blocks', 5),
-    ratio=None if match else m.ratio,
-    exact_count=m.get('iid_exact_count', False),
-  )
 
 
 # --- model input ------------------------------------------------------------------

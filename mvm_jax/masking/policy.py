@@ -3,7 +3,8 @@
 A mask policy is `policy(rng, step, video, teacher) -> (Mask, metrics)`,
 called inside the jitted step on the flattened batch video [B, T, H, W, C]
 (two-view batches: [2N, ...], views adjacent). `teacher` is the EMA
-teacher's params ({} when the method has none).
+teacher's params ({} when the method has none). Nothing here reads the
+config: the method picks the policy and its numbers from it (`Method.setup`).
 """
 
 from __future__ import annotations
@@ -25,54 +26,48 @@ def random_policy(masker) -> MaskPolicy:
   return policy
 
 
-def teacher_masks(model, hpm_config, grid, mask_ratio: float, total_steps: int, steps_per_epoch: int):
+def teacher_masks(
+  model,
+  grid,
+  mask_ratio: float,
+  total_steps: int,
+  steps_per_epoch: int | None,
+  *,
+  alpha_0: float,
+  alpha_T: float,
+  alpha_manner: str,
+  selection: str,
+  per_frame: bool,
+):
   """HPM easy-to-hard masks: the teacher (`model.predict_losses` with the EMA
   params) predicts per-patch losses of the unmasked clip; α_t of the masked
-  patches are the hardest by that prediction, the rest uniformly random.
-  α_t moves per epoch ((epoch + 1) / E, the official code) or, with
-  `hpm.alpha_per_step`, per step from α_0.
+  patches are the hardest by that prediction (`selection` 'hard'; 'easy': the
+  easiest), the rest uniformly random. α_t follows `hard_patches.alpha_schedule`
+  (`alpha_0` → `alpha_T` as `alpha_manner`), per epoch of `steps_per_epoch` steps
+  ((epoch + 1) / E, the official code) or, with `steps_per_epoch` None, per step.
+  `per_frame`: the same hard count in every temporal slice of `grid`.
 
   Returns fn(rng, step, video, teacher) -> (Mask, hard [B, N] bool, α_t,
   predicted losses [B, N]).
   """
-  h = hpm_config
   num_keep = video.num_visible('random', grid, mask_ratio)
 
   def masks(rng, step, video, teacher):
     predicted = model.apply({'params': teacher}, video, method=model.predict_losses)
-    alpha = hard_patches.alpha_schedule(
-      step, total_steps, h.alpha_0, h.alpha_T, h.alpha_manner, None if h.alpha_per_step else steps_per_epoch
-    )
+    alpha = hard_patches.alpha_schedule(step, total_steps, alpha_0, alpha_T, alpha_manner, steps_per_epoch)
     mask, hard = hard_patches.hard_patch_mask(
-      rng, predicted, num_keep, alpha, selection=h.selection, per_frame=h.per_frame, grid=grid
+      rng, predicted, num_keep, alpha, selection=selection, per_frame=per_frame, grid=grid
     )
     return mask, hard, alpha, predicted
 
   return masks
 
 
-def hard_patch_policy(
-  model, hpm_config, grid, mask_ratio: float, total_steps: int, steps_per_epoch: int
-) -> MaskPolicy:
-  """`teacher_masks` as a policy; metrics hpm/alpha, hpm/hard_fraction."""
-  masks = teacher_masks(model, hpm_config, grid, mask_ratio, total_steps, steps_per_epoch)
+def hard_patch_policy(masks) -> MaskPolicy:
+  """`masks` (from `teacher_masks`) as a policy; metrics hpm/alpha, hpm/hard_fraction."""
 
   def policy(rng, step, video, teacher):
     mask, hard, alpha, _ = masks(rng, step, video, teacher)
     return mask, hard_patches.hard_mask_metrics(alpha, hard, mask.mask)
 
   return policy
-
-
-def uses_teacher(config) -> bool:
-  """HPM's EMA teacher is kept when the loss predictor picks the masks."""
-  return 'loss_prediction' in config.objectives and bool(config.hpm.hard_masking)
-
-
-def make_mask_policy(config, model, masker, total_steps: int, steps_per_epoch: int = 1) -> MaskPolicy:
-  """HPM's teacher policy when configured, else `masker` (from `video.make_masker`)."""
-  if uses_teacher(config):
-    return hard_patch_policy(
-      model, config.hpm, model.encoder.grid, config.masking.ratio, total_steps, steps_per_epoch
-    )
-  return random_policy(masker)

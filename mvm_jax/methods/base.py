@@ -252,6 +252,36 @@ class Method:
   def _no_video_encoder(self) -> ConfigError:
     return ConfigError(f'config.model.name: a {self.name!r} run has no video encoder')
 
+  # --- tokens: what `tools.extract_tokens` asks of a config ---------------------------------------
+
+  def token_vocab_size(self, config) -> int | None:
+    """V, the VQ codes the method's model reads (`uses_tokens`); None: it reads no tokens."""
+    del config
+    return None
+
+  def extract_resize_short_side(self, config) -> int:
+    """The short side `tools.extract_tokens` resizes each frame to before the centre data.crop_size
+    crop, from the config's tokenizer; 0: to crop_size (the crop spans the short side)."""
+    del config
+    return 0
+
+  # --- counting: what `tools.model_stats` asks of a config ----------------------------------------
+
+  def model_stats(self, config, num_classes: int) -> dict:
+    """{'params': {part: count}, 'gflops_per_clip': {forward: GFLOPs}} of the method's models on one
+    clip, from `jax.eval_shape` and XLA's cost analysis of compiled forwards (2 FLOPs per
+    multiply-add); nothing runs. `num_classes`: the fine-tuning head's, where one is counted."""
+    del config, num_classes
+    raise self._nothing_to_count()
+
+  def model_stats_table(self, stats: dict, config) -> str:
+    """`stats` (from `model_stats`) as the table `tools.model_stats` prints."""
+    del stats, config
+    raise self._nothing_to_count()
+
+  def _nothing_to_count(self) -> ConfigError:
+    return ConfigError(f'config.model.name: {self.name!r} has no video encoder to count')
+
 
 # {config.model.name: its Method}: filled by `register` as `mvm_jax.methods` imports its modules.
 METHODS: dict[str, Method] = {}

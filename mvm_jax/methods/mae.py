@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mvm_jax import config_schema
 from mvm_jax import masking
 from mvm_jax.config_schema import fail
 from mvm_jax.masking import policy as policy_lib
@@ -35,6 +36,7 @@ from mvm_jax.models import mae as mae_lib
 from mvm_jax.models import vit
 from mvm_jax.objectives import contrastive, loss_prediction
 from mvm_jax import sharding
+from mvm_jax.train import flops
 
 
 def default_masking_config() -> ml_collections.ConfigDict:
@@ -241,7 +243,7 @@ class MaeMethod(Method):
       model=model,
       inputs=pixel_inputs(config),
       masker=masker,
-      policy=policy_lib.make_mask_policy(config, model, masker, total_steps, steps_per_epoch),
+      policy=mask_policy(config, model, masker, total_steps, steps_per_epoch),
       init_variables=init_variables,
       frozen={},
       grid=grid,
@@ -250,7 +252,7 @@ class MaeMethod(Method):
 
   def teacher_momentum(self, config, steps_per_epoch: int):
     """HPM's EMA teacher, kept when the loss predictor picks the masks."""
-    if not policy_lib.uses_teacher(config):
+    if not uses_teacher(config):
       return None
     h = config.hpm
 
@@ -291,10 +293,8 @@ class MaeMethod(Method):
 
     def forward(params, model_state, teacher, video):
       predicted, hard = None, None
-      if policy_lib.uses_teacher(c):
-        masks = policy_lib.teacher_masks(
-          model, c.hpm, model.encoder.grid, c.masking.ratio, exp.total_steps, exp.steps_per_epoch
-        )
+      if uses_teacher(c):
+        masks = teacher_masks(c, model, exp.total_steps, exp.steps_per_epoch)
         mask, hard, _, predicted = masks(rng, step, video, teacher)
       else:
         mask = exp.masker(rng, video.shape[0])
@@ -321,3 +321,113 @@ class MaeMethod(Method):
       hard=hard,
       norm_pix_eps=c.model.norm_pix_eps,
     )
+
+  def model_stats(self, config, num_classes: int) -> dict:
+    """{'params': {encoder, decoder, finetune_encoder}, 'gflops_per_clip': {mae_sparse, mae_dense,
+    finetune_encoder}}: `model(config)` with the sparse and the dense encoder, and the fine-tuning
+    classifier with `num_classes`. The config is validated first (`Method.validate`)."""
+    config_schema.validate_shared(config, self)
+    self.validate(config)
+    sparse, params = _autoencoder_flops(self, config, dense=False)
+    dense, _ = _autoencoder_flops(self, config, dense=True)
+    clf = self.classifier(config, num_classes)
+    video = _abstract_clip(config)
+    clf_params = jax.eval_shape(
+      lambda rng, v: clf.init({'params': rng}, v)['params'], jax.random.PRNGKey(0), video
+    )
+    finetune = flops.jit_flops(lambda p, v: clf.apply({'params': p}, v), clf_params, video)
+    encoder = flops.param_count(params['encoder'])
+    return {
+      'params': {
+        'encoder': encoder,
+        'decoder': flops.param_count(params) - encoder,
+        'finetune_encoder': flops.param_count(clf_params),
+      },
+      'gflops_per_clip': {
+        'mae_sparse': sparse / 1e9,
+        'mae_dense': dense / 1e9,
+        'finetune_encoder': finetune / 1e9,
+      },
+    }
+
+  def model_stats_table(self, stats: dict, config) -> str:
+    p, g = stats['params'], stats['gflops_per_clip']
+    d = config.data
+    lines = [
+      f'clip {d.num_frames}×{d.crop_size}×{d.crop_size}, patch {config.model.t_patch_size}×'
+      f'{config.model.patch_size}×{config.model.patch_size}, mask {config.masking.kind} {config.masking.ratio}',
+      f'{"parameters":<28}{"count":>14}',
+      f'{"  encoder (pre-training)":<28}{p["encoder"] / 1e6:>13.1f}M',
+      f'{"  decoder":<28}{p["decoder"] / 1e6:>13.1f}M',
+      f'{"  fine-tune encoder + head":<28}{p["finetune_encoder"] / 1e6:>13.1f}M',
+      f'{"forward GFLOPs per clip":<28}{"XLA (2/MAC)":>14}{"paper (1/MAC)":>16}',
+    ]
+    for name, key in (
+      ('  MAE, sparse encoder', 'mae_sparse'),
+      ('  MAE, dense (w/ [M])', 'mae_dense'),
+      ('  fine-tune encoder', 'finetune_encoder'),
+    ):
+      lines.append(f'{name:<28}{g[key]:>14.1f}{g[key] / 2:>16.1f}')
+    lines.append(f'{"  dense / sparse":<28}{g["mae_dense"] / g["mae_sparse"]:>14.2f}×')
+    return '\n'.join(lines)
+
+
+# --- masks: `masking` or HPM's teacher (`config.hpm`) ------------------------------------------------
+
+
+def uses_teacher(config) -> bool:
+  """HPM's EMA teacher is kept when the loss predictor picks the masks (`hpm.hard_masking`)."""
+  return 'loss_prediction' in config.objectives and bool(config.hpm.hard_masking)
+
+
+def teacher_masks(config, model: mae_lib.MaskedAutoencoder, total_steps: int, steps_per_epoch: int = 1):
+  """HPM's teacher masks (`masking.policy.teacher_masks`) on `model`'s patch grid, with
+  `masking.ratio` hidden and α_t as `config.hpm` sets it (per epoch, or per step with
+  `hpm.alpha_per_step`)."""
+  h = config.hpm
+  return policy_lib.teacher_masks(
+    model,
+    model.encoder.grid,
+    config.masking.ratio,
+    total_steps,
+    None if h.alpha_per_step else steps_per_epoch,
+    alpha_0=h.alpha_0,
+    alpha_T=h.alpha_T,
+    alpha_manner=h.alpha_manner,
+    selection=h.selection,
+    per_frame=h.per_frame,
+  )
+
+
+def mask_policy(
+  config, model: mae_lib.MaskedAutoencoder, masker, total_steps: int, steps_per_epoch: int = 1
+) -> policy_lib.MaskPolicy:
+  """Each step's masks: HPM's teacher when it picks them (`uses_teacher`), else `masker` (from
+  `masking.make_masker`, `config.masking`)."""
+  if uses_teacher(config):
+    return policy_lib.hard_patch_policy(teacher_masks(config, model, total_steps, steps_per_epoch))
+  return policy_lib.random_policy(masker)
+
+
+# --- counting (`MaeMethod.model_stats`) -------------------------------------------------------------
+
+
+def _abstract_clip(config) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct((1,) + video_shape(config) + (3,), jnp.float32)
+
+
+def _autoencoder_flops(method: MaeMethod, config, dense: bool) -> tuple[float, dict]:
+  """(forward FLOPs of `method.model` on one clip, its abstract params), with `model.dense_encoder`."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.dense_encoder = dense
+  model = method.model(config)
+  masker = masking.make_masker(config.masking.kind, model.encoder.grid, config.masking.ratio)
+  video = _abstract_clip(config)
+
+  def init(rng, v):
+    return model.init({'params': rng}, v, masker(rng, 1))['params']
+
+  params = jax.eval_shape(init, jax.random.PRNGKey(0), video)
+  forward = lambda p, v, rng: model.apply({'params': p}, v, masker(rng, 1))
+  return flops.jit_flops(forward, params, video, jax.random.PRNGKey(0)), params

@@ -36,6 +36,7 @@ from mvm_jax.methods.base import (
 from mvm_jax.models import factorized
 from mvm_jax.objectives import contrastive
 from mvm_jax import sharding
+from mvm_jax.train import flops
 from mvm_jax.train.step import ModelInputs
 
 
@@ -83,7 +84,7 @@ PAPER_TOKEN_SHAPE = (5, 16, 16)
 
 
 def default_masking_config() -> ml_collections.ConfigDict:
-  """`config.masking` of VIMPAC (read by `masking.blocks.masker_from_config`).
+  """`config.masking` of VIMPAC (read by `token_masker`).
 
   kind               'block' (the paper) | 'iid' (Table 15 ablation).
   num_blocks         K blocks a sample (5: about 14.5% of 5×16×16 tokens).
@@ -158,6 +159,21 @@ def token_shape(config) -> tuple[int, int, int]:
   return (config.data.num_frames, config.data.crop_size // d, config.data.crop_size // d)
 
 
+def token_masker(config):
+  """`masker(rng, batch, pad=None) -> [B, T, H, W] bool` over `token_shape(config)` from `config.masking`
+  (`masking.blocks.make_token_masker`): kind ('block' | 'iid'), num_blocks, ratio (iid, unless
+  match_block_ratio: the block masker's expected ratio for num_blocks) and iid_exact_count."""
+  m = config.masking
+  match = m.get('match_block_ratio', True)
+  return blocks.make_token_masker(
+    m.kind,
+    token_shape(config),
+    num_blocks=m.get('num_blocks', 5),
+    ratio=None if match else m.ratio,
+    exact_count=m.get('iid_exact_count', False),
+  )
+
+
 def backbone(config) -> factorized.FactorizedEncoder:
   """The factorized-attention backbone of `config.vimpac` on `token_shape(config)` (`model.dtype`)."""
   v = config.vimpac
@@ -217,7 +233,7 @@ class VimpacMethod(Method):
     model = pretrainer(config)
     shape = token_shape(config)
     inputs, frozen, source = token_input(config)
-    masker = blocks.masker_from_config(config.masking, shape)
+    masker = token_masker(config)
     pad_id = token_vocab.special_token_ids(config.vimpac.vocab_size).pad_id
 
     def policy(rng, step, tokens, teacher):
@@ -289,6 +305,56 @@ class VimpacMethod(Method):
     return visualize.write_token_predictions(
       os.path.join(workdir, 'images'), step, tokens, mask, predicted, c.vimpac.vocab_size, frames
     )
+
+  def token_vocab_size(self, config) -> int | None:
+    """`vimpac.vocab_size`: the VQ codes its backbone embeds."""
+    return config.vimpac.get('vocab_size')
+
+  def extract_resize_short_side(self, config) -> int:
+    """`tokenizer.extract_resize_short_side` (the official extraction: 160, then the centre 128²)."""
+    return vqvae.extract_resize_short_side(config)
+
+  def model_stats(self, config, num_classes: int) -> dict:
+    """{'params': {backbone, token_head, cls_head, heads, total}, 'gflops_per_clip': {backbone,
+    pretrain}} on the config's token map (no fine-tuning head: `num_classes` is unused). `backbone`
+    counts the token embedding (as the paper's Table 10), `heads` = token head + [CLS] head."""
+    del num_classes
+    model = vimpac_model(config, projector=True)
+    tokens = jax.ShapeDtypeStruct((1,) + token_shape(config), jnp.int32)
+    variables = jax.eval_shape(lambda rng, t: model.init({'params': rng}, t), jax.random.PRNGKey(0), tokens)
+    params = variables['params']
+    counts = {
+      'backbone': flops.param_count(params['backbone']),
+      'token_head': flops.param_count(params['token_head']),
+    }
+    counts['cls_head'] = flops.param_count(params['projector'])
+    counts['heads'] = counts['token_head'] + counts['cls_head']
+    counts['total'] = counts['backbone'] + counts['heads']
+    encoder = model.backbone.clone(parent=None, name=None)
+    encoder_fn = lambda v, t: encoder.apply({'params': v['params']['backbone']}, t)
+    gflops = {}
+    for name, fn in (('backbone', encoder_fn), ('pretrain', lambda v, t: model.apply(v, t))):
+      gflops[name] = flops.jit_flops(fn, variables, tokens) / 1e9
+    return {'params': counts, 'gflops_per_clip': gflops}
+
+  def model_stats_table(self, stats: dict, config) -> str:
+    p, g, v = stats['params'], stats['gflops_per_clip'], config.vimpac
+    t, h, w = token_shape(config)
+    lines = [
+      (
+        f'tokens {t}×{h}×{w} (vocab {v.vocab_size}), layout {v.layout}, {v.depth}×{v.width}'
+        f'{" large-half" if v.large_half else ""}, mask block K={config.masking.get("num_blocks", "-")}'
+      ),
+      f'{"parameters":<28}{"count":>14}',
+      f'{"  backbone (w/ token emb.)":<28}{p["backbone"] / 1e6:>13.1f}M',
+      f'{"  token head":<28}{p["token_head"] / 1e6:>13.1f}M',
+      f'{"  [CLS] head":<28}{p["cls_head"] / 1e6:>13.1f}M',
+      f'{"  total":<28}{p["total"] / 1e6:>13.1f}M',
+      f'{"forward GFLOPs per clip":<28}{"XLA (2/MAC)":>14}{"1/MAC":>16}',
+    ]
+    for name, key in (('  backbone', 'backbone'), ('  pre-training (+ heads)', 'pretrain')):
+      lines.append(f'{name:<28}{g[key]:>14.1f}{g[key] / 2:>16.1f}')
+    return '\n'.join(lines)
 
 
 def token_input(config) -> tuple[ModelInputs, Any, str]:

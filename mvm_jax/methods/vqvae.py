@@ -129,6 +129,12 @@ def vqvae(config, dtype=jnp.float32) -> tokenizer_lib.VQVAE:
   )
 
 
+def extract_resize_short_side(config) -> int:
+  """`config.tokenizer.extract_resize_short_side` (0 without the section or the key)."""
+  t = config.get('tokenizer')
+  return int(t.get('extract_resize_short_side', 0)) if t is not None else 0
+
+
 TOKENIZER = Section('tokenizer', default_tokenizer_config, validate_tokenizer_config)
 
 
@@ -178,3 +184,6 @@ class VqvaeMethod(Method):
     return visualize.write_frame_reconstructions(
       os.path.join(workdir, 'images'), step, video, recon, c.data.mean, c.data.std
     )
+
+  def extract_resize_short_side(self, config) -> int:
+    return extract_resize_short_side(config)

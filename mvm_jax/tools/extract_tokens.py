@@ -86,6 +86,7 @@ def extract(
   """
   import tensorflow_datasets as tfds
 
+  from mvm_jax import methods
   from mvm_jax.data import pipeline, settings, token_extraction  # here: keeps --help fast
 
   tfds.disable_progress_bar()  # our progress lines replace tqdm's.
@@ -116,7 +117,8 @@ def extract(
     file=out,
     flush=True,
   )
-  model_vocab = config.vimpac.get('vocab_size') if 'vimpac' in config else None
+  method = methods.get(config)
+  model_vocab = method.token_vocab_size(config)
   if model_vocab is not None and model_vocab != tokenizer.vocab_size:
     print(
       f'note: config.vimpac.vocab_size={model_vocab} differs from the tokenizer vocabulary '
@@ -140,9 +142,7 @@ def extract(
     mean=tuple(dc.mean),
     std=tuple(dc.std),
     short_side=decode_short_side(dc),
-    resize_short_side=int(config.tokenizer.get('extract_resize_short_side', 0))
-    if 'tokenizer' in config
-    else 0,
+    resize_short_side=method.extract_resize_short_side(config),
     frames_per_call=frames_per_call,
     tokenizer=str(tokenizer.description),
     overwrite=overwrite,

@@ -12,8 +12,9 @@ per time step, masked tokens black, visible grey.
 The masker is `config.masking.kind`: 'block' / 'iid' (mvm_jax.masking.blocks,
 `--num_blocks` overrides masking.num_blocks) or one of mvm_jax.masking.MASKERS
 (ratio from masking.ratio, on the token grid). The token grid is
-`--token_shape`, else the config's: VIMPAC tokens (num_frames, crop/8, crop/8),
-or the patch grid of an MAE config. Masks are sampled on device in equal chunks.
+`--token_shape`, else the token grid of the config's method (`Method.token_grid`):
+VIMPAC tokens (num_frames, crop/8, crop/8), or the patch grid of an MAE config.
+Masks are sampled on device in equal chunks.
 """
 
 from __future__ import annotations
@@ -26,28 +27,31 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mvm_jax import console, masking
+from mvm_jax import console, masking, methods
 from mvm_jax.masking import blocks
 
 CHUNK = 4096  # samples per jitted call
 
 
-def token_shape_of(config) -> tuple[int, int, int]:
-  """The config's token grid: VIMPAC tokens, else the MAE patch grid."""
-  if 'vimpac' in config:
-    from mvm_jax.methods import vimpac
+def masking_section(config):
+  """`config.masking`; a ValueError naming it when the config's method masks nothing (a VQ-VAE)."""
+  m = config.get('masking')
+  if m is None:
+    raise ValueError(f'config.masking: none in this config; model.name={config.model.name!r} masks nothing')
+  return m
 
-    return vimpac.token_shape(config)
-  d, m = config.data, config.model
-  return (d.num_frames // m.t_patch_size, d.crop_size // m.patch_size, d.crop_size // m.patch_size)
+
+def token_shape_of(config) -> tuple[int, int, int]:
+  """The token grid the config's masks cover: its method's `token_grid` (VIMPAC's tokens, an MAE's
+  patch grid)."""
+  masking_section(config)
+  return methods.get(config).token_grid(config)
 
 
 def make_sampler(config, token_shape, num_blocks=None):
   """`sample(rng, batch) -> [batch, T, H, W] bool` (True = masked) and the closed-form
   expected ratio (None where there is none) for `config.masking`."""
-  m = config.get('masking')
-  if m is None:
-    raise ValueError(f'config.masking: none in this config; model.name={config.model.name!r} masks nothing')
+  m = masking_section(config)
   kind = m.kind
   if kind in blocks.MASKERS:
     k = m.get('num_blocks', 5) if num_blocks is None else num_blocks

@@ -33,6 +33,16 @@ def compiled_flops(compiled) -> float:
   return float((analysis or {}).get('flops', 0.0))
 
 
+def jit_flops(fn, *args) -> float:
+  """FLOPs of `jax.jit(fn)` compiled for `args` (arrays or `jax.ShapeDtypeStruct`s: nothing runs)."""
+  return compiled_flops(jax.jit(fn).lower(*args).compile())
+
+
+def param_count(tree) -> int:
+  """Number of scalars in the leaves of `tree` (params, or their `jax.eval_shape`)."""
+  return int(sum(x.size for x in jax.tree.leaves(tree)))
+
+
 def measure_matmul_peak(n: int = 1024, dtype=jnp.float32, repeats: int = 7) -> float:
   """Achieved FLOP/s of an n×n matmul on the default device (median of repeats)."""
   a = jnp.ones((n, n), dtype)

@@ -184,6 +184,19 @@ def test_valid_sections_and_defaults():
     ev.validate(_with({'e': _KNN}, vq))
 
 
+def test_a_run_without_a_video_encoder_is_refused_naming_the_key():
+  """The evaluators of a pre-training config, and the encoder of an evaluated run (init_from)."""
+  vq = micro_config()
+  vq.model.name = 'vqvae'
+  with pytest.raises(
+    config_lib.ConfigError, match=r"^config\.evaluators: a 'vqvae' run has no video encoder"
+  ):
+    ev.validate(_with({'e': _KNN}, vq))
+  with pytest.raises(config_lib.ConfigError, match=r"^config\.init_from: a 'vqvae' run has no video encoder"):
+    frozen_lib.template(vq, mesh=None)
+  assert frozen_lib.video_encoder_method(micro_config()).name == 'mae'
+
+
 # --- replayed passes, history, plot ----------------------------------------------------------
 
 

@@ -400,3 +400,25 @@ def test_mae_st_vit_of_a_pretraining_run_notes_the_missing_head_and_num_classes_
     np.testing.assert_array_equal(state_dict[key], value)
   with pytest.raises(ValueError, match='format mae_st_vit, not'):
     export_cli.export(str(workdir), 'mae_st', str(tmp_path / 'x.pth'), num_classes=5)
+
+
+def test_mae_target_is_the_methods_own_autoencoder(monkeypatch):
+  """The 'mae' target is built by the config's MAE method (mae_motion: its MotionAutoencoder, with
+  MAE-ST's parameters); a method that is not a pixel MAE, or an unknown target, is refused."""
+  from configs import vimpac
+
+  mae_config = micro_config()
+  motion_config = micro_config()
+  with motion_config.unlocked():
+    motion_config.model.name = 'mae_motion'
+    motion_config.motion = methods.base_config('mae_motion').motion
+  method, built = methods.get(motion_config), []
+  build = method.model
+  monkeypatch.setattr(method, 'model', lambda config: built.append(build(config)) or built[-1])
+  shapes = lambda config: jax.tree.map(np.shape, importer.target_params(config, 'mae'))
+  assert shapes(motion_config) == shapes(mae_config)
+  assert [type(m).__name__ for m in built] == ['MotionAutoencoder']
+  with pytest.raises(ValueError, match=r"^config\.model\.name='vimpac': the 'mae' target"):
+    importer.target_params(vimpac.get_config('tiny'), 'mae')
+  with pytest.raises(ValueError, match="unknown target model 'vit'"):
+    importer.target_params(mae_config, 'vit')

@@ -10,7 +10,6 @@ from PIL import Image
 
 from mvm_jax import config as config_lib
 from mvm_jax import methods, objectives
-from mvm_jax.masking import policy as policy_lib
 from mvm_jax.models import ema
 from mvm_jax.train import checkpointing, loop
 
@@ -75,7 +74,7 @@ def test_teacher_receives_no_gradient(hpm_run):
   """d(step loss)/d(teacher) is zero: the teacher only picks discrete masks."""
   config, exp, states, _ = hpm_run
   model = exp.model
-  policy = policy_lib.make_mask_policy(config, model, exp.masker, exp.total_steps)
+  policy = methods.get(config).setup(config, exp.total_steps).policy
   objective = objectives.make_objective_fn(config)
   video = jnp.asarray(_batches(config, 1, seed=3)[0]['video'])
   params = jax.tree.map(jnp.asarray, states[1].params)
@@ -110,7 +109,7 @@ def test_fully_hard_masks_are_the_teachers_highest_predicted_losses(hpm_run):
   config = config.copy_and_resolve_references()
   config.hpm.update(alpha_manner='fixed', alpha_T=1.0)
   model = exp.model
-  policy = policy_lib.make_mask_policy(config, model, exp.masker, exp.total_steps)
+  policy = methods.get(config).setup(config, exp.total_steps).policy
   video = jnp.asarray(_batches(config, 1, seed=4)[0]['video'])
   teacher = jax.tree.map(jnp.asarray, states[2].teacher)
   mask, metrics = policy(jax.random.PRNGKey(1), 0, video, teacher)

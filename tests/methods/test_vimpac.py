@@ -273,3 +273,24 @@ def test_finetune_starts_from_the_vimpac_backbone_and_tests(vimpac_runs, tmp_pat
   result = finetune.finetune_and_evaluate(c, str(tmp_path))
   assert result['step'] == 2 and np.isfinite(result['losses']).all()
   assert result['eval']['views_per_video'] == 1 and 0.0 <= result['eval']['top1'] <= 100.0
+
+
+def test_token_masker_reads_the_masking_section():
+  """`masking` of a VIMPAC config → its block masker on the config's token map (the paper's
+  5×16×16 for the 'small' preset), whose ratio default is the closed form for K blocks."""
+  from configs import vimpac
+  from mvm_jax.masking import blocks
+  from mvm_jax.methods import vimpac as vimpac_method
+
+  c = vimpac.get_config('small')
+  shape = vimpac_method.token_shape(c)
+  assert shape == (5, 16, 16)
+  masker = vimpac_method.token_masker(c)
+  np.testing.assert_array_equal(
+    np.asarray(masker(jax.random.PRNGKey(7), 3)),
+    np.asarray(blocks.block_mask(jax.random.PRNGKey(7), 3, shape, c.masking.num_blocks)),
+  )
+  assert c.masking.ratio == pytest.approx(blocks.expected_block_mask_ratio(shape, 5), abs=1e-4)
+  c.masking.update(kind='iid', match_block_ratio=False, ratio=0.5, iid_exact_count=True)
+  masks = np.asarray(vimpac_method.token_masker(c)(jax.random.PRNGKey(0), 4))
+  assert masks.shape == (4, *shape) and (masks.sum(axis=(1, 2, 3)) == 640).all()  # exactly half

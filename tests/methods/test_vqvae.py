@@ -19,3 +19,17 @@ def test_config_builds_tokenizers():
   config.tokenizer.kind = 'vqgan'
   with pytest.raises(ConfigError, match='config.tokenizer.kind'):
     vqvae.vqvae(config)
+
+
+def test_token_extraction_reads_the_methods_sections():
+  """What `tools.extract_tokens` asks of a config: VIMPAC's vocabulary and the tokenizer's resize."""
+  from mvm_jax import methods
+
+  for name in ('vqvae', 'vimpac', 'mae'):
+    config = methods.base_config(name)
+    method = methods.get(config)
+    assert method.token_vocab_size(config) == (config.vimpac.vocab_size if name == 'vimpac' else None)
+    assert method.extract_resize_short_side(config) == 0
+    if 'tokenizer' in config:
+      config.tokenizer.extract_resize_short_side = 160
+      assert method.extract_resize_short_side(config) == 160

@@ -36,6 +36,7 @@ def test_command_line_pieces(tmp_path):
 
   config = vimpac.get_config('tiny')
   config.data.update(crop_size=CROP, target_fps=FPS)  # builtin 'test': 3, 3, 6, 6, 3, 3, 3, 3 frames
+  config.tokenizer.extract_resize_short_side = 40  # short side 40, then the centre 32²
   out = io.StringIO()
   result = cli.extract(
     config,
@@ -60,6 +61,7 @@ def test_command_line_pieces(tmp_path):
   )
   info = tokens.read_token_info('cli_tokens', str(tmp_path))
   assert info['tokenizer'] == 'stub block means' and info['decode_short_side'] == 2 * CROP
+  assert info['resize_short_side'] == 40
   assert cli.decode_short_side(config.data) == 2 * CROP
 
 

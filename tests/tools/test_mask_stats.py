@@ -52,3 +52,16 @@ def test_mask_stats_cli(tmp_path):
 
   with Image.open(png) as img:
     assert img.size[0] > img.size[1] > 0  # 4 rows × 5 panels of 16×16 tokens
+
+
+def test_mask_stats_takes_the_token_grid_of_the_method():
+  from configs import vqvae
+  from mvm_jax.tools import mask_stats
+  from tests.conftest import micro_config
+
+  c = micro_config()  # MAE: the patch grid of a 4-frame 32² clip in 2×8×8 patches
+  stats, _ = mask_stats.mask_stats(c, samples=8)
+  assert stats['token_shape'] == [2, 4, 4] and stats['kind'] == c.masking.kind
+  assert stats['mask_ratio_mean'] == pytest.approx(c.masking.ratio, abs=1 / 32)
+  with pytest.raises(ValueError, match=r"^config\.masking: none in this config; model\.name='vqvae'"):
+    mask_stats.mask_stats(vqvae.get_config('tiny'), samples=8)

@@ -32,3 +32,26 @@ def test_model_stats_cli_json():
   stats = json.loads(result.stdout.strip().splitlines()[-1])
   assert set(stats['params']) == {'encoder', 'decoder', 'finetune_encoder'}
   assert set(stats['gflops_per_clip']) == {'mae_sparse', 'mae_dense', 'finetune_encoder'}
+
+
+def test_model_stats_count_the_methods_own_model_and_refuse_a_vqvae():
+  """mae_motion counts its MotionAutoencoder (same parameters as MAE-ST, its frame-difference target
+  costs FLOPs); a VQ-VAE has no video encoder to count; the table is the method's."""
+  from configs import vqvae
+  from mvm_jax import config_schema, methods
+
+  mae = model_stats.model_stats(micro_config(), num_classes=10)
+  motion_config = micro_config()
+  with motion_config.unlocked():
+    motion_config.model.name = 'mae_motion'
+    motion_config.motion = methods.base_config('mae_motion').motion
+  motion = model_stats.model_stats(motion_config, num_classes=10)
+  assert motion['params'] == mae['params']
+  assert motion['gflops_per_clip']['mae_sparse'] > mae['gflops_per_clip']['mae_sparse']
+  assert motion['gflops_per_clip']['finetune_encoder'] == mae['gflops_per_clip']['finetune_encoder']
+  table = model_stats.format_table(motion, motion_config)
+  assert table.startswith('clip 4×32×32, patch 2×8×8, mask ') and '  dense / sparse' in table
+  with pytest.raises(
+    config_schema.ConfigError, match="^config.model.name: 'vqvae' has no video encoder to count"
+  ):
+    model_stats.model_stats(vqvae.get_config('tiny'))
