@@ -326,7 +326,7 @@ class MaeMethod(Method):
     """{'params': {encoder, decoder, finetune_encoder}, 'gflops_per_clip': {mae_sparse, mae_dense,
     finetune_encoder}}: `model(config)` with the sparse and the dense encoder, and the fine-tuning
     classifier with `num_classes`. The config is validated first (`Method.validate`)."""
-    config_schema.validate_shared(config, self)
+    config_schema.validate_shared(config)
     self.validate(config)
     sparse, params = _autoencoder_flops(self, config, dense=False)
     dense, _ = _autoencoder_flops(self, config, dense=True)
