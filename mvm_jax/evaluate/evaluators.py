@@ -665,13 +665,7 @@ def validate(config) -> None:
   if not sections:
     return
   method = frozen_lib.video_encoder_method(config, 'evaluators')
-  if method.uses_tokens:
-    t = config.get('tokenizer')
-    if t is None or (t.kind == 'vqvae' and not t.workdir) or (t.kind == 'dalle' and not t.dalle_encoder):
-      raise ConfigError(
-        "config.tokenizer.workdir: evaluators turn their pixels into tokens with the run's tokenizer; "
-        'set tokenizer.workdir (kind vqvae) or tokenizer.dalle_encoder (kind dalle)'
-      )
+  method.validate_evaluation_inputs(config, 'evaluators')
   for name, section in sections.items():
     s = resolve_section(name, section)
     key = f'evaluators.{name}'

@@ -107,13 +107,12 @@ def build_experiment(
   mesh = sharding.make_mesh(config.mesh, devices)
   f = config.finetune
   method = methods.get(config)
+  depth = method.encoder_depth(config)
   if method.uses_tokens:
-    model, backbone, depth, inputs, frozen_variables, example = _vimpac_classifier(
-      config, num_classes, method
-    )
+    model, backbone, inputs, frozen_variables, example = _vimpac_classifier(config, num_classes, method)
   else:
     model = method.classifier(config, num_classes, drop_path_rate=f.drop_path, dropout=f.dropout)
-    backbone, depth, frozen_variables = 'encoder', config.model.encoder.depth, None
+    backbone, frozen_variables = 'encoder', None
     inputs = methods.pixel_inputs(config)
     example = jnp.zeros((2,) + methods.video_shape(config) + (3,), jnp.float32)
   total_steps, warmup_steps = loop.schedule_lengths(config, samples_per_epoch)
@@ -161,7 +160,7 @@ def build_experiment(
 
 def _vimpac_classifier(config, num_classes: int, method):
   """A VIMPAC run's backbone as a [CLS] classifier, behind the run's frozen tokenizer:
-  (model, backbone key, depth, ModelInputs, tokenizer variables, example tokens)."""
+  (model, backbone key, ModelInputs, tokenizer variables, example tokens)."""
   from mvm_jax import frozen_tokenizer
 
   if config.finetune.mask_ratio > 0:
@@ -170,7 +169,7 @@ def _vimpac_classifier(config, num_classes: int, method):
   model = method.classifier(config, num_classes, dropout=config.finetune.dropout)
   inputs = methods.pixel_inputs(config, tok.tokenize)
   example = jnp.zeros((2,) + method.token_grid(config), jnp.int32)
-  return model, 'backbone', config.vimpac.depth, inputs, tok.variables, example
+  return model, 'backbone', inputs, tok.variables, example
 
 
 def evaluate(exp: loop.Experiment, state: state_lib.TrainState, split: str | None = None) -> dict:

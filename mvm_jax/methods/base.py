@@ -217,10 +217,6 @@ class Method:
     start = int(config.contrastive.start_epoch * steps_per_epoch)
     return {name: start for name in names}
 
-  def token_patch(self, config) -> tuple[int, int, int]:
-    """(t, p, p) pixels of the clip behind one token of its encoder (the raw-pixel baseline's patch)."""
-    raise self._no_video_encoder()
-
   def write_images(self, exp, state, workdir: str, step: int, batch: dict):
     """The pictures of `state` (the `TrainState` at `step` of `exp`, a `loop.Experiment`) from the
     first samples of `batch`, under `workdir`/images. Runs on every process (the global batch and the
@@ -248,6 +244,19 @@ class Method:
   def feature_width(self, config) -> int:
     """D, the width of the encoder's tokens."""
     raise self._no_video_encoder()
+
+  def encoder_depth(self, config) -> int:
+    """The encoder's blocks (fine-tuning's layer-wise lr decay)."""
+    raise self._no_video_encoder()
+
+  def token_patch(self, config) -> tuple[int, int, int]:
+    """(t, p, p) pixels of the clip behind one token of its encoder (the raw-pixel baseline's patch)."""
+    raise self._no_video_encoder()
+
+  def validate_evaluation_inputs(self, config, key: str) -> None:
+    """ConfigError when the run's encoder could not read the evaluators' pixel clips (`key`: the
+    config key that asked for the evaluation); nothing to check by default."""
+    del config, key
 
   def _no_video_encoder(self) -> ConfigError:
     return ConfigError(f'config.model.name: a {self.name!r} run has no video encoder')

@@ -275,6 +275,9 @@ class MaeMethod(Method):
   def feature_width(self, config) -> int:
     return config.model.encoder.width
 
+  def encoder_depth(self, config) -> int:
+    return config.model.encoder.depth
+
   def token_patch(self, config) -> tuple[int, int, int]:
     m = config.model
     return (m.t_patch_size, m.patch_size, m.patch_size)

@@ -275,6 +275,18 @@ class VimpacMethod(Method):
   def feature_width(self, config) -> int:
     return config.vimpac.width
 
+  def encoder_depth(self, config) -> int:
+    return config.vimpac.depth
+
+  def validate_evaluation_inputs(self, config, key: str) -> None:
+    """The evaluators' pixels become tokens through the run's tokenizer: its weights must be named."""
+    t = config.get('tokenizer')
+    if t is None or (t.kind == 'vqvae' and not t.workdir) or (t.kind == 'dalle' and not t.dalle_encoder):
+      raise ConfigError(
+        f"config.tokenizer.workdir: {key} turn pixels into tokens with the run's tokenizer; "
+        'set tokenizer.workdir (kind vqvae) or tokenizer.dalle_encoder (kind dalle)'
+      )
+
   def write_images(self, exp, state, workdir: str, step: int, batch: dict):
     """For the first samples (first view), the code map, the masked input and the predicted codes
     with right/wrong marks (and the frames when the step tokenizes pixels), with a fixed block mask."""

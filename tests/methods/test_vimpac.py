@@ -294,3 +294,21 @@ def test_token_masker_reads_the_masking_section():
   c.masking.update(kind='iid', match_block_ratio=False, ratio=0.5, iid_exact_count=True)
   masks = np.asarray(vimpac_method.token_masker(c)(jax.random.PRNGKey(0), 4))
   assert masks.shape == (4, *shape) and (masks.sum(axis=(1, 2, 3)) == 640).all()  # exactly half
+
+
+def test_evaluation_asks_the_method_for_depth_and_input_checks():
+  """Fine-tuning's layer decay reads `encoder_depth`; evaluators of a VIMPAC run need its tokenizer's
+  weights (`validate_evaluation_inputs`), a pixel MAE's need nothing."""
+  from configs import mae_st
+  from mvm_jax import methods
+
+  config = vimpac_micro_config('')
+  method = methods.get(config)
+  assert method.encoder_depth(config) == config.vimpac.depth
+  with pytest.raises(config_lib.ConfigError, match=r'config\.tokenizer\.workdir: evaluators'):
+    method.validate_evaluation_inputs(config, 'evaluators')
+  config.tokenizer.workdir = '/some/vqvae/run'
+  method.validate_evaluation_inputs(config, 'evaluators')
+  mae = mae_st.get_config('tiny')
+  assert methods.get(mae).encoder_depth(mae) == mae.model.encoder.depth == 4
+  methods.get(mae).validate_evaluation_inputs(mae, 'evaluators')
