@@ -10,6 +10,8 @@ from typing import Mapping, Optional
 
 from absl import app, flags, logging
 
+from mvm_jax import host_malloc
+
 # jax.distributed.initialize() argument -> (environment variable, type). jax 0.10 reads only the first.
 DISTRIBUTED_ENV = {
   'coordinator_address': ('JAX_COORDINATOR_ADDRESS', str),
@@ -33,17 +35,21 @@ def quiet_library_logs() -> None:
 
 
 def log_runtime() -> None:
-  """One line: JAX version, devices, this process's place among the hosts."""
+  """One line: JAX version, devices, this process's place among the hosts, the host allocator."""
   import jax
 
   logging.info(
-    'JAX %s on %d %s device(s), process %d of %d.',
+    'JAX %s on %d %s device(s), process %d of %d; host malloc: %s.',
     jax.__version__,
     jax.device_count(),
     jax.devices()[0].platform,
     jax.process_index(),
     jax.process_count(),
+    host_malloc.describe(),
   )
+  hint = host_malloc.cpu_hint(jax.devices()[0].platform, host_malloc.allocator())
+  if hint:
+    logging.info('Tip: %s.', hint)
 
 
 def define_distributed_flags() -> None:

@@ -9,7 +9,9 @@ FLOPs are XLA's cost analysis of the compiled step; the matmul peak is an
 n×n matmul (`--peak_dtype`, f32 by default) measured on the same device in the same run.
 Also: the phases (forward; backward = forward+backward minus forward; optimizer = the step
 minus forward+backward, each compiled and timed alone), the compile time, XLA's memory analysis
-(peak estimate) and, with `--remat_variants`, the same for each rematerialisation policy.
+(peak estimate), the host's page faults and kernel CPU time per step with the malloc serving them
+(on CPU, glibc's re-faults the step's temporaries every step: see `mvm_jax.host_malloc`) and, with
+`--remat_variants`, the same for each rematerialisation policy.
 `--profile_dir DIR` traces three steps; `python -m mvm_jax.tools.profile_summary DIR` prints the
 time per op kind (matmul, attention, gather/scatter, elementwise fusions, ...).
 
@@ -19,6 +21,7 @@ Imports no TensorFlow, Grain or PyAV: runs on an image with only jax/flax/optax/
 from __future__ import annotations
 
 import json
+import resource
 import time
 from collections.abc import Sequence
 
@@ -28,7 +31,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mvm_jax import console
+from mvm_jax import console, host_malloc
 from mvm_jax.train import flops, loop
 
 
@@ -86,11 +89,13 @@ def time_train_step(config, steps: int, warmup: int, phase: str = 'step', profil
     state, metrics = compiled(state, batch)
   jax.block_until_ready(state)
   times = []
+  before = resource.getrusage(resource.RUSAGE_SELF)
   for _ in range(steps):
     start = time.perf_counter()
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
+  after = resource.getrusage(resource.RUSAGE_SELF)
   if profile_dir:
     with jax.profiler.trace(profile_dir):
       for _ in range(PROFILED_STEPS):
@@ -101,6 +106,9 @@ def time_train_step(config, steps: int, warmup: int, phase: str = 'step', profil
     'flops': step_flops,
     'compile_s': compile_s,
     'memory': memory_analysis(compiled),
+    # Host side of the timed steps: page faults (fresh temporaries) and CPU time in the kernel.
+    'page_faults_per_step': (after.ru_minflt - before.ru_minflt) / max(steps, 1),
+    'kernel_cpu_s_per_step': (after.ru_stime - before.ru_stime) / max(steps, 1),
   }
 
 
@@ -145,6 +153,9 @@ def bench(
     'compile_s': sparse['compile_s'],
     'memory': sparse['memory'],
     'peak_memory_mb': sparse['memory'].get('peak_mb'),
+    'host_malloc': host_malloc.describe(),
+    'page_faults_per_step': sparse['page_faults_per_step'],
+    'kernel_cpu_ms_per_step': sparse['kernel_cpu_s_per_step'] * 1e3,
     'sparse_vs_dense_speedup': None,
   }
   # The accelerator's data-sheet peak (config.peak_tflops_per_device, else a known chip's; None on CPU).
@@ -219,6 +230,8 @@ def format_table(result: dict, config) -> str:
   lines += [
     f'compile time              {result["compile_s"]:10.1f} s',
     f'peak memory (XLA)         {_mb(result["peak_memory_mb"])} MB',
+    f'host: page faults / step  {result["page_faults_per_step"]:10.0f}  '
+    f'(kernel CPU {result["kernel_cpu_ms_per_step"]:.0f} ms/step; malloc {result["host_malloc"]})',
   ]
   if 'phases_ms' in result:
     lines.append('phase        ms    share  GFLOP (XLA)')

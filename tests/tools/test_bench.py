@@ -42,6 +42,8 @@ def test_bench_cli_json():
   assert sum(out['phases_ms'].values()) == pytest.approx(out['step_ms'])
   assert set(out['remat']) == {'none', 'full'} and out['remat']['none']['step_ms'] == out['step_ms']
   assert all(r['compile_s'] > 0 and r['peak_memory_mb'] > 0 for r in out['remat'].values())
+  assert out['page_faults_per_step'] >= 0 and out['kernel_cpu_ms_per_step'] >= 0
+  assert out['host_malloc'].split()[0] in ('glibc', 'tcmalloc', 'jemalloc', 'mimalloc')
 
 
 # Blocks the heavy data/logging stacks: importing any of them fails in the child.
