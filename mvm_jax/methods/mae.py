@@ -1,6 +1,7 @@
 """Pixel MAE: MaskedAutoencoder on pixels (MAE-ST, HPM, ViC-MAE); masks from `masking` or HPM's teacher.
 
-Its config: the shared `model` keys (ViT encoder, decoder, patches), `masking` (below), `hpm` with
+Its config: its `model` keys (`default_model_config`: ViT encoder, decoder, patches, accelerator
+switches) beside the shared `name` and `dtype`, `masking` (below), `hpm` with
 the loss_prediction objective (`objectives.loss_prediction`) and `contrastive` with infonce /
 simsiam / vicreg (`objectives.contrastive`). The models it builds from them (`autoencoder`, `encoder`,
 `video_classifier`) are those of `models.mae` and `models.vit`.
