@@ -5,7 +5,7 @@
 A script, not a test: everything it prints is measured in this one run. The
 step runs on synthetic clips of the config's shape (the data loader has its
 own benchmark), after warm-up, timed as the median of `--steps` steps.
-FLOPs are XLA's cost analysis of the compiled step; the matmul peak is an
+FLOPs are XLA's cost analysis of the lowered step (`loop.step_flops`); the matmul peak is an
 n×n matmul (`--peak_dtype`, f32 by default) measured on the same device in the same run.
 Also: the phases (forward; backward = forward+backward minus forward; optimizer = the step
 minus forward+backward, each compiled and timed alone), the compile time, XLA's memory analysis
@@ -83,7 +83,7 @@ def time_train_step(config, steps: int, warmup: int, phase: str = 'step', profil
   exp, state = loop.build_experiment(config, samples_per_epoch=config.batch_size * 1000, phase=phase)
   batch = loop.global_batch(synthetic_batch(config), exp.batch_sharding, exp.batch_keys)
   start = time.perf_counter()
-  compiled, step_flops = loop.compile_step(exp, state, batch)
+  compiled, step_flops = loop.compile_step(exp, state, batch, phase)
   compile_s = time.perf_counter() - start
   for _ in range(warmup):
     state, metrics = compiled(state, batch)

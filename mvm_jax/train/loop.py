@@ -108,11 +108,11 @@ def build_experiment(
   return exp, init_state(jax.random.PRNGKey(config.seed))
 
 
-def abstract_experiment(config, mesh, *, samples_per_epoch: int) -> Experiment:
+def abstract_experiment(config, mesh, *, samples_per_epoch: int, phase: str = 'step') -> Experiment:
   """`build_experiment`'s experiment on `mesh` (e.g. over an ahead-of-time topology's devices) with
   nothing allocated: `exp.train_step.lower(exp.abstract_state, batch)` (batch: ShapeDtypeStructs
   with `exp.batch_sharding`) lowers the very step `main` runs."""
-  return _experiment_on_mesh(config, mesh, samples_per_epoch)[0]
+  return _experiment_on_mesh(config, mesh, samples_per_epoch, phase)[0]
 
 
 def _experiment_on_mesh(
@@ -313,7 +313,7 @@ def fit(
     compiled, step_flops = compile_step(exp, state, batch)
     peak = flops.peak_flops_per_device(config.peak_tflops_per_device)
     logging.info(
-      'Train step: %.3f GFLOP per device (XLA cost analysis); peak %s TFLOP/s per device.',
+      'Train step: %.3f GFLOP per device (XLA cost analysis of the lowered step); peak %s TFLOP/s per device.',
       step_flops / 1e9,
       'unknown' if peak is None else f'{peak / 1e12:.3f}',
     )
@@ -424,12 +424,54 @@ def global_batch(host_batch: dict, batch_sharding, keys: Optional[Sequence[str]]
   }
 
 
-def compile_step(exp: Experiment, state: TrainState, example_batch: dict):
+def compile_step(exp: Experiment, state: TrainState, example_batch: dict, phase: str = 'step'):
   """Lower and compile the step once for `state` and `example_batch` (arrays, or ShapeDtypeStructs
-  with their shardings); returns (compiled, XLA flops per step per device)."""
+  with their shardings); returns (compiled, model FLOPs per step per device: `step_flops`).
+  `phase`: the one `exp` was built for (benchmarks time 'forward' and 'gradients' alone)."""
   with sharding.sharding_context(exp.mesh, exp.config.mesh.rules):
-    compiled = exp.train_step.lower(state, example_batch).compile()
-  return compiled, flops.compiled_flops(compiled)
+    lowered = exp.train_step.lower(state, example_batch)
+    compiled = lowered.compile()
+  return compiled, step_flops(exp, lowered, example_batch, phase)
+
+
+def step_flops(exp: Experiment, lowered, example_batch: dict, phase: str = 'step') -> float:
+  """Model FLOPs of one step per device: XLA's cost analysis of the lowered step (before
+  optimisation and partitioning: the whole mesh's work, divided by its devices, so work each device
+  repeats, like a replicated optimizer update, counts once). Not the compiled step's count: on a
+  GPU XLA hands the matmuls to cuBLAS and attention to cuDNN as custom calls, which that count
+  skips (on an H100 it saw a sixth of bench_small's FLOPs). On an accelerator, or with
+  `model.attention='cudnn'` (a custom call before optimisation too), the count is that of
+  `counting_twin_flops`; on CPU, `lowered`'s own."""
+  cudnn = exp.config.model.get('attention') == 'cudnn'
+  if exp.mesh.devices.flat[0].platform == 'cpu' and not cudnn:
+    return flops.lowered_flops(lowered) / exp.mesh.size
+  try:
+    return counting_twin_flops(exp.config, example_batch, phase) / exp.mesh.size
+  except RuntimeError as e:  # no CPU backend (JAX_PLATFORMS names only the accelerator)
+    logging.warning(
+      'FLOPs not counted (MFU reported as 0): %s. Allow the CPU backend: JAX_PLATFORMS=cuda,cpu.', e
+    )
+    return 0.0
+
+
+def counting_twin_flops(config, example_batch: dict, phase: str = 'step') -> float:
+  """FLOPs of the whole step of `config` (all devices' work) counted on its twin lowered for one CPU
+  device, with attention written as einsums, and not compiled: only the CPU backend answers XLA's
+  cost analysis before compilation (jax's GPU and TPU plugins do not), and no backend can see
+  inside cuDNN's fused attention. `example_batch`: arrays or ShapeDtypeStructs (only shapes read)."""
+  if isinstance(config, ml_collections.FrozenConfigDict):
+    config = config.as_configdict()
+  twin_config = config.copy_and_resolve_references()
+  if twin_config.model.get('attention') == 'cudnn':
+    twin_config.model.attention = 'einsum'
+  twin_config.mesh.shape = (1,) * len(twin_config.mesh.shape)
+  mesh = sharding.make_mesh(twin_config.mesh, jax.devices('cpu')[:1])
+  twin = abstract_experiment(twin_config, mesh, samples_per_epoch=1000 * twin_config.batch_size, phase=phase)
+  batch = {
+    k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=twin.batch_sharding) for k, v in example_batch.items()
+  }
+  with sharding.sharding_context(mesh, twin_config.mesh.rules):
+    return flops.lowered_flops(twin.train_step.lower(twin.abstract_state, batch))
 
 
 # Metrics logged as their value at the log step, not the mean over the window since the last log.

@@ -52,7 +52,10 @@ def test_abstract_step_compiles_to_the_step_main_runs(config):
   assert 'StackFrames' not in hlo and 'all-gather' in hlo and len(hlo) > 100_000
   assert hlo == _without_debug_info(main_step.as_text())
   cost, main_cost = aot_step.cost_analysis(), main_step.cost_analysis()
-  assert cost['flops'] == main_cost['flops'] == main_flops > 0
+  assert cost['flops'] == main_cost['flops'] > 0
+  # main counts model FLOPs (the lowered step's work over the 8 devices, loop.step_flops): the
+  # compiled per-device count also holds what every device repeats (the replicated optimizer).
+  assert 0 < main_flops <= cost['flops']
   assert cost['bytes accessed'] == main_cost['bytes accessed']
   counts = aot_compile.collectives(aot_step.as_text())
   assert counts['all-reduce']['count'] > 0 and counts['all-gather']['count'] > 0  # fsdp and data axes

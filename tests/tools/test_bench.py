@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.conftest import MICRO_FLAGS, run_module
+from tests.conftest import MICRO_FLAGS, micro_config, run_module
 
 
 @pytest.mark.slow
@@ -78,3 +78,40 @@ def test_bench_path_imports_no_tensorflow_grain_or_pyav():
     [sys.executable, '-c', _NO_HEAVY_IMPORTS], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
   )
   assert result.returncode == 0 and result.stdout.strip().endswith('ok'), result.stderr[-3000:]
+
+
+def test_step_flops_count_the_lowered_step_per_device_and_cudnn_attention_as_einsums():
+  """loop.step_flops: on one device the lowered step's FLOPs match the compiled count (on a GPU the
+  compiled count skips the cuBLAS/cuDNN custom calls); on 8 they are the same work over 8 devices
+  (model FLOPs: the optimizer update each device repeats counts once); the one-CPU-device twin an
+  accelerator counts on gives the same; a config with cuDNN attention is counted as its
+  einsum-attention twin, without lowering the cuDNN step."""
+  import dataclasses
+
+  import jax
+  import ml_collections
+
+  from mvm_jax import sharding
+  from mvm_jax.tools import aot_compile
+  from mvm_jax.train import flops, loop
+
+  config = micro_config()
+  config.model.attention = 'xla'
+  counted, compiled = {}, {}
+  for devices in (1, 8):
+    config.mesh.shape = (devices, 1, 1)
+    exp, batch = aot_compile.abstract_step(config, jax.devices()[:devices])
+    with sharding.sharding_context(exp.mesh, config.mesh.rules):
+      lowered = exp.train_step.lower(exp.abstract_state, batch)
+    counted[devices] = loop.step_flops(exp, lowered, batch)
+    compiled[devices] = flops.compiled_flops(lowered.compile())
+  assert counted[1] == pytest.approx(compiled[1], rel=0.02)
+  assert counted[8] * 8 == pytest.approx(counted[1], rel=1e-3)
+  assert counted[8] < compiled[8]  # each device also runs the whole (replicated) optimizer update
+  # What an accelerator counts: the step's twin lowered for one CPU device.
+  assert loop.counting_twin_flops(config, batch) == pytest.approx(counted[1], rel=1e-3)
+
+  config.model.attention = 'cudnn'
+  cudnn_exp = dataclasses.replace(exp, config=ml_collections.FrozenConfigDict(config))
+  as_einsum = loop.step_flops(cudnn_exp, None, batch)  # None: the cuDNN step itself is never lowered
+  assert as_einsum == pytest.approx(counted[8], rel=0.02)
