@@ -30,8 +30,10 @@ KIND_RULES = (
   ('attention', lambda ops, targets: any('fmha' in t or 'attention' in t for t in targets)),
   (
     'matmul',
-    lambda ops, targets: bool({'dot', 'convolution'} & ops)
-    or any('gemm' in t or 'conv' in t for t in targets),
+    lambda ops, targets: (
+      bool({'dot', 'convolution'} & ops)
+      or any(name in t for t in targets for name in ('gemm', 'conv', 'cublas', 'matmul'))
+    ),
   ),
   ('sort', lambda ops, targets: 'sort' in ops),
   ('scatter', lambda ops, targets: 'scatter' in ops),
@@ -42,23 +44,29 @@ KIND_RULES = (
   ('reduce', lambda ops, targets: 'reduce' in ops or 'reduce-window' in ops),
   (
     'copy/transpose',
-    lambda ops, targets: ops
-    <= {
-      'copy',
-      'transpose',
-      'bitcast',
-      'reshape',
-      'parameter',
-      'tuple',
-      'get-tuple-element',
-      'broadcast',
-      'constant',
-      'slice',
-      'concatenate',
-      'pad',
-    },
+    lambda ops, targets: (
+      ops
+      <= {
+        'copy',
+        'transpose',
+        'bitcast',
+        'reshape',
+        'parameter',
+        'tuple',
+        'get-tuple-element',
+        'broadcast',
+        'constant',
+        'slice',
+        'concatenate',
+        'pad',
+      }
+    ),
   ),
 )
+
+
+# An accelerator kernel shorter than this is mostly launch cost (a few µs each on a GPU).
+SHORT_KERNEL_PS = 5_000_000
 
 
 def newest_xplane(directory: str) -> str:
@@ -130,11 +138,17 @@ def describe_ops(module) -> dict:
     for instruction in computation.instructions:
       ops, targets = contents(instruction)
       ops.discard('fusion')
-      kind = next((name for name, rule in KIND_RULES if rule(ops, targets)), 'elementwise')
+      kind = op_kind(ops, targets)
       op_name = instruction.metadata.op_name
       phase = 'backward' if 'transpose(' in op_name else 'forward' if 'jvp(' in op_name else 'other'
       described[instruction.name] = (kind, phase, op_name)
   return described
+
+
+def op_kind(ops: set, targets: set) -> str:
+  """The kind of an op from the opcodes it computes (fusions looked into) and its custom-call
+  targets (lower case): the first of KIND_RULES that matches, else 'elementwise'."""
+  return next((name for name, rule in KIND_RULES if rule(ops, targets)), 'elementwise')
 
 
 # Model parts, read off the JAX name stack (flax module paths), first match wins.
@@ -178,14 +192,19 @@ def summarize(directory: str, module_name: str = 'jit_train_step', steps: int = 
   if not events:
     raise ValueError(f'{directory}: the trace holds no op events of {module_name}')
   by_kind, by_phase, by_part, by_op = (collections.Counter() for _ in range(4))
+  count = collections.Counter()  # op events per kind and per part
   for op, duration, _ in events:
     kind, phase, op_name = described.get(op, ('unknown', 'other', ''))
+    part = model_part(op_name)
     by_kind[kind] += duration
     by_phase[phase] += duration
-    by_part[model_part(op_name)] += duration
+    by_part[part] += duration
     by_op[op] += duration
+    count[kind] += 1
+    count[part] += 1
   total = sum(by_kind.values())
   ms = lambda ps: ps / 1e9 / steps  # noqa: E731
+  per_step = lambda n: n / steps  # noqa: E731
 
   lines = [
     f'{module.name}: {len(events)} op events over {steps} steps, '
@@ -194,15 +213,20 @@ def summarize(directory: str, module_name: str = 'jit_train_step', steps: int = 
   if on_device:
     span = max(s + d for _, d, s in events) - min(s for _, _, s in events)
     lines.append(f'device idle in the traced span: {1 - total / span:.0%} (launch/host overhead when high)')
-  lines.append(f'\n{"kind":<16} {"ms/step":>9} {"share":>6}')
+    short = sum(1 for _, d, _ in events if d < SHORT_KERNEL_PS)
+    lines.append(
+      f'kernels per step: {per_step(len(events)):.0f}, {per_step(short):.0f} of them shorter than '
+      f'{SHORT_KERNEL_PS / 1e6:.0f} µs (each costs a launch: many short ones make a step launch-bound)'
+    )
+  lines.append(f'\n{"kind":<16} {"ms/step":>9} {"share":>6} {"ops/step":>9}')
   for kind, t in by_kind.most_common():
-    lines.append(f'{kind:<16} {ms(t):9.2f} {t / total:6.1%}')
+    lines.append(f'{kind:<16} {ms(t):9.2f} {t / total:6.1%} {per_step(count[kind]):9.0f}')
   lines.append(f'\n{"phase":<16} {"ms/step":>9} {"share":>6}')
   for phase, t in by_phase.most_common():
     lines.append(f'{phase:<16} {ms(t):9.2f} {t / total:6.1%}')
-  lines.append(f'\n{"model part":<22} {"ms/step":>9} {"share":>6}')
+  lines.append(f'\n{"model part":<22} {"ms/step":>9} {"share":>6} {"ops/step":>9}')
   for part, t in by_part.most_common():
-    lines.append(f'{part:<22} {ms(t):9.2f} {t / total:6.1%}')
+    lines.append(f'{part:<22} {ms(t):9.2f} {t / total:6.1%} {per_step(count[part]):9.0f}')
   if any(op.startswith('command_buffer') for op in by_op):
     lines.append(
       '\n(XLA grouped kernels into command buffers, which hide their ops: trace again with '

@@ -20,3 +20,16 @@ def test_profile_summary_splits_a_traced_step_by_kind_phase_and_part(tmp_path):
     profile_summary.summarize(str(tmp_path), module_name='jit_nothing')
   with pytest.raises(FileNotFoundError, match='tools.bench --profile_dir'):
     profile_summary.summarize(str(tmp_path / 'empty'))
+
+
+def test_gpu_library_calls_are_told_apart_by_their_custom_call_targets():
+  """On a GPU the matmuls are cuBLAS custom calls and fused attention a cuDNN one (targets as an
+  H100 trace names them); they must not fall into 'elementwise'."""
+  from mvm_jax.tools.profile_summary import op_kind
+
+  assert op_kind({'custom-call'}, {'__cublas$lt$matmul'}) == 'matmul'
+  assert op_kind({'custom-call'}, {'__cublas$gemm'}) == 'matmul'
+  assert op_kind({'custom-call'}, {'__cudnn$fmhasoftmaxbackward'}) == 'attention'
+  assert op_kind({'custom-call'}, {'__cudnn$convforward'}) == 'matmul'
+  assert op_kind({'add', 'multiply'}, set()) == 'elementwise'
+  assert op_kind({'exponential', 'reduce', 'divide'}, set()) == 'softmax'
