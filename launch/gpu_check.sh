@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One short accelerator check (<= 8 minutes): tools.bench on configs/mae_st.py:bench_small and vit_b
 # (bfloat16, cuDNN fused attention on GPUs, each remat policy), then one table with MFU against the
-# device's data-sheet peak (flops.KNOWN_PEAK_TFLOPS; --config.peak_tflops_per_device overrides).
+# device's data-sheet peak (flops.KNOWN_PEAK_TFLOPS; --config.peak_tflops_per_device overrides) and
+# the model FLOPs of the lowered step (cuDNN attention counted as einsums: loop.step_flops).
 # On CPU (no accelerator) it runs bench_small only, with few steps, and says so.
 #
 #   bash launch/gpu_check.sh [OUT_DIR]      # JSON per run and the table (table.txt) in OUT_DIR
@@ -39,16 +40,16 @@ else
   [[ $BACKEND == gpu ]] && ATTN=cudnn
   COMMON=(--config.model.dtype=bfloat16 --config.model.attention=$ATTN --peak_dtype=bfloat16)
   # batch 128 fills one GPU; batch 8 is the CPU comparison's shape (launch-bound on a big GPU).
-  # Each compile takes 25-60 s on an H100: the limits below fit a run's compiles (phases: 3).
-  run bench_small_b128 150 --config configs/mae_st.py:bench_small "${COMMON[@]}" --config.batch_size=128 \
-    --steps=10 --warmup=2 --dense=false
+  # On an H100 a bench process takes ~40 s besides its compiles (~30 s each): the limits fit that.
+  run bench_small_b128 100 --config configs/mae_st.py:bench_small "${COMMON[@]}" --config.batch_size=128 \
+    --steps=10 --warmup=2 --dense=false --phases=false
   run vit_b 200 --config configs/mae_st.py:vit_b "${COMMON[@]}" --config.batch_size=32 \
     '--config.mesh.shape=(1,1,1)' --steps=5 --warmup=2 --dense=false --phases=false \
     --remat_variants=none,full,dots_saveable
-  run bench_small_b128_einsum_attention 70 --config configs/mae_st.py:bench_small --config.model.dtype=bfloat16 \
-    --config.model.attention=einsum --peak_dtype=bfloat16 --config.batch_size=128 --steps=10 --warmup=2 \
+  run bench_small 70 --config configs/mae_st.py:bench_small "${COMMON[@]}" --steps=10 --warmup=2 \
     --dense=false --phases=false
-  run bench_small 60 --config configs/mae_st.py:bench_small "${COMMON[@]}" --steps=10 --warmup=2 \
+  run bench_small_b128_einsum_attention 80 --config configs/mae_st.py:bench_small --config.model.dtype=bfloat16 \
+    --config.model.attention=einsum --peak_dtype=bfloat16 --config.batch_size=128 --steps=10 --warmup=2 \
     --dense=false --phases=false
 fi
 
