@@ -8,7 +8,8 @@ own benchmark), after warm-up, timed as the median of `--steps` steps.
 FLOPs are XLA's cost analysis of the lowered step (`loop.step_flops`); the matmul peak is an
 n×n matmul (`--peak_dtype`, f32 by default) measured on the same device in the same run.
 Also: the phases (forward; backward = forward+backward minus forward; optimizer = the step
-minus forward+backward, each compiled and timed alone), the compile time, XLA's memory analysis
+minus forward+backward, each compiled and timed alone), the compile time (and the process's other
+set-up seconds: state init, FLOP count, warm-up), XLA's memory analysis
 (peak estimate), the host's page faults and kernel CPU time per step with the malloc serving them
 (on CPU, glibc's re-faults the step's temporaries every step: see `mvm_jax.host_malloc`) and, with
 `--remat_variants`, the same for each rematerialisation policy.
@@ -75,19 +76,37 @@ def memory_analysis(compiled) -> dict:
 PROFILED_STEPS = 3
 
 
+class Stopwatch:
+  """Seconds between successive `lap(name)` calls, in `seconds` by name."""
+
+  def __init__(self):
+    self.seconds: dict[str, float] = {}
+    self._last = time.perf_counter()
+
+  def lap(self, name: str) -> None:
+    now = time.perf_counter()
+    self.seconds[name] = now - self._last
+    self._last = now
+
+
 def time_train_step(config, steps: int, warmup: int, phase: str = 'step', profile_dir: str = '') -> dict:
   """Median step time (s), XLA FLOPs per step, compile time (s) and XLA memory analysis of the
   config's train step (or of its first `phase`: 'forward', 'gradients'; see make_train_step).
   With `profile_dir`, three more steps run under `jax.profiler.trace` into it afterwards
   (read it with `python -m mvm_jax.tools.profile_summary DIR`, or TensorBoard/XProf)."""
+  clock = Stopwatch()
   exp, state = loop.build_experiment(config, samples_per_epoch=config.batch_size * 1000, phase=phase)
   batch = loop.global_batch(synthetic_batch(config), exp.batch_sharding, exp.batch_keys)
-  start = time.perf_counter()
-  compiled, step_flops = loop.compile_step(exp, state, batch, phase)
-  compile_s = time.perf_counter() - start
+  jax.block_until_ready((state, batch))
+  clock.lap('init')
+  lowered, compiled = loop.lower_and_compile(exp, state, batch)
+  clock.lap('compile')
+  step_flops = loop.step_flops(exp, lowered, batch, phase)
+  clock.lap('flop_count')
   for _ in range(warmup):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(state)
+  clock.lap('warmup')
   times = []
   before = resource.getrusage(resource.RUSAGE_SELF)
   for _ in range(steps):
@@ -104,7 +123,8 @@ def time_train_step(config, steps: int, warmup: int, phase: str = 'step', profil
   return {
     'step_s': float(np.median(times)),
     'flops': step_flops,
-    'compile_s': compile_s,
+    'compile_s': clock.seconds['compile'],
+    'setup_s': clock.seconds,
     'memory': memory_analysis(compiled),
     # Host side of the timed steps: page faults (fresh temporaries) and CPU time in the kernel.
     'page_faults_per_step': (after.ru_minflt - before.ru_minflt) / max(steps, 1),
@@ -151,6 +171,9 @@ def bench(
     'matmul_peak_dtype': peak_dtype,
     'mfu': gflops_per_s * 1e9 / peak,
     'compile_s': sparse['compile_s'],
+    # Where a bench process's time goes besides the timed steps: state init (its own compile
+    # included), the step's compile, its FLOP count (a CPU lowering on accelerators), warm-up.
+    'setup_s': sparse['setup_s'],
     'memory': sparse['memory'],
     'peak_memory_mb': sparse['memory'].get('peak_mb'),
     'host_malloc': host_malloc.describe(),
@@ -228,7 +251,9 @@ def format_table(result: dict, config) -> str:
       f'MFU vs device peak        {result["mfu_device_peak"]:10.3f}  ({result["device_peak_tflops"]:.0f} TFLOP/s)'
     )
   lines += [
-    f'compile time              {result["compile_s"]:10.1f} s',
+    f'compile time              {result["compile_s"]:10.1f} s  ('
+    + ', '.join(f'{k} {v:.1f} s' for k, v in result['setup_s'].items() if k != 'compile')
+    + ')',
     f'peak memory (XLA)         {_mb(result["peak_memory_mb"])} MB',
     f'host: page faults / step  {result["page_faults_per_step"]:10.0f}  '
     f'(kernel CPU {result["kernel_cpu_ms_per_step"]:.0f} ms/step; malloc {result["host_malloc"]})',

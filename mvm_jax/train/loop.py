@@ -428,10 +428,15 @@ def compile_step(exp: Experiment, state: TrainState, example_batch: dict, phase:
   """Lower and compile the step once for `state` and `example_batch` (arrays, or ShapeDtypeStructs
   with their shardings); returns (compiled, model FLOPs per step per device: `step_flops`).
   `phase`: the one `exp` was built for (benchmarks time 'forward' and 'gradients' alone)."""
+  lowered, compiled = lower_and_compile(exp, state, example_batch)
+  return compiled, step_flops(exp, lowered, example_batch, phase)
+
+
+def lower_and_compile(exp: Experiment, state: TrainState, example_batch: dict):
+  """(lowered, compiled) step for `state` and `example_batch` on `exp`'s mesh and rules."""
   with sharding.sharding_context(exp.mesh, exp.config.mesh.rules):
     lowered = exp.train_step.lower(state, example_batch)
-    compiled = lowered.compile()
-  return compiled, step_flops(exp, lowered, example_batch, phase)
+    return lowered, lowered.compile()
 
 
 def step_flops(exp: Experiment, lowered, example_batch: dict, phase: str = 'step') -> float:

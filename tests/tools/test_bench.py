@@ -37,6 +37,8 @@ def test_bench_cli_json():
     out['sparse_vs_dense_speedup'] / out['sparse_vs_dense_flop_ratio']
   )
   assert out['compile_s'] > 0 and out['peak_memory_mb'] > 0 and out['memory']['temp_mb'] >= 0
+  assert list(out['setup_s']) == ['init', 'compile', 'flop_count', 'warmup']
+  assert out['setup_s']['compile'] == out['compile_s'] and min(out['setup_s'].values()) > 0
   assert set(out['phases_ms']) == set(out['phases_gflop']) == {'forward', 'backward', 'optimizer'}
   assert out['phases_gflop']['forward'] > 0 and out['phases_gflop']['backward'] > 0
   assert sum(out['phases_ms'].values()) == pytest.approx(out['step_ms'])
