@@ -44,23 +44,21 @@ KIND_RULES = (
   ('reduce', lambda ops, targets: 'reduce' in ops or 'reduce-window' in ops),
   (
     'copy/transpose',
-    lambda ops, targets: (
-      ops
-      <= {
-        'copy',
-        'transpose',
-        'bitcast',
-        'reshape',
-        'parameter',
-        'tuple',
-        'get-tuple-element',
-        'broadcast',
-        'constant',
-        'slice',
-        'concatenate',
-        'pad',
-      }
-    ),
+    lambda ops, targets: ops
+    <= {
+      'copy',
+      'transpose',
+      'bitcast',
+      'reshape',
+      'parameter',
+      'tuple',
+      'get-tuple-element',
+      'broadcast',
+      'constant',
+      'slice',
+      'concatenate',
+      'pad',
+    },
   ),
 )
 

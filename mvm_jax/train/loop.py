@@ -310,11 +310,11 @@ def fit(
 
     # Compile: once, for the first batch's shapes.
     batch = global_batch(next(data_iter), exp.batch_sharding, exp.batch_keys)
-    compiled, step_flops = compile_step(exp, state, batch)
+    compiled, flops_per_step = compile_step(exp, state, batch)
     peak = flops.peak_flops_per_device(config.peak_tflops_per_device)
     logging.info(
       'Train step: %.3f GFLOP per device (XLA cost analysis of the lowered step); peak %s TFLOP/s per device.',
-      step_flops / 1e9,
+      flops_per_step / 1e9,
       'unknown' if peak is None else f'{peak / 1e12:.3f}',
     )
     hparams = traverse_util.flatten_dict(config.to_dict(), sep='.')
@@ -363,14 +363,14 @@ def fit(
             {
               'perf/step_time_s': seconds_per_step,
               'perf/clips_per_s': config.batch_size / seconds_per_step,
-              'perf/tflops_per_s_per_device': step_flops / seconds_per_step / 1e12,
+              'perf/tflops_per_s_per_device': flops_per_step / seconds_per_step / 1e12,
               'data/skipped_videos': float(data_info.skipped.count),
             }
           )
           if getattr(data_info, 'short', None) is not None:
             scalars['data/short_videos'] = float(data_info.short.count)
           if peak:
-            scalars['perf/mfu'] = step_flops / seconds_per_step / peak
+            scalars['perf/mfu'] = flops_per_step / seconds_per_step / peak
           writer.write_scalars(step, scalars)
           progress.scalars = scalars
           logging.info('%s', progress.line())
@@ -424,12 +424,11 @@ def global_batch(host_batch: dict, batch_sharding, keys: Optional[Sequence[str]]
   }
 
 
-def compile_step(exp: Experiment, state: TrainState, example_batch: dict, phase: str = 'step'):
+def compile_step(exp: Experiment, state: TrainState, example_batch: dict):
   """Lower and compile the step once for `state` and `example_batch` (arrays, or ShapeDtypeStructs
-  with their shardings); returns (compiled, model FLOPs per step per device: `step_flops`).
-  `phase`: the one `exp` was built for (benchmarks time 'forward' and 'gradients' alone)."""
+  with their shardings); returns (compiled, model FLOPs per step per device: `step_flops`)."""
   lowered, compiled = lower_and_compile(exp, state, example_batch)
-  return compiled, step_flops(exp, lowered, example_batch, phase)
+  return compiled, step_flops(exp, lowered, example_batch)
 
 
 def lower_and_compile(exp: Experiment, state: TrainState, example_batch: dict):
@@ -446,31 +445,32 @@ def step_flops(exp: Experiment, lowered, example_batch: dict, phase: str = 'step
   GPU XLA hands the matmuls to cuBLAS and attention to cuDNN as custom calls, which that count
   skips (on an H100 it saw a sixth of bench_small's FLOPs). On an accelerator, or with
   `model.attention='cudnn'` (a custom call before optimisation too), the count is that of
-  `counting_twin_flops`; on CPU, `lowered`'s own."""
+  `counting_twin_flops`; on CPU, `lowered`'s own. `phase`: the one `exp` was built for."""
   cudnn = exp.config.model.get('attention') == 'cudnn'
   if exp.mesh.devices.flat[0].platform == 'cpu' and not cudnn:
     return flops.lowered_flops(lowered) / exp.mesh.size
   try:
-    return counting_twin_flops(exp.config, example_batch, phase) / exp.mesh.size
+    cpu = jax.devices('cpu')[0]
   except RuntimeError as e:  # no CPU backend (JAX_PLATFORMS names only the accelerator)
     logging.warning(
       'FLOPs not counted (MFU reported as 0): %s. Allow the CPU backend: JAX_PLATFORMS=cuda,cpu.', e
     )
     return 0.0
+  return counting_twin_flops(exp.config, example_batch, phase, cpu) / exp.mesh.size
 
 
-def counting_twin_flops(config, example_batch: dict, phase: str = 'step') -> float:
+def counting_twin_flops(config, example_batch: dict, phase: str = 'step', cpu=None) -> float:
   """FLOPs of the whole step of `config` (all devices' work) counted on its twin lowered for one CPU
-  device, with attention written as einsums, and not compiled: only the CPU backend answers XLA's
-  cost analysis before compilation (jax's GPU and TPU plugins do not), and no backend can see
-  inside cuDNN's fused attention. `example_batch`: arrays or ShapeDtypeStructs (only shapes read)."""
-  if isinstance(config, ml_collections.FrozenConfigDict):
-    config = config.as_configdict()
-  twin_config = config.copy_and_resolve_references()
+  device (`cpu`, default the first), with attention written as einsums, and not compiled: only the
+  CPU backend answers XLA's cost analysis before compilation (jax's GPU and TPU plugins do not),
+  and no backend can see inside cuDNN's fused attention. `example_batch`: arrays or
+  ShapeDtypeStructs (only shapes read)."""
+  frozen = isinstance(config, ml_collections.FrozenConfigDict)
+  twin_config = config.as_configdict() if frozen else config.copy_and_resolve_references()
   if twin_config.model.get('attention') == 'cudnn':
     twin_config.model.attention = 'einsum'
   twin_config.mesh.shape = (1,) * len(twin_config.mesh.shape)
-  mesh = sharding.make_mesh(twin_config.mesh, jax.devices('cpu')[:1])
+  mesh = sharding.make_mesh(twin_config.mesh, [cpu or jax.devices('cpu')[0]])
   twin = abstract_experiment(twin_config, mesh, samples_per_epoch=1000 * twin_config.batch_size, phase=phase)
   batch = {
     k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=twin.batch_sharding) for k, v in example_batch.items()
