@@ -5,7 +5,8 @@
 A script, not a test: everything it prints is measured in this one run. The
 step runs on synthetic clips of the config's shape (the data loader has its
 own benchmark), after warm-up, timed as the median of `--steps` steps.
-FLOPs are XLA's cost analysis of the lowered step (`loop.step_flops`); the matmul peak is an
+FLOPs are model FLOPs (`loop.step_flops`: XLA's cost analysis of the lowered step; remat
+recomputation not counted, so a remat row's MFU is lower by what it recomputes); the matmul peak is an
 n×n matmul (`--peak_dtype`, f32 by default) measured on the same device in the same run.
 Also: the phases (forward; backward = forward+backward minus forward; optimizer = the step
 minus forward+backward, each compiled and timed alone), the compile time (and the process's other

@@ -313,7 +313,7 @@ def fit(
     compiled, flops_per_step = compile_step(exp, state, batch)
     peak = flops.peak_flops_per_device(config.peak_tflops_per_device)
     logging.info(
-      'Train step: %.3f GFLOP per device (XLA cost analysis of the lowered step); peak %s TFLOP/s per device.',
+      'Train step: %.3f model GFLOP per device (XLA count of the lowered step); peak %s TFLOP/s per device.',
       flops_per_step / 1e9,
       'unknown' if peak is None else f'{peak / 1e12:.3f}',
     )
@@ -443,11 +443,13 @@ def step_flops(exp: Experiment, lowered, example_batch: dict, phase: str = 'step
   optimisation and partitioning: the whole mesh's work, divided by its devices, so work each device
   repeats, like a replicated optimizer update, counts once). Not the compiled step's count: on a
   GPU XLA hands the matmuls to cuBLAS and attention to cuDNN as custom calls, which that count
-  skips (on an H100 it saw a sixth of bench_small's FLOPs). On an accelerator, or with
-  `model.attention='cudnn'` (a custom call before optimisation too), the count is that of
-  `counting_twin_flops`; on CPU, `lowered`'s own. `phase`: the one `exp` was built for."""
-  cudnn = exp.config.model.get('attention') == 'cudnn'
-  if exp.mesh.devices.flat[0].platform == 'cpu' and not cudnn:
+  skips (on an H100 it saw a sixth of bench_small's FLOPs). Counted on `counting_twin_flops`
+  instead of `lowered` where the step's own count would not be model FLOPs (`twin_reasons`): on an
+  accelerator, with cuDNN attention (a custom call before optimisation too), with
+  rematerialisation (its recomputation is not model work) and with gradient accumulation (XLA
+  counts the micro-batch loop's body once). `phase`: the one `exp` was built for."""
+  reasons = twin_reasons(exp.config, exp.mesh.devices.flat[0].platform)
+  if not reasons:
     return flops.lowered_flops(lowered) / exp.mesh.size
   try:
     cpu = jax.devices('cpu')[0]
@@ -456,19 +458,33 @@ def step_flops(exp: Experiment, lowered, example_batch: dict, phase: str = 'step
       'FLOPs not counted (MFU reported as 0): %s. Allow the CPU backend: JAX_PLATFORMS=cuda,cpu.', e
     )
     return 0.0
+  logging.info("Model FLOPs counted on the step's one-CPU-device twin (%s).", '; '.join(reasons))
   return counting_twin_flops(exp.config, example_batch, phase, cpu) / exp.mesh.size
 
 
+def twin_reasons(config, platform: str) -> list[str]:
+  """Why the step's own lowered FLOP count is not its model FLOPs on `platform` (empty: it is)."""
+  model, accum = config.model, config.optim.get('grad_accum_steps', 1)
+  reasons = [f'{platform}: no cost analysis before compilation'] if platform != 'cpu' else []
+  reasons += ['model.attention=cudnn'] if model.get('attention') == 'cudnn' else []
+  reasons += [f'model.remat={model.remat}'] if model.get('remat', 'none') != 'none' else []
+  return reasons + ([f'optim.grad_accum_steps={accum}'] if accum > 1 else [])
+
+
 def counting_twin_flops(config, example_batch: dict, phase: str = 'step', cpu=None) -> float:
-  """FLOPs of the whole step of `config` (all devices' work) counted on its twin lowered for one CPU
-  device (`cpu`, default the first), with attention written as einsums, and not compiled: only the
-  CPU backend answers XLA's cost analysis before compilation (jax's GPU and TPU plugins do not),
-  and no backend can see inside cuDNN's fused attention. `example_batch`: arrays or
-  ShapeDtypeStructs (only shapes read)."""
+  """Model FLOPs of the whole step of `config` (all devices' work), counted on its twin lowered for
+  one CPU device (`cpu`, default the first) and not compiled: attention as einsums, no
+  rematerialisation, the whole batch in one pass (no micro-batch loop). Only the CPU backend answers
+  XLA's cost analysis before compilation (jax's GPU and TPU plugins do not), and no backend can see
+  inside cuDNN's fused attention. `example_batch`: arrays or ShapeDtypeStructs (only shapes read)."""
+  # A copy: FrozenConfigDict.as_configdict() hands back the ConfigDict it was frozen from.
   frozen = isinstance(config, ml_collections.FrozenConfigDict)
-  twin_config = config.as_configdict() if frozen else config.copy_and_resolve_references()
+  twin_config = (config.as_configdict() if frozen else config).copy_and_resolve_references()
   if twin_config.model.get('attention') == 'cudnn':
     twin_config.model.attention = 'einsum'
+  if 'remat' in twin_config.model:
+    twin_config.model.remat = 'none'
+  twin_config.optim.grad_accum_steps = 1
   twin_config.mesh.shape = (1,) * len(twin_config.mesh.shape)
   mesh = sharding.make_mesh(twin_config.mesh, [cpu or jax.devices('cpu')[0]])
   twin = abstract_experiment(twin_config, mesh, samples_per_epoch=1000 * twin_config.batch_size, phase=phase)

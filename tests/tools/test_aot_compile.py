@@ -181,7 +181,15 @@ def test_cli_table_and_json_on_8_fake_cpu_devices():
   table = run_module('mvm_jax.tools.aot_compile', *args)
   assert table.returncode == 0, table.stderr[-2000:]
   assert 'cpu-8: 8× cpu, mesh data 2 × fsdp 2 × tensor 2' in table.stdout
-  for row in ('temporaries', 'total', 'HBM n/a', 'FLOPs per device', 'all-gather', 'collective-permute'):
+  rows = (
+    'temporaries',
+    'total',
+    'HBM n/a',
+    'model FLOPs per step',
+    'compiled FLOPs per device',
+    'all-gather',
+  )
+  for row in (*rows, 'collective-permute'):
     assert row in table.stdout, table.stdout
 
   out = run_module('mvm_jax.tools.aot_compile', *args, '--json', '--per_device_batch=3')
@@ -190,5 +198,7 @@ def test_cli_table_and_json_on_8_fake_cpu_devices():
   assert result['mesh'] == {'data': 2, 'fsdp': 2, 'tensor': 2} and result['num_devices'] == 8
   assert result['batch_size'] == 12 and result['per_device_batch'] == 3  # 3 × (data 2 × fsdp 2)
   assert result['flops_per_step'] == pytest.approx(8 * result['flops_per_device'])
+  # Model FLOPs: the whole batch's work once; the compiled count adds what devices repeat.
+  assert 0.5 * result['flops_per_step'] < result['model_flops_per_step'] <= result['flops_per_step']
   assert result['memory']['total'] > 0 and result['hbm_bytes'] is None
   assert result['collectives']['all-reduce']['count'] > 0

@@ -117,3 +117,33 @@ def test_step_flops_count_the_lowered_step_per_device_and_cudnn_attention_as_ein
   cudnn_exp = dataclasses.replace(exp, config=ml_collections.FrozenConfigDict(config))
   as_einsum = loop.step_flops(cudnn_exp, None, batch)  # None: the cuDNN step itself is never lowered
   assert as_einsum == pytest.approx(counted[8], rel=0.02)
+
+
+@pytest.mark.parametrize('change', ['remat', 'grad_accum'])
+def test_step_flops_are_model_flops_under_remat_and_gradient_accumulation(change):
+  """The lowered step's own count holds the remat recomputation (more than the model's work) and,
+  with gradient accumulation, the micro-batch loop's body once (a micro-batch's work): step_flops
+  counts both as the plain step (the twin: no remat, the whole batch in one pass)."""
+  import jax
+
+  from mvm_jax import sharding
+  from mvm_jax.tools import aot_compile
+  from mvm_jax.train import flops, loop
+
+  def counts(config):
+    exp, batch = aot_compile.abstract_step(config, jax.devices()[:1])
+    with sharding.sharding_context(exp.mesh, config.mesh.rules):
+      lowered = exp.train_step.lower(exp.abstract_state, batch)
+    return flops.lowered_flops(lowered), loop.step_flops(exp, lowered, batch)
+
+  config = micro_config()
+  plain, plain_model = counts(config)
+  assert plain_model == plain and loop.twin_reasons(config, 'cpu') == []
+  if change == 'remat':
+    config.model.remat = 'full'
+  else:
+    config.optim.grad_accum_steps = 2
+  own, model = counts(config)
+  assert own > 1.1 * plain if change == 'remat' else own < 0.7 * plain
+  assert model == pytest.approx(plain, rel=1e-3)
+  assert len(loop.twin_reasons(config, 'cpu')) == 1  # and the twin left the caller's config as it was
