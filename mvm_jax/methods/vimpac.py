@@ -111,12 +111,7 @@ def validate_masking_config(config) -> None:
   if m.kind not in blocks.MASKERS:
     fail('masking.kind', f'VIMPAC masks tokens with {list(blocks.MASKERS)}, not {m.kind!r}')
   try:
-    blocks.make_token_masker(
-      m.kind,
-      token_shape(config),
-      num_blocks=m.num_blocks,
-      ratio=None if m.match_block_ratio else m.ratio,
-    )
+    token_masker(config)
   except ValueError as e:
     fail('masking.num_blocks', str(e))
 
@@ -159,16 +154,17 @@ def token_shape(config) -> tuple[int, int, int]:
   return (config.data.num_frames, config.data.crop_size // d, config.data.crop_size // d)
 
 
-def token_masker(config):
-  """`masker(rng, batch, pad=None) -> [B, T, H, W] bool` over `token_shape(config)` from `config.masking`
-  (`masking.blocks.make_token_masker`): kind ('block' | 'iid'), num_blocks, ratio (iid, unless
-  match_block_ratio: the block masker's expected ratio for num_blocks) and iid_exact_count."""
+def token_masker(config, shape=None, num_blocks=None):
+  """`masker(rng, batch, pad=None) -> [B, T, H, W] bool` over `shape` (default `token_shape(config)`)
+  from `config.masking` (`masking.blocks.make_token_masker`): kind ('block' | 'iid'), num_blocks
+  (`num_blocks` overrides it), ratio (iid, unless match_block_ratio: the block masker's expected
+  ratio for num_blocks) and iid_exact_count."""
   m = config.masking
   match = m.get('match_block_ratio', True)
   return blocks.make_token_masker(
     m.kind,
-    token_shape(config),
-    num_blocks=m.get('num_blocks', 5),
+    token_shape(config) if shape is None else shape,
+    num_blocks=m.get('num_blocks', 5) if num_blocks is None else num_blocks,
     ratio=None if match else m.ratio,
     exact_count=m.get('iid_exact_count', False),
   )

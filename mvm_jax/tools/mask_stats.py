@@ -29,6 +29,7 @@ from ml_collections import config_flags
 
 from mvm_jax import console, masking, methods
 from mvm_jax.masking import blocks
+from mvm_jax.methods import vimpac
 
 CHUNK = 4096  # samples per jitted call
 
@@ -55,13 +56,10 @@ def make_sampler(config, token_shape, num_blocks=None):
   kind = m.kind
   if kind in blocks.MASKERS:
     k = m.get('num_blocks', 5) if num_blocks is None else num_blocks
-    ratio = None if m.get('match_block_ratio', True) else m.ratio
-    masker = blocks.make_token_masker(
-      kind, token_shape, num_blocks=k, ratio=ratio, exact_count=m.get('iid_exact_count', False)
-    )
+    masker = vimpac.token_masker(config, token_shape, k)
     expected = blocks.expected_block_mask_ratio(token_shape, k)
-    if kind == 'iid':
-      expected = expected if ratio is None else float(ratio)
+    if kind == 'iid' and not m.get('match_block_ratio', True):
+      expected = float(m.ratio)
     return (lambda rng, batch: masker(rng, batch)), expected
   if kind in masking.MASKERS:
     batched = masking.make_masker(kind, token_shape, m.ratio)
