@@ -108,13 +108,18 @@ def build_experiment(
   f = config.finetune
   method = methods.get(config)
   depth = method.encoder_depth(config)
-  if method.uses_tokens:
-    model, backbone, inputs, frozen_variables, example = _vimpac_classifier(config, num_classes, method)
-  else:
-    model = method.classifier(config, num_classes, drop_path_rate=f.drop_path, dropout=f.dropout)
-    backbone, frozen_variables = 'encoder', None
-    inputs = methods.pixel_inputs(config)
-    example = jnp.zeros((2,) + methods.video_shape(config) + (3,), jnp.float32)
+  encoder_input = method.encoder_input(config)
+  backbone, tok = encoder_input.params_key, encoder_input.tokenizer
+  if tok is not None and f.mask_ratio > 0:
+    raise config_lib.ConfigError(
+      f'config.finetune.mask_ratio: token dropping is for pixel ViT encoders, not a {method.name!r} '
+      'encoder of VQ tokens'
+    )
+  model = method.classifier(config, num_classes, drop_path_rate=f.drop_path, dropout=f.dropout)
+  # The frozen tokenizer (if any) runs in the step on the uint8 clips; its variables are not trained.
+  inputs = methods.pixel_inputs(config, None if tok is None else tok.tokenize)
+  frozen_variables = None if tok is None else tok.variables
+  example = jnp.zeros((2, *encoder_input.example.shape[1:]), encoder_input.example.dtype)
   total_steps, warmup_steps = loop.schedule_lengths(config, samples_per_epoch)
   schedule = optimizer.make_schedule(config, total_steps, warmup_steps)
 
@@ -156,20 +161,6 @@ def build_experiment(
     batch_keys=('video', 'label'),
   )
   return exp, state
-
-
-def _vimpac_classifier(config, num_classes: int, method):
-  """A VIMPAC run's backbone as a [CLS] classifier, behind the run's frozen tokenizer:
-  (model, backbone key, ModelInputs, tokenizer variables, example tokens)."""
-  from mvm_jax import frozen_tokenizer
-
-  if config.finetune.mask_ratio > 0:
-    raise config_lib.ConfigError('config.finetune.mask_ratio: token dropping is for ViT encoders, not VIMPAC')
-  tok = frozen_tokenizer.load_frozen_tokenizer(config)
-  model = method.classifier(config, num_classes, dropout=config.finetune.dropout)
-  inputs = methods.pixel_inputs(config, tok.tokenize)
-  example = jnp.zeros((2,) + method.token_grid(config), jnp.int32)
-  return model, 'backbone', inputs, tok.variables, example
 
 
 def evaluate(exp: loop.Experiment, state: state_lib.TrainState, split: str | None = None) -> dict:

@@ -267,16 +267,30 @@ def template(resolved: ml_collections.ConfigDict, mesh) -> EncoderTemplate:
     mvm_jax.config.ConfigError: the model has no video encoder (a VQ-VAE run).
   """
   method = video_encoder_method(resolved)
-  if method.uses_tokens:
-    return _vimpac_template(resolved, mesh, method)
+  encoder_input = method.encoder_input(resolved)
   encoder = method.frozen_encoder(resolved)
-  example = jnp.zeros((1, *methods.video_shape(resolved), 3), jnp.float32)
-  init = lambda r: encoder.init(r, example)['params']
+  init = lambda r: encoder.init(r, encoder_input.example)['params']
   rules = resolved.mesh.rules
   with sharding.sharding_context(mesh, rules):
     boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
     shardings = sharding.logical_to_sharding(boxed, mesh, rules)
-  return EncoderTemplate(resolved, encoder, mesh, state_lib.strip_boxes(boxed), shardings, 'encoder', init)
+  params = state_lib.strip_boxes(boxed)
+  tok = encoder_input.tokenizer
+  if tok is None:
+    return EncoderTemplate(resolved, encoder, mesh, params, shardings, encoder_input.params_key, init)
+  # The tokenizer's variables: fixed, replicated, beside the encoder's.
+  tok_shardings = jax.tree.map(lambda _: sharding.replicated(mesh), tok.variables)
+  return EncoderTemplate(
+    resolved,
+    TokenFeatureEncoder(encoder, tok),
+    mesh,
+    params,
+    shardings,
+    encoder_input.params_key,
+    init,
+    fixed=jax.device_put(tok.variables, tok_shardings),
+    fixed_shardings=tok_shardings,
+  )
 
 
 def load(config: ml_collections.ConfigDict, devices=None) -> FrozenEncoder:
@@ -306,33 +320,6 @@ def load(config: ml_collections.ConfigDict, devices=None) -> FrozenEncoder:
       dict(mesh.shape),
     )
   return frozen
-
-
-def _vimpac_template(resolved, mesh, method) -> EncoderTemplate:
-  """The backbone of a VIMPAC run behind the run's frozen tokenizer (`config.tokenizer`)."""
-  from mvm_jax import frozen_tokenizer
-
-  tok = frozen_tokenizer.load_frozen_tokenizer(resolved)
-  backbone = method.frozen_encoder(resolved)
-  tokens = jnp.zeros((1,) + method.token_grid(resolved), jnp.int32)
-  init = lambda r: backbone.init(r, tokens)['params']
-  rules = resolved.mesh.rules
-  with sharding.sharding_context(mesh, rules):
-    boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
-    backbone_shardings = sharding.logical_to_sharding(boxed, mesh, rules)
-  replicated = sharding.replicated(mesh)
-  tok_shardings = jax.tree.map(lambda _: replicated, tok.variables)
-  return EncoderTemplate(
-    resolved,
-    TokenFeatureEncoder(backbone, tok),
-    mesh,
-    state_lib.strip_boxes(boxed),
-    backbone_shardings,
-    'backbone',
-    init,
-    fixed=jax.device_put(tok.variables, tok_shardings),
-    fixed_shardings=tok_shardings,
-  )
 
 
 def raw_pixels(resolved: ml_collections.ConfigDict, mesh) -> FrozenEncoder:

@@ -30,7 +30,16 @@ import ml_collections
 
 from mvm_jax import config_schema, runs
 from mvm_jax.config_schema import ConfigError
-from mvm_jax.methods.base import METHODS, Method, ModelSetup, Section, pixel_inputs, register, video_shape
+from mvm_jax.methods.base import (
+  METHODS,
+  EncoderInput,
+  Method,
+  ModelSetup,
+  Section,
+  pixel_inputs,
+  register,
+  video_shape,
+)
 
 # Each module of this package registers the methods it defines (`register`): import them all, so that
 # a new method is one new module here (and its config file), named nowhere else.
@@ -39,6 +48,7 @@ for _module in pkgutil.iter_modules(__path__):
 
 __all__ = [
   'METHODS',
+  'EncoderInput',
   'Method',
   'ModelSetup',
   'Section',

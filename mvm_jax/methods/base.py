@@ -10,6 +10,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from mvm_jax import config_schema
@@ -66,6 +67,21 @@ class ModelSetup:
   description: str = ''
 
 
+@dataclasses.dataclass(frozen=True)
+class EncoderInput:
+  """What an evaluation (frozen features, probes, fine-tuning) feeds a run's video encoder.
+
+  params_key: the encoder's entry in the run's params ('encoder'; VIMPAC's 'backbone').
+  example: one zero input: pixels [1, T, H, W, 3] float32, or tokens [1, T, H', W'] int32.
+  tokenizer: the run's frozen tokenizer (`frozen_tokenizer.FrozenTokenizer`), which turns the
+    evaluators' pixel clips into the encoder's tokens; None: the encoder reads pixels.
+  """
+
+  params_key: str
+  example: jax.Array
+  tokenizer: Any = None
+
+
 class Method:
   """One pre-training method: `name` is its `config.model.name`; subclasses build its model.
 
@@ -81,7 +97,7 @@ class Method:
   What evaluation asks of a run of the method (`mvm_jax.evaluate`, `tools.model_stats`):
   has_video_encoder: its backbone is a video encoder that frozen evaluation and fine-tuning can use
     (`frozen_encoder`, `classifier`, `token_grid`, `feature_width`; without one they raise ConfigError).
-  uses_tokens: that backbone reads VQ tokens, made from pixels by the run's frozen tokenizer.
+    How an evaluation feeds that encoder (pixels, or tokens from the run's tokenizer): `encoder_input`.
   run_sections: the config sections besides `model` that a run brings along when evaluated.
   """
 
@@ -92,7 +108,6 @@ class Method:
   objective_sections: Mapping[str, Section] = types.MappingProxyType({})
   config_file: str = ''
   has_video_encoder: bool = False
-  uses_tokens: bool = False
   run_sections: tuple[str, ...] = ()
 
   # --- config -----------------------------------------------------------------------------------
@@ -253,6 +268,12 @@ class Method:
     """(t, p, p) pixels of the clip behind one token of its encoder (the raw-pixel baseline's patch)."""
     raise self._no_video_encoder()
 
+  def encoder_input(self, config) -> EncoderInput:
+    """How evaluation feeds the video encoder: by default the clip's pixels, to `params['encoder']`."""
+    if not self.has_video_encoder:
+      raise self._no_video_encoder()
+    return EncoderInput('encoder', jnp.zeros((1, *video_shape(config), 3), jnp.float32))
+
   def validate_evaluation_inputs(self, config, key: str) -> None:
     """ConfigError when the run's encoder could not read the evaluators' pixel clips (`key`: the
     config key that asked for the evaluation); nothing to check by default."""
@@ -264,7 +285,7 @@ class Method:
   # --- tokens: what `tools.extract_tokens` asks of a config ---------------------------------------
 
   def token_vocab_size(self, config) -> int | None:
-    """V, the VQ codes the method's model reads (`uses_tokens`); None: it reads no tokens."""
+    """V, the VQ codes the method's model reads; None: it reads no tokens."""
     del config
     return None
 

@@ -25,6 +25,7 @@ from mvm_jax.masking import blocks
 from mvm_jax.methods import contrastive_heads, vqvae
 from mvm_jax.methods.base import (
   CONTRASTIVE,
+  EncoderInput,
   Method,
   ModelSetup,
   Section,
@@ -221,7 +222,6 @@ class VimpacMethod(Method):
   objective_sections = types.MappingProxyType({'infonce': CONTRASTIVE, 'vicreg': CONTRASTIVE})
   config_file = 'configs/vimpac.py'
   has_video_encoder = True
-  uses_tokens = True
   run_sections = ('vimpac', 'tokenizer', 'masking')
 
   def setup(self, config, total_steps: int, steps_per_epoch: int = 1) -> ModelSetup:
@@ -273,6 +273,14 @@ class VimpacMethod(Method):
 
   def encoder_depth(self, config) -> int:
     return config.vimpac.depth
+
+  def encoder_input(self, config) -> EncoderInput:
+    """Tokens [1, T, H', W'] from the run's frozen tokenizer (`config.tokenizer`, its weights read
+    here), to `params['backbone']`."""
+    from mvm_jax import frozen_tokenizer
+
+    example = jnp.zeros((1, *token_shape(config)), jnp.int32)
+    return EncoderInput('backbone', example, frozen_tokenizer.load_frozen_tokenizer(config))
 
   def validate_evaluation_inputs(self, config, key: str) -> None:
     """The evaluators' pixels become tokens through the run's tokenizer: its weights must be named."""

@@ -182,13 +182,14 @@ def test_registry_returns_each_method_for_its_name():
     method = methods.get(c)
     assert isinstance(method, methods.Method) and method.name == name
   assert sorted(methods.METHODS) == ['mae', 'mae_motion', 'vimpac', 'vqvae']  # each module registers its own
-  kinds = {name: (m.has_video_encoder, m.uses_tokens) for name, m in methods.METHODS.items()}
-  assert kinds == {
-    'mae': (True, False),
-    'mae_motion': (True, False),
-    'vimpac': (True, True),
-    'vqvae': (False, False),
-  }
+  kinds = {name: m.has_video_encoder for name, m in methods.METHODS.items()}
+  assert kinds == {'mae': True, 'mae_motion': True, 'vimpac': True, 'vqvae': False}
+  c.model.name = 'mae'
+  pixels = methods.get(c).encoder_input(c)  # VIMPAC's (tokens): tests/evaluate
+  assert (pixels.params_key, pixels.example.shape, pixels.tokenizer) == ('encoder', (1, 4, 32, 32, 3), None)
+  c.model.name = 'vqvae'
+  with pytest.raises(config_lib.ConfigError, match='no video encoder'):
+    methods.get(c).encoder_input(c)
   with pytest.raises(ValueError, match="'mae' is empty or taken"):
     methods.register(type('Again', (methods.Method,), {'name': 'mae'}))
   c.model.name = 'bert'

@@ -273,6 +273,9 @@ def test_finetune_starts_from_the_vimpac_backbone_and_tests(vimpac_runs, tmp_pat
   result = finetune.finetune_and_evaluate(c, str(tmp_path))
   assert result['step'] == 2 and np.isfinite(result['losses']).all()
   assert result['eval']['views_per_video'] == 1 and 0.0 <= result['eval']['top1'] <= 100.0
+  resolved.finetune.mask_ratio = 0.5  # token dropping: pixel ViTs only
+  with pytest.raises(config_lib.ConfigError, match=r'finetune\.mask_ratio.*VQ tokens'):
+    finetune.build_experiment(resolved, num_classes=8, samples_per_epoch=40, devices=jax.devices()[:1])
 
 
 def test_token_masker_reads_the_masking_section():
