@@ -12,7 +12,7 @@ a rerun; results go to --workdir/results.json.
 
 from absl import app, flags
 
-from mvm_jax import console
+from mvm_jax import console, host_malloc
 from mvm_jax.evaluate import cli
 
 cli.define_flags('Config file and preset, e.g. configs/attentive_probe.py:tiny.')
@@ -23,5 +23,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  host_malloc.rerun_with_tcmalloc()
   flags.FLAGS.alsologtostderr = True
   app.run(main, flags_parser=console.parse_flags)

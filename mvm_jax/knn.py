@@ -13,7 +13,7 @@ mvm_jax.linear_probe with the same --workdir); results go to
 
 from absl import app, flags
 
-from mvm_jax import console
+from mvm_jax import console, host_malloc
 from mvm_jax.evaluate import cli
 
 cli.define_flags('Config file and preset, e.g. configs/knn.py:tiny.')
@@ -24,5 +24,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  host_malloc.rerun_with_tcmalloc()
   flags.FLAGS.alsologtostderr = True
   app.run(main, flags_parser=console.parse_flags)

@@ -13,7 +13,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mvm_jax import console
+from mvm_jax import console, host_malloc
 
 config_flags.DEFINE_config_file(
   'config', None, 'Config file and preset, e.g. configs/mae_st.py:tiny.', lock_config=True
@@ -42,5 +42,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  host_malloc.rerun_with_tcmalloc()
   flags.FLAGS.alsologtostderr = True
   app.run(main, flags_parser=console.parse_flags)

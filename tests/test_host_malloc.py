@@ -40,3 +40,31 @@ def test_this_process_and_a_preloaded_tcmalloc():
     pytest.skip('libtcmalloc-minimal4 not installed')
   described = _allocator_in_subprocess(dict(env, LD_PRELOAD=TCMALLOC))
   assert described == 'tcmalloc (LD_PRELOAD=libtcmalloc_minimal.so.4)'
+
+
+def test_rerun_command_preloads_tcmalloc_only_where_it_changes_something():
+  argv, env = ['python', '-m', 'mvm_jax.main', '--workdir', 'w'], {'PATH': '/bin'}
+  lib = 'libtcmalloc_minimal.so.4'
+
+  def run(env=env, platform='linux', library=lib, current='glibc'):
+    return host_malloc.rerun_command(argv, env, platform=platform, library=library, current=current)
+
+  assert run() == (argv, {'PATH': '/bin', 'LD_PRELOAD': lib})
+  assert run(env=dict(env, MVM_JAX_HOST_MALLOC='glibc')) is None  # asked to keep glibc
+  assert run(env=dict(env, LD_PRELOAD='libfoo.so')) is None  # a preload of the user's (or a failed one)
+  assert run(platform='darwin') is None and run(library=None) is None and run(current='jemalloc') is None
+
+
+def test_an_entry_point_reruns_itself_under_tcmalloc_once():
+  """`rerun_with_tcmalloc` as a job's __main__ calls it: the same command line again, now under
+  tcmalloc (one line on stderr says so); with MVM_JAX_HOST_MALLOC=glibc, glibc."""
+  if host_malloc.tcmalloc_library() is None:
+    pytest.skip('libtcmalloc-minimal4 not installed')
+  env = {k: v for k, v in os.environ.items() if k not in ('LD_PRELOAD', host_malloc.CHOICE_ENV)}
+  code = 'from mvm_jax import host_malloc; host_malloc.rerun_with_tcmalloc(); print(host_malloc.allocator())'
+  run = lambda env: subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
+  rerun = run(env)
+  assert rerun.returncode == 0 and rerun.stdout == 'tcmalloc\n', rerun.stderr
+  assert rerun.stderr.count('re-running with LD_PRELOAD=libtcmalloc') == 1
+  kept = run(dict(env, MVM_JAX_HOST_MALLOC='glibc'))
+  assert kept.stdout == 'glibc\n' and kept.stderr == ''
