@@ -67,18 +67,16 @@ def rerun_command(argv: list[str], env: dict, *, platform: str, library: str | N
   or None where that would change nothing or is not wanted: not Linux, `MVM_JAX_HOST_MALLOC=glibc`,
   LD_PRELOAD already set (also what stops a second re-run), this process's malloc `current` not
   glibc, or no tcmalloc installed (`library` None)."""
-  wanted = env.get(CHOICE_ENV, 'auto') != 'glibc'
-  if not (platform.startswith('linux') and wanted and library and current == 'glibc') or env.get(
-    'LD_PRELOAD'
-  ):
+  wanted = env.get(CHOICE_ENV, 'auto') != 'glibc' and not env.get('LD_PRELOAD')
+  if not (wanted and platform.startswith('linux') and library and current == 'glibc'):
     return None
   return list(argv), dict(env, LD_PRELOAD=library)
 
 
 def rerun_with_tcmalloc() -> None:
   """Replace this process by its own command line under tcmalloc (`rerun_command`); returns only where
-  it does not (then the run logs `cpu_hint`). Call first thing in a job's `__main__`, before any thread
-  starts: the process image is replaced (same PID), its output streams kept."""
+  it does not (then the run logs `cpu_hint`). Call first thing in a job's `__main__`: the process
+  image is replaced (same PID, same output streams), so whatever was done before is done again."""
   command = rerun_command(
     sys.orig_argv, dict(os.environ), platform=sys.platform, library=tcmalloc_library(), current=allocator()
   )
