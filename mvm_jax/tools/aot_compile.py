@@ -8,7 +8,7 @@ Builds the step `python -m mvm_jax.main` runs (`loop.abstract_experiment`: the s
 mask policy, objectives, optimizer, shardings and donation) on abstract inputs
 (`jax.ShapeDtypeStruct`s carrying their shardings: nothing is allocated), lowers and compiles
 it for the named topology and prints one table: devices and mesh, per-device memory from
-XLA's `memory_analysis()` against the chip's HBM, model FLOPs per step (`loop.counting_twin_flops`:
+XLA's `memory_analysis()` against the chip's HBM, model FLOPs per step (`loop.step_flops`:
 no remat recomputation, the whole batch), the compiled step's FLOPs per step and per device
 (cost analysis: with remat, the recomputation too), compile time, and the collectives in the
 compiled HLO by kind (count and bytes per device). The compiled counts take a loop body once:
@@ -396,7 +396,8 @@ def aot_compile(
   with sharding.sharding_context(mesh, config.mesh.rules):
     lowered = exp.train_step.lower(exp.abstract_state, batch)
   result['lower_s'] = time.perf_counter() - start
-  result['model_flops_per_step'] = loop.counting_twin_flops(config, batch)
+  # The whole mesh's model FLOPs: the lowered step's own count, or a CPU twin's where that is not them.
+  result['model_flops_per_step'] = loop.step_flops(exp, lowered, batch) * mesh.size
   say(f'Compiling for {topology.name} (a ViT-L on a pod slice takes minutes on a few CPU cores)...')
   start = time.perf_counter()
   try:
