@@ -113,31 +113,41 @@ def hlo_modules(space) -> dict:
 
 
 def describe_ops(module) -> dict:
-  """{instruction name: (kind, phase, JAX op name)} for every instruction of `module`."""
+  """{instruction name: (kind, phase, JAX op name)} for every instruction of `module`; a fusion
+  that computes a matmul carries its (first) dot's or convolution's name."""
   computations = {c.id: c for c in module.computations}
 
-  def contents(instruction, seen=None) -> tuple[set, set]:
+  def contents(instruction, seen=None) -> tuple[set, set, list]:
+    """Opcodes, custom-call targets and the JAX names of the dots and convolutions that
+    `instruction` computes, looking into the computations it calls."""
     seen = set() if seen is None else seen
-    ops, targets = {instruction.opcode}, set()
+    ops, targets, matmul_names = {instruction.opcode}, set(), []
     if instruction.opcode == 'custom-call':
       targets.add(instruction.custom_call_target.lower())
+    if instruction.opcode in ('dot', 'convolution'):
+      matmul_names.append(instruction.metadata.op_name)
     for cid in instruction.called_computation_ids:
       if cid in seen or cid not in computations:
         continue
       seen.add(cid)
       for inner in computations[cid].instructions:
-        o, t = contents(inner, seen)
+        o, t, n = contents(inner, seen)
         ops |= o
         targets |= t
-    return ops, targets
+        matmul_names += n
+    return ops, targets, matmul_names
 
   described = {}
   for computation in module.computations:
     for instruction in computation.instructions:
-      ops, targets = contents(instruction)
+      ops, targets, matmul_names = contents(instruction)
       ops.discard('fusion')
       kind = op_kind(ops, targets)
       op_name = instruction.metadata.op_name
+      if kind == 'matmul' and matmul_names and matmul_names[0]:
+        # A fusion is named after its root: XLA:CPU fuses q·kᵀ with the softmax's max and names
+        # the whole `attn/reduce_max`. Name a matmul by its dot instead.
+        op_name = matmul_names[0]
       phase = 'backward' if 'transpose(' in op_name else 'forward' if 'jvp(' in op_name else 'other'
       described[instruction.name] = (kind, phase, op_name)
   return described

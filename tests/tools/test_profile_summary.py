@@ -33,3 +33,36 @@ def test_gpu_library_calls_are_told_apart_by_their_custom_call_targets():
   assert op_kind({'custom-call'}, {'__cudnn$convforward'}) == 'matmul'
   assert op_kind({'add', 'multiply'}, set()) == 'elementwise'
   assert op_kind({'exponential', 'reduce', 'divide'}, set()) == 'softmax'
+
+
+def test_a_fusion_computing_a_matmul_is_named_after_its_dot():
+  """XLA:CPU fuses q·kᵀ with the softmax's max and names the fusion after its root
+  (`attn/reduce_max`); the summary names it after the dot it computes, and keeps an elementwise
+  fusion's own name."""
+  from tensorflow.compiler.xla.service import hlo_pb2
+
+  from mvm_jax.tools.profile_summary import describe_ops
+
+  module = hlo_pb2.HloModuleProto(name='jit_train_step')
+  fused = module.computations.add(name='fused_computation', id=1)
+  for i, (opcode, op_name) in enumerate(
+    [('parameter', ''), ('dot', 'jvp(M)/decoder/block0/attn/bqhd,bkhd->bhqk/dot_general'), ('reduce', '')]
+  ):
+    fused.instructions.add(name=f'inner.{i}', opcode=opcode, id=i).metadata.op_name = op_name
+  entry = module.computations.add(name='main', id=2)
+  fusion = entry.instructions.add(name='ynn_fusion.1', opcode='fusion', id=10, called_computation_ids=[1])
+  fusion.metadata.op_name = 'jvp(M)/decoder/block0/attn/reduce_max'
+  add = entry.instructions.add(name='add_fusion', opcode='add', id=11)
+  add.metadata.op_name = 'transpose(jvp(M))/decoder/block0/mlp/add_any'
+
+  described = describe_ops(module)
+  assert described['ynn_fusion.1'] == (
+    'matmul',
+    'forward',
+    'jvp(M)/decoder/block0/attn/bqhd,bkhd->bhqk/dot_general',
+  )
+  assert described['add_fusion'] == (
+    'elementwise',
+    'backward',
+    'transpose(jvp(M))/decoder/block0/mlp/add_any',
+  )
