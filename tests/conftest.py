@@ -1,10 +1,20 @@
-"""Test setup: 8 fake CPU devices (for sharding tests) and small shared configs."""
+"""Test setup: 8 fake CPU devices (for sharding tests), one compilation cache per run, and small
+shared configs."""
 
 import os
+import shutil
+import tempfile
 
 # Must be set before JAX is imported anywhere.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+# One persistent compilation cache for the whole run, fresh each run (removed at its end): the
+# tests compile the same small steps many times over (a run and its resume, one device and a
+# mesh, subprocesses of `main`), and each compile of a second or more is then paid once. Set
+# here, before the xdist workers start, so that they and their subprocesses share it.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='mvm_jax_test_jax_cache_')
+  os.environ['MVM_JAX_TEST_OWNS_JAX_CACHE'] = '1'
 
 import pathlib  # noqa: E402
 import sys  # noqa: E402
@@ -98,3 +108,9 @@ def pytest_collection_modifyitems(config, items):
     (slow if item.get_closest_marker('slow') else fast).add(item.path)
   rank = lambda item: 0 if item.path not in fast else 1 if item.path in slow else 2
   items.sort(key=rank)  # stable: the order within a module is kept
+
+
+def pytest_sessionfinish(session):
+  """The run's compilation cache goes with it (on the controller, once the workers are done)."""
+  if os.environ.get('MVM_JAX_TEST_OWNS_JAX_CACHE') and not hasattr(session.config, 'workerinput'):
+    shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
