@@ -12,9 +12,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 # tests compile the same small steps many times over (a run and its resume, one device and a
 # mesh, subprocesses of `main`), and each compile of a second or more is then paid once. Set
 # here, before the xdist workers start, so that they and their subprocesses share it.
+# Only the process that made it (the controller) holds its path here, and removes it.
+OWN_JAX_CACHE = None
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
-  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='mvm_jax_test_jax_cache_')
-  os.environ['MVM_JAX_TEST_OWNS_JAX_CACHE'] = '1'
+  OWN_JAX_CACHE = os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='mvm_jax_test_jax_cache_')
 
 import pathlib  # noqa: E402
 import sys  # noqa: E402
@@ -112,5 +113,5 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_sessionfinish(session):
   """The run's compilation cache goes with it (on the controller, once the workers are done)."""
-  if os.environ.get('MVM_JAX_TEST_OWNS_JAX_CACHE') and not hasattr(session.config, 'workerinput'):
-    shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+  if OWN_JAX_CACHE:
+    shutil.rmtree(OWN_JAX_CACHE, ignore_errors=True)

@@ -117,37 +117,34 @@ def describe_ops(module) -> dict:
   that computes a matmul carries its (first) dot's or convolution's name."""
   computations = {c.id: c for c in module.computations}
 
-  def contents(instruction, seen=None) -> tuple[set, set, list]:
-    """Opcodes, custom-call targets and the JAX names of the dots and convolutions that
-    `instruction` computes, looking into the computations it calls."""
+  def contents(instruction, seen=None) -> tuple[set, set, str]:
+    """Opcodes, custom-call targets and the JAX name of the first dot or convolution that
+    `instruction` computes ('' if none), looking into the computations it calls."""
     seen = set() if seen is None else seen
-    ops, targets, matmul_names = {instruction.opcode}, set(), []
+    ops, targets = {instruction.opcode}, set()
+    matmul_name = instruction.metadata.op_name if instruction.opcode in ('dot', 'convolution') else ''
     if instruction.opcode == 'custom-call':
       targets.add(instruction.custom_call_target.lower())
-    if instruction.opcode in ('dot', 'convolution'):
-      matmul_names.append(instruction.metadata.op_name)
     for cid in instruction.called_computation_ids:
       if cid in seen or cid not in computations:
         continue
       seen.add(cid)
       for inner in computations[cid].instructions:
-        o, t, n = contents(inner, seen)
+        o, t, name = contents(inner, seen)
         ops |= o
         targets |= t
-        matmul_names += n
-    return ops, targets, matmul_names
+        matmul_name = matmul_name or name
+    return ops, targets, matmul_name
 
   described = {}
   for computation in module.computations:
     for instruction in computation.instructions:
-      ops, targets, matmul_names = contents(instruction)
+      ops, targets, matmul_name = contents(instruction)
       ops.discard('fusion')
       kind = op_kind(ops, targets)
-      op_name = instruction.metadata.op_name
-      if kind == 'matmul' and matmul_names and matmul_names[0]:
-        # A fusion is named after its root: XLA:CPU fuses q·kᵀ with the softmax's max and names
-        # the whole `attn/reduce_max`. Name a matmul by its dot instead.
-        op_name = matmul_names[0]
+      # A fusion is named after its root: XLA:CPU fuses q·kᵀ with the softmax's max and names the
+      # whole `attn/reduce_max`. Name a matmul by its dot instead.
+      op_name = matmul_name if kind == 'matmul' and matmul_name else instruction.metadata.op_name
       phase = 'backward' if 'transpose(' in op_name else 'forward' if 'jvp(' in op_name else 'other'
       described[instruction.name] = (kind, phase, op_name)
   return described
