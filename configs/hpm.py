@@ -10,7 +10,8 @@ Presets (`--config configs/hpm.py:<preset>`):
           teacher's momentum starts at 0.99 (not 0.999) so that it follows the
           student within a 300-step run.
   small_data
-          mae_st:small_data with HPM (teacher momentum 0.99 → 0.999 over 10 epochs), 1000 steps.
+          mae_st:small_data with HPM (teacher momentum 0.99 → 0.999 over 40 epochs of the
+          600 clips: 1480 steps), 1000 steps.
   vit_b   MAE-ST's ViT-B video recipe (Table 5a) with HPM: loss prediction
           weight 1, relative BCE, α 0 → 0.5 over all spacetime tokens, teacher
           momentum 0.999 → 0.9999 over 100 epochs, and HPM's official

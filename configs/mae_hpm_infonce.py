@@ -23,6 +23,7 @@ def get_config(preset: str = 'tiny'):
     # pass would cost as much again: random masks here (hpm.hard_masking=False) keep the run
     # within 15 minutes on 2 CPU cores; the loss predictor still trains.
     c.data.repeated_sampling = 1
+    c.hpm.ema_momentum_epochs = 10  # 370 steps: 10 epochs of the 600 videos at batch 16
     # Clips that share no frame: 0.6 s = the 15-frame span of 8 frames at stride 2 (25 fps).
     # Overlapping pairs share footage, and InfoNCE matches on that instead of the digit
     # (README "Does pre-training help?": ridge probe 12.9 -> 42.5 top-1 at step 250).
@@ -33,6 +34,7 @@ def get_config(preset: str = 'tiny'):
     c.total_steps, c.warmup_steps = 500, 30
   elif preset == 'tiny':
     c.data.repeated_sampling = 1
+    c.hpm.ema_momentum_epochs = 100  # 100 steps: an epoch of the 8 clips is one batch
     c.batch_size = 8
     c.optim.base_lr = 1e-3 * 256 / 8
     set_objectives(c, {'pixel_mse': 1.0, 'loss_prediction': 1.0, 'infonce': 0.5})

@@ -42,7 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = default_data_config()
 
   c.batch_size = 512  # global, across all hosts and devices
-  c.num_epochs = 800  # in effective samples (videos × repeated_sampling)
+  c.num_epochs = 800  # effective epochs of num_records samples (a pass over k-repeated videos is k epochs)
   c.warmup_epochs = 120
   c.total_steps = -1  # > 0 overrides num_epochs
   c.warmup_steps = -1  # > 0 overrides warmup_epochs

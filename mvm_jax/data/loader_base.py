@@ -117,7 +117,9 @@ class LoaderInfo:
     shard_records: records this shard reads per epoch.
     num_classes / class_names: label space of the source.
     repeated_sampling: k, samples per decoded record (1 for eval).
-    samples_per_epoch: num_records * repeated_sampling (all shards).
+    samples_per_epoch: samples in one epoch = num_records (all shards). Epochs are MAE-ST's
+      "effective epochs" (each raw video sampled once, on average): repeated sampling changes the
+      order of the samples, not their number, so one pass over the records is k epochs.
     batch_size: host-local batch size b.
     global_batch_size: b * shard_count.
     skipped: records skipped for unreadable files, filled while iterating.

@@ -346,7 +346,7 @@ def make_video_loader(
     num_classes=source.num_classes,
     class_names=tuple(source.class_names),
     repeated_sampling=k,
-    samples_per_epoch=len(source) * k,
+    samples_per_epoch=len(source),
     batch_size=batch_size,
     global_batch_size=global_batch_size,
     skipped=skipped,

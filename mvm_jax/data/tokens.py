@@ -387,7 +387,7 @@ def make_token_loader(
     num_classes=source.num_classes,
     class_names=tuple(source.class_names),
     repeated_sampling=k,
-    samples_per_epoch=num_records * k,
+    samples_per_epoch=num_records,
     batch_size=batch_size,
     global_batch_size=global_batch_size,
     skipped=loader_base.SkipLog(),

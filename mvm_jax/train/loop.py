@@ -90,7 +90,8 @@ Hook = Callable[[int, TrainState, dict], Optional[dict]]
 
 
 def schedule_lengths(config, samples_per_epoch: int) -> tuple[int, int]:
-  """(total_steps, warmup_steps) from steps if set, else from epochs of effective samples."""
+  """(total_steps, warmup_steps) from steps if set, else from effective epochs of `samples_per_epoch`
+  samples (LoaderInfo.samples_per_epoch: the records, whatever the repeated sampling)."""
   steps_per_epoch = max(1, samples_per_epoch // config.batch_size)
   total = config.total_steps if config.total_steps > 0 else int(config.num_epochs * steps_per_epoch)
   warmup = config.warmup_steps if config.warmup_steps > 0 else int(config.warmup_epochs * steps_per_epoch)

@@ -9,6 +9,7 @@ import json
 import shutil
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -24,6 +25,7 @@ from mvm_jax.data import (
   transforms,
 )
 from mvm_jax.data.pipeline import BadDataError
+from mvm_jax.train import loop
 
 MEAN = np.array((0.485, 0.456, 0.406), np.float32)
 STD = np.array((0.229, 0.224, 0.225), np.float32)
@@ -94,7 +96,7 @@ def test_source_errors(tmp_path):
 
 def test_batch_shapes_dtypes_and_normalization():
   ds, info = make_loader(small_config(), split='train', global_batch_size=4, seed=0)
-  assert (info.num_records, info.num_classes, info.samples_per_epoch) == (8, 8, 16)
+  assert (info.num_records, info.num_classes, info.samples_per_epoch) == (8, 8, 8)
   assert info.batch_size == 4 and info.repeated_sampling == 2
   (batch,) = take(ds, 1)
   assert (
@@ -114,7 +116,13 @@ def test_batch_shapes_dtypes_and_normalization():
 def test_repeated_sampling_gives_k_different_views_of_one_record():
   k = 4
   ds, info = make_loader(small_config(repeated_sampling=k), split='train', global_batch_size=k, seed=0)
-  assert info.samples_per_epoch == 8 * k
+  # MAE-ST's "effective epochs": repeated sampling changes the order of the samples, not their
+  # number, so an epoch is the 8 records (3 epochs at batch 4: 6 steps, not 24).
+  assert info.samples_per_epoch == 8
+  schedule = ml_collections.ConfigDict(
+    {'batch_size': 4, 'num_epochs': 3, 'warmup_epochs': 1, 'total_steps': -1, 'warmup_steps': -1}
+  )
+  assert loop.schedule_lengths(schedule, info.samples_per_epoch) == (6, 2)
   (batch,) = take(ds, 1)
   assert len(set(batch['index'].tolist())) == 1
   videos = batch['video']

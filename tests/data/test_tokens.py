@@ -251,7 +251,7 @@ def matching_starts(clip, video, rate):
 def test_loader_clip_pairs_and_pad(corpus, extracted):
   dc = data_config(corpus)
   ds, info = make_loader(dc, split='train', global_batch_size=4, seed=0)
-  assert (info.num_records, info.repeated_sampling, info.samples_per_epoch, info.num_classes) == (4, 2, 8, 8)
+  assert (info.num_records, info.repeated_sampling, info.samples_per_epoch, info.num_classes) == (4, 2, 4, 8)
   videos = [r.tokens for r in tokens.TokenSource('clip_tokens', 'train', data_dir=dc.tfds_data_dir)]
   batches = take(ds, 4)
   for batch in batches:
