@@ -7,8 +7,9 @@ Presets (`--config configs/vimpac.py:<preset>`):
   small_data  the `tools.make_eval_set` clips (8 frames of 64² → 8×8×8 tokens of a VQ-VAE trained
               by configs/vqvae.py:small_data into runs/eval_set_vqvae), 128-d×4, 1000 steps.
   large_half  Table 10 'Large-Half' (final model): 24 × 1024, 16 heads of dim 32, MLP 2048 (210.1M).
-Paper recipe (Table 11, pre-training): 5 frames at 128² (2 FPS, short side resized
-to 160 then the centre 128² as the official extraction, no flip) → 5×16×16 DALL-E tokens, K = 5 blocks (≈14.5% masked), AdamW (0.9, 0.98),
+Paper recipe (Table 11, pre-training): 5 frames at 128² (2 FPS; the short side resized to 128 and
+its centre 128², no flip: the official pre-training reads only its `…_hflip0_128center128`
+tokens) → 5×16×16 DALL-E tokens, K = 5 blocks (≈14.5% masked), AdamW (0.9, 0.98),
 eps 1e-8, wd 0.05, linear warm-up then linear decay, grad clip 1.0, dropout 0.1,
 batch 1024; lr 3e-4 (large_half, 5% warm-up, 100 epochs) or 1e-3 (analysis,
 10% warm-up, 10 epochs). For 5×32×32 tokens (256², the last 10 epochs) use
@@ -63,7 +64,6 @@ def get_config(preset: str = 'tiny'):
 
   if preset in BACKBONES:
     c.vimpac.update(BACKBONES[preset])
-    c.tokenizer.extract_resize_short_side = 160  # official extraction: short side 160, centre 128²
     c.model.dtype = 'bfloat16'
     c.log_every_steps = 100
     c.checkpoint_every_steps = 2000

@@ -418,7 +418,8 @@ def extract_tokens(
     crop_size: S: the short side is resized to S (or ``resize_short_side``),
       then the centre S x S crop.
     resize_short_side: resize the short side to this before the centre crop
-      (VIMPAC's official extraction: 160 for S = 128); 0: to S.
+      (VIMPAC's official fine-tuning tokens also use 160 for S = 128); 0: to S (its
+      pre-training tokens).
     target_fps: tokenize frames at this rate (<= 0: every frame, native rate).
     mean / std: the normalization the tokenizer expects (config.data.mean / std).
     short_side: FFmpeg downscales frames whose short side exceeds this

@@ -327,7 +327,7 @@ class VimpacMethod(Method):
     return config.vimpac.get('vocab_size')
 
   def extract_resize_short_side(self, config) -> int:
-    """`tokenizer.extract_resize_short_side` (the official extraction: 160, then the centre 128²)."""
+    """`tokenizer.extract_resize_short_side` (0, the presets: the centre of the full short side)."""
     return vqvae.extract_resize_short_side(config)
 
   def model_stats(self, config, num_classes: int) -> dict:

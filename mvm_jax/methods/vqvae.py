@@ -56,8 +56,9 @@ def default_tokenizer_config(kind: str = 'vqvae') -> ml_collections.ConfigDict:
                        VQ-VAE run (`configs/vqvae.py`) whose latest checkpoint to use.
   extract_resize_short_side
                        `tools.extract_tokens` resizes each frame's short side to this, then
-                       takes the centre data.crop_size square (VIMPAC's official extraction:
-                       160 then 128); 0: to crop_size (the crop spans the short side).
+                       takes the centre data.crop_size square; 0: to crop_size (the crop spans
+                       the short side: VIMPAC's official pre-training tokens, 128 then 128; its
+                       fine-tuning also reads tokens of 160 then 128).
   """
   return ml_collections.ConfigDict(
     {

@@ -98,8 +98,10 @@ def test_lr_batch_unit_clips_or_videos():
 
 
 def test_vimpac_extraction_resizes_the_short_side_then_crops_the_centre():
-  """VIMPAC's official extraction: short side → 160, centre 128². Our box crop + one
-  resize gives the same picture as the two-step resize-then-crop."""
+  """`resize_short_side`: our box crop + one resize gives the same picture as the two-step
+  resize-then-crop of VIMPAC's extraction (160 then 128², its fine-tuning tokens). Its pre-training
+  reads only the tokens of 128 then 128² (`only_one_aug`: `…_hflip0_128center128`): the presets'
+  full short side."""
   rng = np.random.default_rng(0)
   small = rng.integers(0, 255, (1, 25, 38, 3), dtype=np.uint8)
   frames = np.stack([np.asarray(Image.fromarray(f).resize((300, 200), Image.BILINEAR)) for f in small])
@@ -111,4 +113,4 @@ def test_vimpac_extraction_resizes_the_short_side_then_crops_the_centre():
   full = transforms.eval_view(frames, crop_size=128)[0]  # the full short side: a different view
   assert np.abs(full.astype(int) - two_step.astype(int)).mean() > 5.0
   for preset in ('small', 'base', 'large_half'):
-    assert vimpac.get_config(preset).tokenizer.extract_resize_short_side == 160
+    assert vimpac.get_config(preset).tokenizer.extract_resize_short_side == 0
