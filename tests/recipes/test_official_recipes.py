@@ -114,3 +114,19 @@ def test_vimpac_extraction_resizes_the_short_side_then_crops_the_centre():
   assert np.abs(full.astype(int) - two_step.astype(int)).mean() > 5.0
   for preset in ('small', 'base', 'large_half'):
     assert vimpac.get_config(preset).tokenizer.extract_resize_short_side == 0
+
+
+def test_mae_st_paper_presets_normalise_pixels_as_mae_st_and_so_do_their_evaluators():
+  """mae_st's Kinetics loader normalises with mean 0.45, std 0.225 (util/kinetics.py) in pre-training
+  and fine-tuning; the paper presets do, and so do fine-tuning's of the same names and the evaluators' `kinetics` ones."""
+  import importlib
+
+  pairs = [(name, p) for name in ('mae_st', 'finetune') for p in ('vit_b', 'vit_l', 'vit_h')]
+  for name, preset in pairs + [(name, 'kinetics') for name in ('knn', 'linear_probe', 'attentive_probe')]:
+    data = importlib.import_module(f'configs.{name}').get_config(preset).data
+    assert (tuple(data.mean), tuple(data.std)) == ((0.45,) * 3, (0.225,) * 3), (name, preset)
+  assert tuple(importlib.import_module('configs.mae_st').get_config('tiny').data.mean) == (
+    0.485,
+    0.456,
+    0.406,
+  )
