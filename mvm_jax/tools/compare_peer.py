@@ -144,14 +144,19 @@ def main(argv):
   if 'tcmalloc' in mallocs and not tcmalloc:
     print('tcmalloc is not installed (apt install libtcmalloc-minimal4): glibc only', file=sys.stderr)
     mallocs.remove('tcmalloc')
-  runs = sitting(
-    ours_command(f.config, f.steps),
-    peer_command(f.peer_script, f.peer_python, f.peer_config, f.steps),
-    mallocs,
-    f.rounds,
-    tcmalloc=tcmalloc,
-    log=lambda line: print(line, file=sys.stderr, flush=True),
-  )
+  if not mallocs:
+    raise app.UsageError(f'--mallocs: nothing to run from {f.mallocs!r} (glibc, tcmalloc)')
+  try:
+    runs = sitting(
+      ours_command(f.config, f.steps),
+      peer_command(f.peer_script, f.peer_python, f.peer_config, f.steps),
+      mallocs,
+      f.rounds,
+      tcmalloc=tcmalloc,
+      log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+  except RuntimeError as e:  # a run failed: its command and stderr, without our traceback
+    sys.exit(f'compare_peer: {e}')
   summary = summarize(runs)
   print(json.dumps({'runs': runs, 'summary': summary}) if f.json else format_table(summary))
 
