@@ -19,12 +19,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 
 from absl import app, flags
 
 from mvm_jax import console, host_malloc
+from mvm_jax.progress import Progress, format_duration
 
 MALLOCS = ('glibc', 'tcmalloc')
 
@@ -82,13 +82,13 @@ def sitting(
   Each record: malloc, who ('mvm_jax' / 'mae_st'), round, clips_per_s, mfu (ours), seconds and
   the 1-minute load average before the run."""
   env = dict(os.environ if env is None else env)
-  runs, total, start = [], len(mallocs) * rounds * 2, time.time()
+  runs, progress = [], Progress('sitting', len(mallocs) * rounds * 2, unit='runs', log=None)
   with tempfile.TemporaryDirectory() as tmp:
     for malloc in mallocs:
       run_env = malloc_env(env, malloc, tcmalloc)
       for r in range(rounds):
         for who in ('mvm_jax', 'mae_st'):
-          load, t0 = os.getloadavg()[0], time.time()
+          load, t0 = os.getloadavg()[0], progress.wall
           if who == 'mvm_jax':
             result = run_for_json(ours, run_env)
           else:
@@ -96,12 +96,12 @@ def sitting(
             result = run_for_json(peer(path), run_env, path)
           runs.append({
             'malloc': malloc, 'who': who, 'round': r, 'clips_per_s': result['clips_per_s'],
-            'mfu': result.get('mfu'), 'seconds': time.time() - t0, 'load_before': load,
+            'mfu': result.get('mfu'), 'seconds': progress.wall - t0, 'load_before': load,
           })  # fmt: skip
-          done = len(runs)
-          eta = (time.time() - start) / done * (total - done)
-          log(f'[{done}/{total}] {malloc:8s} {who:7s} {result["clips_per_s"]:.2f} clips/s '
-              f'({runs[-1]["seconds"]:.0f} s, load {load:.1f}; ETA {eta:.0f} s)')  # fmt: skip
+          progress.update()
+          eta = format_duration(progress.eta)
+          log(f'[{progress.done}/{progress.total}] {malloc:8s} {who:7s} {result["clips_per_s"]:.2f} clips/s '
+              f'({runs[-1]["seconds"]:.0f} s, load {load:.1f}; ETA {eta})')  # fmt: skip
   return runs
 
 
@@ -140,6 +140,9 @@ def main(argv):
   if not os.path.isfile(f.peer_script):
     raise app.UsageError(f'--peer_script: no file {f.peer_script!r} (the shared mae_st_bench.py)')
   mallocs = [m for m in f.mallocs.split(',') if m]
+  unknown = [m for m in mallocs if m not in MALLOCS]
+  if unknown:  # before any run, not when the sitting reaches it
+    raise app.UsageError(f'--mallocs: {unknown} not among {MALLOCS}')
   tcmalloc = host_malloc.tcmalloc_library()
   if 'tcmalloc' in mallocs and not tcmalloc:
     print('tcmalloc is not installed (apt install libtcmalloc-minimal4): glibc only', file=sys.stderr)

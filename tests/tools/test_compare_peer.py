@@ -29,7 +29,8 @@ def test_a_sitting_alternates_ours_and_the_peer_per_malloc_and_reports_the_ratio
   script, log = tmp_path / 'fake.py', tmp_path / 'runs.log'
   script.write_text(FAKE)
   ours = [sys.executable, str(script), 'ours', str(log), '6,7,5,9,8,10']
-  peer = lambda path: [sys.executable, str(script), 'peer', str(log), '5,6,4,8,8,8', '--json', path]  # noqa: E731
+  peer_values = '5,6,4,8,8,8'
+  peer = lambda path: [sys.executable, str(script), 'peer', str(log), peer_values, '--json', path]  # noqa: E731
   lines = []
   runs = compare_peer.sitting(
     ours, peer, ['glibc', 'tcmalloc'], rounds=3, env={'LD_PRELOAD': 'stale.so'}, tcmalloc='libfake.so',
